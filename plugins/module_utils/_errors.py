@@ -1,0 +1,82 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Exceptions of the hotplug core.
+
+One root, ``XenPciError``; modules turn it into ``fail_json`` at the edge.
+Every error carries a message meant for the operator (which device, which
+domain, which step, what was seen) and a ``details`` dict with the machine
+readable facts, so the module can return them unchanged.
+"""
+
+from __future__ import annotations
+
+
+class XenPciError(Exception):
+    """Root of every error the core raises on purpose."""
+
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+    def to_dict(self):
+        out = {"msg": self.msg, "error": type(self).__name__}
+        out.update(self.details)
+        return out
+
+
+class SpecError(XenPciError, ValueError):
+    """Bad input: a PCI address, a device spec, an option value."""
+
+
+class XenstoreError(XenPciError):
+    """xenstored refused a request (``errno`` is the wire error name)."""
+
+    def __init__(self, msg, errno_name=None, **details):
+        super().__init__(msg, errno=errno_name, **details)
+        self.errno = errno_name
+
+
+class XenstoreConnectionError(XenPciError):
+    """The connection to xenstored failed or was closed mid-request."""
+
+
+class DeadlineExceeded(XenPciError):
+    """A bounded operation ran out of time (``waited`` seconds)."""
+
+
+class QmpError(XenPciError):
+    """QEMU answered a command with an error (class and description)."""
+
+    def __init__(self, msg, error_class=None, desc=None, **details):
+        super().__init__(msg, error_class=error_class, desc=desc, **details)
+        self.error_class = error_class
+        self.desc = desc
+
+
+class QmpConnectionError(XenPciError):
+    """The QMP socket is missing, refused us, or QEMU went away."""
+
+
+class SysfsError(XenPciError):
+    """A sysfs read or write failed (device missing, driver refused)."""
+
+
+class HypervisorError(XenPciError):
+    """A privileged call (libxenctrl) failed; ``errno`` is its name."""
+
+    def __init__(self, msg, errno_name=None, **details):
+        super().__init__(msg, errno=errno_name, **details)
+        self.errno = errno_name
+
+
+class RefusedError(XenPciError):
+    """A safety rule refused the request before anything was written."""
+
+
+class DomainError(XenPciError):
+    """The domain does not exist or cannot take PCI devices."""
+
+
+class HotplugError(XenPciError):
+    """An attach or detach step failed; ``left`` says what state remains."""
