@@ -1,0 +1,1 @@
+"""xensim: a simulated Xen host (xenstored, kernel drivers, QEMU, sysfs) for tests."""
