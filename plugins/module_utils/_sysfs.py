@@ -1,0 +1,393 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PCI sysfs: read devices, drive xen-pciback, reset.
+
+Everything here is relative to ``root`` (``/sys`` on a host, a FUSE mount
+of xensim in tests).  Driver paths are reported in libxl's form,
+``/sys/bus/pci/drivers/<name>``, whatever the root, because that is what
+``/libxl/pci/<bdf>/driver_path`` must hold for ``xl pci-assignable-remove -r``.
+
+The operations are idempotent from the observed state: each looks at sysfs
+first and writes only what is missing (``new_slot`` only if the slot is not
+listed yet: writing it twice creates duplicates in pciback's list).
+
+Writes are bounded: a sysfs store can block in the kernel (``unbind`` waits
+for the driver's remove(), which may wait for the device), so each write
+runs in a worker thread and the caller waits at most ``timeout`` seconds.  A
+write that times out leaves its thread blocked in the kernel; the error says
+so.  Reads are done inline: the attributes read here (vendor, resource,
+slots...) are formatted from memory by the kernel without taking the device
+lock, so they do not block.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import re
+import threading
+
+from ._errors import SysfsError
+
+LOGICAL_ROOT = "/sys"
+PCI_DEVICES = "bus/pci/devices"
+PCI_DRIVERS = "bus/pci/drivers"
+PCIBACK = "pciback"
+PCI_BAR_IO = 0x1
+# libxl reads the first 7 lines (6 BARs and the ROM); SR-IOV lines follow.
+PROC_PCI_NUM_RESOURCES = 7
+DEFAULT_TIMEOUT = 10.0
+
+_BDF_RE = re.compile(r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
+
+
+def normalise_bdf(bdf):
+    """``00:10.0`` or ``0000:00:10.0`` -> ``0000:00:10.0`` (sysfs's form)."""
+    m = _BDF_RE.match(str(bdf).strip())
+    if not m:
+        raise SysfsError("not a PCI address: %r" % (bdf,), device=str(bdf))
+    dom, bus, slot, func = m.groups()
+    return "%04x:%02x:%02x.%d" % (int(dom or "0", 16), int(bus, 16), int(slot, 16), int(func))
+
+
+def sbdf_of(bdf):
+    """Machine SBDF for hypercalls: seg<<16 | bus<<8 | dev<<3 | func."""
+    dom, bus, rest = normalise_bdf(bdf).split(":")
+    slot, func = rest.split(".")
+    return int(dom, 16) << 16 | int(bus, 16) << 8 | (int(slot, 16) & 0x1F) << 3 | (int(func) & 7)
+
+
+# errno.errorcode picks one name for aliased numbers (ENOTSUP for 95);
+# use the names Xen, Linux and libxl print.
+_PREFERRED = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN", _errno.EDEADLK: "EDEADLK"}
+
+
+def _errno_name(err):
+    return _PREFERRED.get(err) or _errno.errorcode.get(err, str(err)) if err else None
+
+
+class PciDevice(object):
+    """What sysfs says about one device."""
+
+    def __init__(self, bdf, vendor, device, klass, subsystem_vendor, subsystem_device,
+                 driver, driver_path, resources, irq, reset_method, iommu_group, enabled):
+        self.bdf = bdf
+        self.vendor = vendor
+        self.device = device
+        self.klass = klass
+        self.subsystem_vendor = subsystem_vendor
+        self.subsystem_device = subsystem_device
+        self.driver = driver
+        self.driver_path = driver_path
+        self.resources = resources
+        self.irq = irq
+        self.reset_method = reset_method
+        self.iommu_group = iommu_group
+        self.enabled = enabled
+
+    @property
+    def function(self):
+        return int(self.bdf.rsplit(".", 1)[1])
+
+    def to_dict(self):
+        return {
+            "bdf": self.bdf, "vendor": "0x%04x" % self.vendor, "device": "0x%04x" % self.device,
+            "class": "0x%06x" % self.klass,
+            "subsystem_vendor": "0x%04x" % self.subsystem_vendor if self.subsystem_vendor is not None else None,
+            "subsystem_device": "0x%04x" % self.subsystem_device if self.subsystem_device is not None else None,
+            "driver": self.driver, "driver_path": self.driver_path,
+            "resources": [list(r) for r in self.resources], "irq": self.irq,
+            "reset_method": self.reset_method, "iommu_group": self.iommu_group, "enabled": self.enabled,
+        }
+
+
+class Sysfs(object):
+    """PCI sysfs under ``root``; every write bounded by ``timeout`` seconds."""
+
+    def __init__(self, root=LOGICAL_ROOT, timeout=DEFAULT_TIMEOUT):
+        self.root = os.path.abspath(root)
+        self.timeout = float(timeout)
+
+    # -- paths -------------------------------------------------------------
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def dev_path(self, bdf, *attr):
+        return self.path(PCI_DEVICES, normalise_bdf(bdf), *attr)
+
+    def pciback_path(self, *attr):
+        return self.path(PCI_DRIVERS, PCIBACK, *attr)
+
+    def logical(self, real):
+        """A real path under root -> the same path under /sys."""
+        rel = os.path.relpath(real, os.path.realpath(self.root))
+        if rel.startswith(".."):
+            return real
+        return LOGICAL_ROOT if rel == "." else LOGICAL_ROOT + "/" + rel
+
+    def real(self, logical_path):
+        """``/sys/...`` -> the same path under root."""
+        if logical_path == LOGICAL_ROOT or logical_path.startswith(LOGICAL_ROOT + "/"):
+            return self.root + logical_path[len(LOGICAL_ROOT):]
+        return logical_path
+
+    # -- low level ---------------------------------------------------------
+
+    def _read(self, path, bdf=None):
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("ascii", "replace")
+        except OSError as exc:
+            raise self._error("read of %s failed" % path, exc.errno, bdf, path) from None
+
+    def _error(self, what, err, bdf, path):
+        name = _errno_name(err)
+        msg = "%s%s: %s" % ("%s: " % bdf if bdf else "", what,
+                            "%s (%s)" % (name, os.strerror(err)) if err else "unknown error")
+        return SysfsError(msg, device=bdf, file=path, errno=name)
+
+    def write(self, path, data, bdf=None):
+        """One store, bounded by the timeout; raises SysfsError."""
+        if isinstance(data, str):
+            data = data.encode("ascii")
+        box = {}
+
+        def run():
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    box["n"] = os.write(fd, data)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                box["err"] = exc.errno
+            except Exception as exc:  # pylint: disable=broad-except
+                box["other"] = exc
+
+        worker = threading.Thread(target=run, name="sysfs-write", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        shown = data.decode("ascii", "replace").strip()
+        if worker.is_alive():
+            raise SysfsError(
+                "%s%s: write of %r did not return within %.1f s (the kernel is blocked; the write may still happen)"
+                % ("%s: " % bdf if bdf else "", path, shown, self.timeout),
+                device=bdf, file=path, errno="ETIMEDOUT", waited=self.timeout)
+        if "err" in box:
+            raise self._error("write of %r to %s failed" % (shown, path), box["err"], bdf, path)
+        if "other" in box:
+            raise SysfsError("%s: write failed: %s" % (path, box["other"]), device=bdf, file=path)
+        if box.get("n") != len(data):
+            raise SysfsError("%s: short write (%s of %d bytes)" % (path, box.get("n"), len(data)),
+                             device=bdf, file=path)
+
+    # -- reading -----------------------------------------------------------
+
+    def exists(self, bdf):
+        return os.path.isdir(self.dev_path(bdf))
+
+    def devices(self):
+        try:
+            names = os.listdir(self.path(PCI_DEVICES))
+        except OSError as exc:
+            raise self._error("cannot list PCI devices", exc.errno, None, self.path(PCI_DEVICES)) from None
+        return sorted(n for n in names if _BDF_RE.match(n))
+
+    def _require(self, bdf):
+        bdf = normalise_bdf(bdf)
+        if not self.exists(bdf):
+            raise SysfsError("%s: no such PCI device (%s does not exist)" % (bdf, self.dev_path(bdf)),
+                             device=bdf, file=self.dev_path(bdf), errno="ENOENT")
+        return bdf
+
+    def driver_name(self, bdf):
+        link = self.dev_path(bdf, "driver")
+        try:
+            return os.path.basename(os.readlink(link))
+        except OSError as exc:
+            if exc.errno == _errno.ENOENT:
+                return None
+            raise self._error("readlink %s failed" % link, exc.errno, bdf, link) from None
+
+    def driver_path(self, bdf):
+        """libxl's driver_path: the driver's canonical path, under /sys."""
+        if self.driver_name(bdf) is None:
+            return None
+        return self.logical(os.path.realpath(self.dev_path(bdf, "driver")))
+
+    def _hex(self, bdf, attr, optional=False):
+        path = self.dev_path(bdf, attr)
+        if optional and not os.path.exists(path):
+            return None
+        text = self._read(path, bdf).strip()
+        try:
+            return int(text, 16)
+        except ValueError:
+            raise SysfsError("%s: %s holds %r, not a number" % (bdf, path, text), device=bdf, file=path) from None
+
+    def resources(self, bdf):
+        """(start, end, flags) for each line of ``resource``."""
+        bdf = normalise_bdf(bdf)
+        path = self.dev_path(bdf, "resource")
+        out = []
+        for line in self._read(path, bdf).splitlines():
+            fields = line.split()
+            if len(fields) != 3:
+                continue
+            try:
+                out.append(tuple(int(x, 16) for x in fields))
+            except ValueError:
+                raise SysfsError("%s: bad line %r in %s" % (bdf, line, path), device=bdf, file=path) from None
+        return out
+
+    def irq(self, bdf):
+        path = self.dev_path(bdf, "irq")
+        text = self._read(path, bdf).strip()
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise SysfsError("%s: %s holds %r" % (bdf, path, text), device=bdf, file=path) from None
+
+    def reset_method(self, bdf):
+        """``do_flr`` (pciback's), ``reset`` (the device's file) or None, in libxl's order."""
+        if os.path.exists(self.pciback_path("do_flr")):
+            return "do_flr"
+        if os.path.exists(self.dev_path(bdf, "reset")):
+            return "reset"
+        return None
+
+    def iommu_group(self, bdf):
+        link = self.dev_path(bdf, "iommu_group")
+        try:
+            return int(os.path.basename(os.readlink(link)))
+        except OSError:
+            return None
+        except ValueError:
+            return None
+
+    def device(self, bdf):
+        bdf = self._require(bdf)
+        enable = self.dev_path(bdf, "enable")
+        enabled = None
+        if os.path.exists(enable):
+            enabled = self._read(enable, bdf).strip() not in ("", "0")
+        return PciDevice(
+            bdf=bdf, vendor=self._hex(bdf, "vendor"), device=self._hex(bdf, "device"),
+            klass=self._hex(bdf, "class"),
+            subsystem_vendor=self._hex(bdf, "subsystem_vendor", optional=True),
+            subsystem_device=self._hex(bdf, "subsystem_device", optional=True),
+            driver=self.driver_name(bdf), driver_path=self.driver_path(bdf),
+            resources=self.resources(bdf), irq=self.irq(bdf), reset_method=self.reset_method(bdf),
+            iommu_group=self.iommu_group(bdf), enabled=enabled)
+
+    def pciback_loaded(self):
+        return os.path.isdir(self.pciback_path())
+
+    def _require_pciback(self, bdf=None):
+        if not self.pciback_loaded():
+            raise SysfsError("xen-pciback is not loaded (%s does not exist)" % self.pciback_path(),
+                             device=bdf, file=self.pciback_path(), errno="ENOENT")
+
+    def pciback_slots(self):
+        """pciback's seize list, in order, duplicates included."""
+        self._require_pciback()
+        return [s.strip() for s in self._read(self.pciback_path("slots")).splitlines() if s.strip()]
+
+    def pciback_devices(self):
+        """Devices bound to pciback (its per-device links)."""
+        self._require_pciback()
+        return sorted(n for n in os.listdir(self.pciback_path()) if _BDF_RE.match(n))
+
+    def permissive_devices(self):
+        self._require_pciback()
+        return [s.strip() for s in self._read(self.pciback_path("permissive")).splitlines() if s.strip()]
+
+    def is_pciback(self, bdf):
+        return self.driver_name(bdf) == PCIBACK
+
+    # -- assignability -----------------------------------------------------
+
+    def unbind(self, bdf):
+        """Unbind from the current driver; returns its driver_path, or None
+        when the device had no driver (nothing to rebind later)."""
+        bdf = self._require(bdf)
+        if self.driver_name(bdf) is None:
+            return None
+        driver_path = self.driver_path(bdf)
+        self.write(self.real(driver_path) + "/unbind", bdf, bdf)
+        return driver_path
+
+    def bind_pciback(self, bdf):
+        """Make pciback own the device: new_slot unless listed, then bind.
+        Returns the steps written (empty when it already was bound)."""
+        bdf = self._require(bdf)
+        self._require_pciback(bdf)
+        steps = []
+        current = self.driver_name(bdf)
+        if current == PCIBACK:
+            return steps
+        if current is not None:
+            raise SysfsError("%s: bound to %s; unbind it first" % (bdf, current),
+                             device=bdf, file=self.dev_path(bdf, "driver"), errno="EBUSY", driver=current)
+        if bdf not in self.pciback_slots():
+            self.write(self.pciback_path("new_slot"), bdf, bdf)
+            steps.append("new_slot")
+        self.write(self.pciback_path("bind"), bdf, bdf)
+        steps.append("bind")
+        return steps
+
+    def unbind_pciback(self, bdf):
+        """Unbind from pciback and drop its slot(s); returns the steps written."""
+        bdf = self._require(bdf)
+        self._require_pciback(bdf)
+        steps = []
+        if self.driver_name(bdf) == PCIBACK:
+            self.write(self.pciback_path("unbind"), bdf, bdf)
+            steps.append("unbind")
+        if bdf in self.pciback_slots():
+            # one write removes every duplicate of the slot
+            self.write(self.pciback_path("remove_slot"), bdf, bdf)
+            steps.append("remove_slot")
+        return steps
+
+    def bind_driver(self, bdf, driver_path):
+        """Give the device back to a dom0 driver (``driver_path`` as libxl stores it)."""
+        bdf = self._require(bdf)
+        current = self.driver_path(bdf)
+        if current == driver_path:
+            return False
+        if current is not None:
+            raise SysfsError("%s: bound to %s, cannot bind to %s" % (bdf, current, driver_path),
+                             device=bdf, file=self.dev_path(bdf, "driver"), errno="EBUSY")
+        real = self.real(driver_path)
+        if not os.path.isdir(real):
+            raise SysfsError("%s: driver %s is not loaded" % (bdf, driver_path),
+                             device=bdf, file=real, errno="ENOENT")
+        self.write(real + "/bind", bdf, bdf)
+        return True
+
+    def set_permissive(self, bdf):
+        """pciback permissive mode for the device (must be bound to pciback)."""
+        bdf = self._require(bdf)
+        self._require_pciback(bdf)
+        if bdf in self.permissive_devices():
+            return False
+        self.write(self.pciback_path("permissive"), bdf, bdf)
+        return True
+
+    def reset(self, bdf):
+        """Reset like libxl: pciback's do_flr if present, else the device's
+        reset file.  Returns the method used; raises SysfsError
+        (``reset_method=None``) when the device has none."""
+        bdf = self._require(bdf)
+        method = self.reset_method(bdf)
+        if method == "do_flr":
+            self.write(self.pciback_path("do_flr"), bdf, bdf)
+        elif method == "reset":
+            self.write(self.dev_path(bdf, "reset"), "1", bdf)
+        else:
+            raise SysfsError("%s: the kernel offers no reset for this device (no %s, no %s)"
+                             % (bdf, self.pciback_path("do_flr"), self.dev_path(bdf, "reset")),
+                             device=bdf, reset_method=None, errno="ENOENT")
+        return method

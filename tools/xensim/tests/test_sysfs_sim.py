@@ -1,0 +1,261 @@
+"""The FUSE sysfs, driven through plain file I/O as the toolstack does."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+import types
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from xensim.sysfs import SysfsFS  # noqa: E402
+
+SCENARIO = {
+    "devices": [
+        {"bdf": "00:10.0", "vendor": 0x1234, "device": 0x11E8, "class": 0x00FF00, "driver": None,
+         "resources": [[0xFE000000, 0xFE0FFFFF, 0x40200]], "irq": 11, "reset": True, "iommu_group": 4},
+        {"bdf": "0000:00:11.0", "vendor": 0x1B36, "device": 0x0005, "class": 0x00FF00, "hidden": True,
+         "resources": [[0xC000, 0xC03F, 0x40101], [0xFE100000, 0xFE100FFF, 0x40200]], "irq": 10,
+         "iommu_group": 5},
+        {"bdf": "00:12.0", "vendor": 0x8086, "device": 0x100E, "class": 0x020000, "driver": "e1000",
+         "resources": [[0xFEB80000, 0xFEB9FFFF, 0x40200], [0xC040, 0xC07F, 0x40101]], "irq": 11},
+    ],
+}
+
+
+def make_host(tmp_path, scenario=None, **extra):
+    host = types.SimpleNamespace(paths={"sysfs_root": str(tmp_path / "sys")},
+                                 scenario=scenario or SCENARIO, loop=None, **extra)
+    return host
+
+
+@pytest.fixture
+def sysfs(tmp_path):
+    why = SysfsFS.available()
+    if why:
+        pytest.skip("FUSE sysfs cannot run here: %s" % why)
+    fs = SysfsFS(make_host(tmp_path))
+    try:
+        fs.start_sync()
+    except RuntimeError as exc:
+        pytest.skip("FUSE cannot mount here: %s" % exc)
+    yield fs
+    fs.stop_sync()
+    assert not os.path.ismount(fs.root)
+
+
+def p(fs, *parts):
+    return os.path.join(fs.root, *parts)
+
+
+def write(path, data):
+    """One write(2), like the kernel's store; returns the errno or 0."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        return exc.errno
+    try:
+        os.write(fd, data.encode())
+        return 0
+    except OSError as exc:
+        return exc.errno
+    finally:
+        os.close(fd)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+DEV = "bus/pci/devices"
+PB = "bus/pci/drivers/pciback"
+
+
+def test_tree_looks_like_linux(sysfs):
+    assert sorted(os.listdir(p(sysfs, DEV))) == ["0000:00:10.0", "0000:00:11.0", "0000:00:12.0"]
+    assert os.readlink(p(sysfs, DEV, "0000:00:10.0")) == "../../../devices/pci0000:00/0000:00:10.0"
+    d = p(sysfs, DEV, "0000:00:10.0")
+    assert read(d + "/vendor") == "0x1234\n"
+    assert read(d + "/device") == "0x11e8\n"
+    assert read(d + "/class") == "0x00ff00\n"
+    assert read(d + "/subsystem_vendor") == "0x1af4\n"
+    assert read(d + "/irq") == "11\n"
+    lines = read(d + "/resource").splitlines()
+    assert len(lines) == 13     # PCI_BRIDGE_RESOURCES with CONFIG_PCI_IOV
+    assert lines[0] == "0x00000000fe000000 0x00000000fe0fffff 0x0000000000040200"
+    assert lines[1] == "0x%016x 0x%016x 0x%016x" % (0, 0, 0)
+    assert os.path.exists(d + "/reset")
+    assert not os.path.exists(p(sysfs, DEV, "0000:00:12.0", "reset"))
+    assert not os.path.lexists(d + "/driver")
+    assert os.readlink(d + "/iommu_group") == "../../../kernel/iommu_groups/4"
+    assert os.listdir(p(sysfs, "kernel/iommu_groups/4/devices")) == ["0000:00:10.0"]
+    # driver link resolves to the driver directory, as libxl's realpath() expects
+    assert os.path.realpath(p(sysfs, DEV, "0000:00:12.0", "driver")) == os.path.realpath(p(sysfs, "bus/pci/drivers/e1000"))
+    assert read(p(sysfs, DEV, "0000:00:12.0", "enable")) == "1\n"
+
+
+def test_pciback_files_and_hidden_device(sysfs):
+    names = set(os.listdir(p(sysfs, PB)))
+    assert {"bind", "unbind", "new_id", "remove_id", "new_slot", "remove_slot", "slots", "permissive",
+            "quirks", "irq_handlers", "irq_handler_state"} <= names
+    assert "do_flr" not in names          # upstream Linux has none
+    assert "0000:00:11.0" in names        # hidden at boot: bound
+    assert read(p(sysfs, PB, "slots")) == "0000:00:11.0\n"
+    assert os.readlink(p(sysfs, DEV, "0000:00:11.0", "driver")) == "../../../bus/pci/drivers/pciback"
+    assert sysfs.is_bound("00:11.0", "pciback")
+    assert read(p(sysfs, PB, "irq_handlers")) == "0000:00:11.0:off:not acking:0\n"
+
+
+def test_write_only_and_read_only_files(sysfs):
+    with pytest.raises(PermissionError):
+        open(p(sysfs, PB, "bind")).close()
+    assert write(p(sysfs, DEV, "0000:00:10.0", "vendor"), "1") == errno.EACCES
+    # libxl opens do_flr with O_WRONLY: ENOENT tells it to try the reset file
+    assert write(p(sysfs, PB, "do_flr"), "0000:00:11.0") == errno.ENOENT
+    # O_CREAT (a shell ">") on a missing attribute is refused like kernfs does
+    with pytest.raises(PermissionError):
+        open(p(sysfs, PB, "do_flr"), "w").close()
+
+
+def test_assignable_add_sequence_is_synchronous(sysfs):
+    bdf = "0000:00:12.0"
+    # unbind from e1000: the driver link is gone when write() returns
+    assert write(p(sysfs, "bus/pci/drivers/e1000/unbind"), bdf + "\n") == 0
+    assert not os.path.lexists(p(sysfs, DEV, bdf, "driver"))
+    assert sysfs.driver_of(bdf) is None
+    # bind before new_slot: pcistub_probe rejects the device
+    assert write(p(sysfs, PB, "bind"), bdf) == errno.ENODEV
+    assert write(p(sysfs, PB, "new_slot"), bdf) == 0
+    assert read(p(sysfs, PB, "slots")).splitlines() == ["0000:00:11.0", bdf]
+    assert write(p(sysfs, PB, "bind"), bdf) == 0
+    assert os.readlink(p(sysfs, DEV, bdf, "driver")).endswith("/drivers/pciback")
+    assert bdf in os.listdir(p(sysfs, PB))
+    assert read(p(sysfs, DEV, bdf, "enable")) == "0\n"
+    # binding again: the device already has a driver
+    assert write(p(sysfs, PB, "bind"), bdf) == errno.EBUSY
+    # and the other way round, with rebind to e1000
+    assert write(p(sysfs, PB, "unbind"), bdf) == 0
+    assert write(p(sysfs, PB, "remove_slot"), bdf) == 0
+    assert write(p(sysfs, "bus/pci/drivers/e1000/bind"), bdf) == 0
+    assert os.readlink(p(sysfs, DEV, bdf, "driver")).endswith("/drivers/e1000")
+
+
+def test_kernel_errnos(sysfs):
+    # unbind of a device with no driver, or from a driver that does not own it
+    assert write(p(sysfs, PB, "unbind"), "0000:00:10.0") == errno.ENODEV
+    assert write(p(sysfs, "bus/pci/drivers/e1000/unbind"), "0000:00:11.0") == errno.ENODEV
+    # a device that does not exist; a name without segment is not a device name
+    assert write(p(sysfs, PB, "bind"), "0000:00:1e.0") == errno.ENODEV
+    assert write(p(sysfs, PB, "unbind"), "00:11.0") == errno.ENODEV
+    # e1000 does not match a foreign vendor/device
+    assert write(p(sysfs, "bus/pci/drivers/e1000/bind"), "0000:00:10.0") == errno.ENODEV
+    # new_slot parsing and ranges
+    assert write(p(sysfs, PB, "new_slot"), "garbage") == errno.EINVAL
+    assert write(p(sysfs, PB, "new_slot"), "0000:00:20.0") == errno.EINVAL
+    # remove_slot of a slot not listed
+    assert write(p(sysfs, PB, "remove_slot"), "0000:00:10.0") == errno.ENOENT
+    # permissive on a device pciback does not own
+    assert write(p(sysfs, PB, "permissive"), "0000:00:10.0") == errno.ENODEV
+    assert write(p(sysfs, PB, "irq_handler_state"), "0000:00:10.0") == errno.ENOENT
+    # reset accepts only 1
+    assert write(p(sysfs, DEV, "0000:00:10.0", "reset"), "2") == errno.EINVAL
+    assert write(p(sysfs, DEV, "0000:00:10.0", "reset"), "1\n") == 0
+    assert sysfs.resets("0000:00:10.0") == ["reset"]
+    # enable with a driver bound
+    assert write(p(sysfs, DEV, "0000:00:12.0", "enable"), "0") == errno.EBUSY
+    assert write(p(sysfs, DEV, "0000:00:10.0", "enable"), "0") == errno.EIO
+    # new_id on pciback: its id table already matches everything
+    assert write(p(sysfs, PB, "new_id"), "1234 11e8") == errno.EEXIST
+    assert write(p(sysfs, PB, "new_id"), "1234") == errno.EINVAL
+    assert write(p(sysfs, PB, "remove_id"), "1234 11e8") == errno.ENODEV
+
+
+def test_new_slot_twice_duplicates_and_remove_slot_drops_all(sysfs):
+    bdf = "0000:00:10.0"
+    assert write(p(sysfs, PB, "new_slot"), bdf) == 0
+    assert write(p(sysfs, PB, "new_slot"), "00:10.0") == 0      # domain optional
+    assert read(p(sysfs, PB, "slots")).splitlines().count(bdf) == 2
+    assert write(p(sysfs, PB, "remove_slot"), bdf) == 0
+    assert bdf not in read(p(sysfs, PB, "slots"))
+    # a wildcard function adds the 8 functions of the slot
+    assert write(p(sysfs, PB, "new_slot"), "0000:00:13.*") == 0
+    assert [s for s in read(p(sysfs, PB, "slots")).splitlines() if s.startswith("0000:00:13.")] == [
+        "0000:00:13.%d" % f for f in range(8)]
+
+
+def test_permissive_and_its_lifetime(sysfs):
+    bdf = "0000:00:11.0"
+    assert read(p(sysfs, PB, "permissive")) == ""
+    assert write(p(sysfs, PB, "permissive"), bdf) == 0
+    assert read(p(sysfs, PB, "permissive")) == bdf + "\n"
+    # the flag lives in pciback's per-device data: unbind drops it
+    assert write(p(sysfs, PB, "unbind"), bdf) == 0
+    assert write(p(sysfs, PB, "bind"), bdf) == 0
+    assert read(p(sysfs, PB, "permissive")) == ""
+    assert "pciback-release" in sysfs.resets(bdf)
+
+
+def test_new_id_binds_matching_unbound_devices(sysfs):
+    assert write(p(sysfs, "bus/pci/drivers/e1000/new_id"), "1234 11e8") == 0
+    assert sysfs.driver_of("0000:00:10.0") == "e1000"
+    assert write(p(sysfs, "bus/pci/drivers/e1000/new_id"), "1234 11e8") == errno.EEXIST
+    assert write(p(sysfs, "bus/pci/drivers/e1000/remove_id"), "1234 11e8") == 0
+
+
+def test_quirks(sysfs):
+    assert write(p(sysfs, PB, "quirks"), "0000:00:11.0-10:4:ffffffff") == 0
+    assert read(p(sysfs, PB, "quirks")) == "00:11.0\n\t1b36:0005:1af4:1100\n\t\t00000010:4:ffffffff\n"
+    assert write(p(sysfs, PB, "quirks"), "0000:00:11.0-10:1:1ff") == errno.EINVAL
+    assert write(p(sysfs, PB, "quirks"), "0000:00:10.0-10:4:ff") == errno.ENODEV
+
+
+def test_listeners_and_host_callback_see_each_store(tmp_path):
+    why = SysfsFS.available()
+    if why:
+        pytest.skip("FUSE sysfs cannot run here: %s" % why)
+    seen = []
+    host = make_host(tmp_path, on_sysfs_change=seen.append)
+    fs = SysfsFS(host)
+    fs.start_sync()
+    try:
+        local = []
+        fs.add_listener(local.append)
+        assert write(p(fs, PB, "unbind"), "0000:00:11.0") == 0
+        assert [(e.kind, e.bdf, e.driver) for e in local] == [("unbind", "0000:00:11.0", "pciback")]
+        assert [(e.kind, e.bdf) for e in seen] == [("unbind", "0000:00:11.0")]
+    finally:
+        fs.stop_sync()
+
+
+def test_blocked_store_and_clean_unmount(sysfs):
+    # a fault makes unbind block like a kernel waiting in remove()
+    sysfs.inject("/unbind", delay=0.5)
+    started = time.monotonic()
+    assert write(p(sysfs, PB, "unbind"), "0000:00:11.0") == 0
+    assert time.monotonic() - started >= 0.45
+    sysfs.inject("/unbind")
+    sysfs.inject("/bind", errno_value=errno.EIO)
+    assert write(p(sysfs, PB, "bind"), "0000:00:11.0") == errno.EIO
+    sysfs.inject("/bind")
+    # concurrent readers while writing never see a half state
+    errors = []
+
+    def reader():
+        for _ in range(50):
+            text = read(p(sysfs, PB, "slots"))
+            if text not in ("0000:00:11.0\n", ""):
+                errors.append(text)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for _ in range(25):
+        assert write(p(sysfs, PB, "remove_slot"), "0000:00:11.0") == 0
+        assert write(p(sysfs, PB, "new_slot"), "0000:00:11.0") == 0
+    t.join(10)
+    assert not errors

@@ -1,0 +1,911 @@
+"""A PCI sysfs tree served over FUSE, with the kernel's driver semantics.
+
+What a Linux 6.1 dom0 shows under ``/sys`` for PCI, limited to what the
+toolstack touches:
+
+* ``bus/pci/devices/<bdf>``: symlinks into ``devices/pci<seg>:<bus>/<bdf>``,
+  each device directory holding ``vendor``, ``device``, ``subsystem_vendor``,
+  ``subsystem_device``, ``class``, ``resource``, ``irq``, ``enable``,
+  ``reset`` (only for devices that have a reset method), and the ``driver``,
+  ``iommu_group`` and ``subsystem`` symlinks;
+* ``bus/pci/drivers/<name>/`` with ``bind``, ``unbind``, ``new_id``,
+  ``remove_id`` and one symlink per bound device; for ``pciback`` (the name
+  xen-pciback registers) also ``new_slot``, ``remove_slot``, ``slots``,
+  ``permissive``, ``quirks``, ``irq_handlers`` and ``irq_handler_state``,
+  as ``drivers/xen/xen-pciback/pci_stub.c`` creates them.  Upstream Linux
+  has no ``do_flr`` (a distribution patch does); the simulator leaves it out
+  unless ``pciback_do_flr: true`` is set in the scenario;
+* ``kernel/iommu_groups/<n>/devices/<bdf>``.
+
+Semantics follow ``drivers/base/bus.c`` (bind/unbind), ``drivers/pci/
+pci-driver.c`` (new_id/remove_id), ``drivers/pci/pci-sysfs.c`` (reset,
+enable, resource) and pci_stub.c (slots, permissive, probe that rejects a
+device not listed by ``new_slot``), with the same errno values.
+
+A write changes the model under a lock inside the FUSE handler, so it has
+taken effect when ``write(2)`` returns, exactly like a sysfs store.  Other
+simulator parts are told afterwards: listeners registered with
+:meth:`SysfsFS.add_listener` run on the FUSE thread, and
+``host.on_sysfs_change(event)`` (if the host has it) runs on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+PCIBACK = "pciback"
+PCI_ANY_ID = 0xFFFFFFFF
+# A non-bridge device on a kernel with CONFIG_PCI_IOV (Debian's) prints
+# PCI_BRIDGE_RESOURCES = 13 lines: 6 BARs, the ROM, 6 SR-IOV BARs.
+RESOURCE_LINES = 13
+# What QEMU's emulated devices report; real Xen test hosts run under QEMU.
+DEFAULT_SUBSYSTEM = (0x1AF4, 0x1100)
+
+_HEX = r"(?:0[xX])?[0-9a-fA-F]+"
+_SLOT_RE = re.compile(
+    r"^\s*(?:(?P<dom>%s):)?(?P<bus>%s):(?:(?P<slot>%s)\.(?P<func>%s|\*)|\*\.\*)\s*$" % (_HEX, _HEX, _HEX, _HEX))
+_QUIRK_RE = re.compile(
+    r"^\s*(?:(?P<dom>%s):)?(?P<bus>%s):(?P<slot>%s)\.(?P<func>%s)-(?P<reg>%s):(?P<size>%s):(?P<mask>%s)\s*$"
+    % ((_HEX,) * 7))
+_BDF_RE = re.compile(r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
+
+
+class SysfsWriteError(OSError):
+    """A store refused, with the errno the kernel returns."""
+
+
+def normalise_bdf(text: str) -> str:
+    """``00:10.0`` or ``0000:00:10.0`` -> ``0000:00:10.0``."""
+    m = _BDF_RE.match(str(text).strip())
+    if not m:
+        raise ValueError("not a PCI address: %r" % (text,))
+    dom, bus, slot, func = m.groups()
+    return "%04x:%02x:%02x.%d" % (int(dom or "0", 16), int(bus, 16), int(slot, 16), int(func))
+
+
+def _split_bdf(bdf: str) -> tuple[int, int, int, int]:
+    dom, bus, rest = bdf.split(":")
+    slot, func = rest.split(".")
+    return int(dom, 16), int(bus, 16), int(slot, 16), int(func)
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    """Scenario entries may be dicts or objects (scenario.py decides)."""
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _sysfs_name(buf: bytes) -> str:
+    # sysfs_streq: the written name may carry one trailing newline.
+    text = buf.decode("ascii", "replace")
+    if text.endswith("\n"):
+        text = text[:-1]
+    return text
+
+
+def _kstrtoul(buf: bytes) -> int:
+    text = buf.decode("ascii", "replace")
+    if text.endswith("\n"):
+        text = text[:-1]
+    try:
+        if re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
+            return int(text, 16)
+        if re.fullmatch(r"0[0-7]*", text):
+            return int(text, 8)
+        if re.fullmatch(r"[1-9][0-9]*", text):
+            return int(text, 10)
+    except ValueError:
+        pass
+    raise SysfsWriteError(errno.EINVAL, "invalid number")
+
+
+def _parse_slot(buf: bytes) -> tuple[int, int, int, int]:
+    """str_to_slot(): returns (domain, bus, slot, func), -1 for a ``*``."""
+    m = _SLOT_RE.match(buf.decode("ascii", "replace"))
+    if not m:
+        raise SysfsWriteError(errno.EINVAL, "bad slot")
+    dom = int(m.group("dom"), 16) if m.group("dom") else 0
+    bus = int(m.group("bus"), 16)
+    if m.group("slot") is None:
+        return dom, bus, -1, -1
+    slot = int(m.group("slot"), 16)
+    func = -1 if m.group("func") == "*" else int(m.group("func"), 16)
+    return dom, bus, slot, func
+
+
+@dataclass
+class PciDev:
+    bdf: str
+    vendor: int
+    device: int
+    klass: int
+    subsystem_vendor: int
+    subsystem_device: int
+    resources: list[tuple[int, int, int]]
+    irq: int
+    has_reset: bool
+    iommu_group: int | None
+    driver: str | None = None
+    enable_cnt: int = 0
+    # pciback per-device data (dev_data); exists while bound to pciback.
+    permissive: bool = False
+    isr_on: bool = False
+    ack_intr: bool = False
+    in_use_by: int | None = None      # domid of the guest pciback exports it to
+    quirk_fields: list[tuple[int, int, int]] = field(default_factory=list)
+    resets: list[str] = field(default_factory=list)   # "reset", "do_flr", "pciback-release"
+
+    @property
+    def parent_dir(self) -> str:
+        dom, bus, _, _ = _split_bdf(self.bdf)
+        return "pci%04x:%02x" % (dom, bus)
+
+
+@dataclass
+class PciDriver:
+    name: str
+    ids: set = field(default_factory=set)          # (vendor, device) of its static id table
+    dynids: list = field(default_factory=list)     # new_id entries: 6-tuples
+
+    @property
+    def matches_all(self) -> bool:
+        return self.name == PCIBACK
+
+
+@dataclass
+class SysfsEvent:
+    """What changed: ``kind`` is bind, unbind, new_slot, remove_slot,
+    permissive, reset, enable, new_id, remove_id, quirk."""
+    kind: str
+    bdf: str | None
+    driver: str | None
+    time: float = field(default_factory=time.time)
+
+
+class PciModel:
+    """The state behind the files; every method takes the lock."""
+
+    def __init__(self, devices: list[Any], do_flr: bool = False):
+        self.lock = threading.RLock()
+        self.devices: dict[str, PciDev] = {}
+        self.drivers: dict[str, PciDriver] = {PCIBACK: PciDriver(PCIBACK)}
+        self.slots: list[tuple[int, int, int]] = []    # pcistub_device_ids, duplicates allowed
+        self.has_do_flr = do_flr
+        for entry in devices:
+            self._add_device(entry)
+
+    def _add_device(self, entry: Any) -> None:
+        bdf = normalise_bdf(_field(entry, "bdf"))
+        resources = [tuple(int(x) for x in r) for r in (_field(entry, "resources") or [])]
+        if len(resources) > RESOURCE_LINES:
+            raise ValueError("%s: at most %d resource lines" % (bdf, RESOURCE_LINES))
+        dev = PciDev(
+            bdf=bdf,
+            vendor=int(_field(entry, "vendor", 0x1234)),
+            device=int(_field(entry, "device", 0x11E8)),
+            klass=int(_field(entry, "class", _field(entry, "klass", 0x00FF00))),
+            subsystem_vendor=int(_field(entry, "subsystem_vendor", DEFAULT_SUBSYSTEM[0])),
+            subsystem_device=int(_field(entry, "subsystem_device", DEFAULT_SUBSYSTEM[1])),
+            resources=resources,
+            irq=int(_field(entry, "irq", 0) or 0),
+            has_reset=bool(_field(entry, "reset", False)),
+            iommu_group=_field(entry, "iommu_group"),
+        )
+        driver = _field(entry, "driver")
+        hidden = bool(_field(entry, "hidden", False))
+        if hidden:
+            driver = PCIBACK
+        self.devices[bdf] = dev
+        original = _field(entry, "original_driver")
+        if original:
+            # made assignable earlier (pci-assignable-add): the dom0 driver it
+            # came from is still loaded, so a rebind to driver_path works.
+            self.drivers.setdefault(original, PciDriver(original)).ids.add((dev.vendor, dev.device))
+        if driver and driver != PCIBACK:
+            drv = self.drivers.setdefault(driver, PciDriver(driver))
+            drv.ids.add((dev.vendor, dev.device))
+            dev.driver = driver
+            dev.enable_cnt = 1
+        elif driver == PCIBACK:
+            # xen-pciback.hide=(...) at boot, or a slot added and bound before
+            # the scenario starts: listed in slots and seized.
+            dom, bus, slot, func = _split_bdf(bdf)
+            self.slots.append((dom, bus, (slot << 3) | func))
+            dev.driver = PCIBACK
+
+    # -- queries (used by the simulated pciback and tests) --------------
+
+    def driver_of(self, bdf: str) -> str | None:
+        with self.lock:
+            dev = self.devices.get(normalise_bdf(bdf))
+            return dev.driver if dev else None
+
+    def slot_list(self) -> list[str]:
+        with self.lock:
+            return ["%04x:%02x:%02x.%d" % (d, b, devfn >> 3, devfn & 7) for d, b, devfn in self.slots]
+
+    def _in_slots(self, dev: PciDev) -> bool:
+        dom, bus, slot, func = _split_bdf(dev.bdf)
+        return (dom, bus, (slot << 3) | func) in self.slots
+
+    # -- stores ----------------------------------------------------------
+
+    def _device_by_name(self, buf: bytes) -> PciDev:
+        dev = self.devices.get(_sysfs_name(buf))
+        if dev is None:
+            raise SysfsWriteError(errno.ENODEV, "no such device")
+        return dev
+
+    def _driver_matches(self, drv: PciDriver, dev: PciDev) -> bool:
+        if drv.matches_all or (dev.vendor, dev.device) in drv.ids:
+            return True
+        for vendor, device, subv, subd, klass, mask in drv.dynids:
+            if ((vendor in (PCI_ANY_ID, dev.vendor)) and (device in (PCI_ANY_ID, dev.device))
+                    and (subv in (PCI_ANY_ID, dev.subsystem_vendor))
+                    and (subd in (PCI_ANY_ID, dev.subsystem_device))
+                    and not ((klass ^ dev.klass) & mask)):
+                return True
+        return False
+
+    def _probe(self, drv: PciDriver, dev: PciDev) -> None:
+        """device_driver_attach(): EBUSY if bound, the probe's error otherwise."""
+        if dev.driver is not None:
+            raise SysfsWriteError(errno.EBUSY, "device already has a driver")
+        if drv.name == PCIBACK:
+            if not self._in_slots(dev):
+                # pcistub_probe: not in the seize list -> -ENODEV
+                raise SysfsWriteError(errno.ENODEV, "not a pciback slot")
+            dev.driver = PCIBACK
+            # pcistub_init_device enables, saves state, resets, then disables.
+            dev.enable_cnt = 0
+            dev.permissive = dev.isr_on = dev.ack_intr = False
+            return
+        dev.driver = drv.name
+        dev.enable_cnt += 1
+
+    def _release(self, dev: PciDev) -> None:
+        if dev.driver == PCIBACK:
+            # pcistub_remove: the dev_data (permissive, quirks) goes away and
+            # the final put resets the device.
+            dev.permissive = dev.isr_on = dev.ack_intr = False
+            dev.quirk_fields = []
+            dev.in_use_by = None
+            dev.resets.append("pciback-release")
+        else:
+            dev.enable_cnt = max(0, dev.enable_cnt - 1)
+        dev.driver = None
+
+    def bind(self, driver: str, buf: bytes) -> SysfsEvent:
+        with self.lock:
+            drv = self.drivers[driver]
+            dev = self._device_by_name(buf)
+            if not self._driver_matches(drv, dev):
+                raise SysfsWriteError(errno.ENODEV, "driver does not match")
+            self._probe(drv, dev)
+            return SysfsEvent("bind", dev.bdf, driver)
+
+    def unbind(self, driver: str, buf: bytes) -> SysfsEvent:
+        with self.lock:
+            dev = self.devices.get(_sysfs_name(buf))
+            if dev is None or dev.driver != driver:
+                raise SysfsWriteError(errno.ENODEV, "device not bound to this driver")
+            self._release(dev)
+            return SysfsEvent("unbind", dev.bdf, driver)
+
+    def new_id(self, driver: str, buf: bytes) -> SysfsEvent:
+        fields = buf.decode("ascii", "replace").split()
+        vals: list[int] = []
+        for tok in fields[:7]:
+            try:
+                vals.append(int(tok, 16))
+            except ValueError:
+                break
+        if len(vals) < 2:
+            raise SysfsWriteError(errno.EINVAL, "need vendor and device")
+        defaults = [PCI_ANY_ID, PCI_ANY_ID, 0, 0, 0]
+        full = vals + defaults[len(vals) - 2:]
+        vendor, device, subv, subd, klass, mask, data = full[:7]
+        with self.lock:
+            drv = self.drivers[driver]
+            if len(vals) != 7:
+                probe = PciDev("0000:00:00.0", vendor, device, klass, subv, subd, [], 0, False, None)
+                if self._driver_matches(drv, probe):
+                    raise SysfsWriteError(errno.EEXIST, "id already handled")
+            if data != 0:
+                # only driver_data of an existing id_table entry is accepted
+                raise SysfsWriteError(errno.EINVAL, "unknown driver_data")
+            drv.dynids.append((vendor, device, subv, subd, klass, mask))
+            # pci_add_dynid -> driver_attach: probe every unbound device.
+            for dev in self.devices.values():
+                if dev.driver is None and self._driver_matches(drv, dev):
+                    try:
+                        self._probe(drv, dev)
+                    except SysfsWriteError:
+                        pass
+            return SysfsEvent("new_id", None, driver)
+
+    def remove_id(self, driver: str, buf: bytes) -> SysfsEvent:
+        vals: list[int] = []
+        for tok in buf.decode("ascii", "replace").split()[:6]:
+            try:
+                vals.append(int(tok, 16))
+            except ValueError:
+                break
+        if len(vals) < 2:
+            raise SysfsWriteError(errno.EINVAL, "need vendor and device")
+        wanted = tuple(vals + [PCI_ANY_ID, PCI_ANY_ID, 0, 0][len(vals) - 2:])[:6]
+        with self.lock:
+            drv = self.drivers[driver]
+            for i, dynid in enumerate(drv.dynids):
+                if dynid == wanted:
+                    del drv.dynids[i]
+                    return SysfsEvent("remove_id", None, driver)
+            raise SysfsWriteError(errno.ENODEV, "no such dynamic id")
+
+    def new_slot(self, buf: bytes) -> SysfsEvent:
+        dom, bus, slot, func = _parse_slot(buf)
+        slots = range(32) if slot < 0 else [slot]
+        funcs = range(8) if func < 0 else [func]
+        if not 0 <= dom <= 0xFFFF or not 0 <= bus <= 0xFF or any(s > 0x1F for s in slots) or any(f > 7 for f in funcs):
+            raise SysfsWriteError(errno.EINVAL, "slot out of range")
+        with self.lock:
+            # Appended even when already listed: writing twice duplicates.
+            for s in slots:
+                for f in funcs:
+                    self.slots.append((dom, bus, (s << 3) | f))
+        bdf = None if slot < 0 or func < 0 else "%04x:%02x:%02x.%d" % (dom, bus, slot, func)
+        return SysfsEvent("new_slot", bdf, PCIBACK)
+
+    def remove_slot(self, buf: bytes) -> SysfsEvent:
+        dom, bus, slot, func = _parse_slot(buf)
+        with self.lock:
+            keep = [s for s in self.slots
+                    if not (s[0] == dom and s[1] == bus and (slot < 0 or s[2] >> 3 == slot)
+                            and (func < 0 or s[2] & 7 == func))]
+            if len(keep) == len(self.slots):
+                raise SysfsWriteError(errno.ENOENT, "slot not listed")
+            self.slots = keep
+        bdf = None if slot < 0 or func < 0 else "%04x:%02x:%02x.%d" % (dom, bus, slot, func)
+        return SysfsEvent("remove_slot", bdf, PCIBACK)
+
+    def _pciback_dev(self, buf: bytes, missing: int) -> PciDev:
+        dom, bus, slot, func = _parse_slot(buf)
+        bdf = "%04x:%02x:%02x.%d" % (dom, bus, slot, func) if slot >= 0 and func >= 0 else None
+        dev = self.devices.get(bdf) if bdf else None
+        if dev is None or dev.driver != PCIBACK:
+            raise SysfsWriteError(missing, "not a pciback device")
+        return dev
+
+    def permissive_add(self, buf: bytes) -> SysfsEvent:
+        with self.lock:
+            dev = self._pciback_dev(buf, errno.ENODEV)
+            dev.permissive = True
+            return SysfsEvent("permissive", dev.bdf, PCIBACK)
+
+    def irq_handler_state(self, buf: bytes) -> SysfsEvent:
+        with self.lock:
+            dev = self._pciback_dev(buf, errno.ENOENT)
+            dev.isr_on = not dev.isr_on
+            if dev.isr_on:
+                dev.ack_intr = True
+            return SysfsEvent("irq_handler_state", dev.bdf, PCIBACK)
+
+    def quirk_add(self, buf: bytes) -> SysfsEvent:
+        m = _QUIRK_RE.match(buf.decode("ascii", "replace"))
+        if not m:
+            raise SysfsWriteError(errno.EINVAL, "bad quirk")
+        g = {k: int(v, 16) if v else 0 for k, v in m.groupdict().items()}
+        if g["reg"] > 0xFFF or (g["size"] < 4 and (g["mask"] >> (g["size"] * 8))):
+            raise SysfsWriteError(errno.EINVAL, "bad quirk field")
+        bdf = "%04x:%02x:%02x.%d" % (g["dom"], g["bus"], g["slot"], g["func"])
+        with self.lock:
+            dev = self.devices.get(bdf)
+            if dev is None or dev.driver != PCIBACK:
+                raise SysfsWriteError(errno.ENODEV, "not a pciback device")
+            dev.quirk_fields.append((g["reg"], g["size"], g["mask"]))
+            return SysfsEvent("quirk", bdf, PCIBACK)
+
+    def do_flr(self, buf: bytes) -> SysfsEvent:
+        with self.lock:
+            dev = self._pciback_dev(buf, errno.ENODEV)
+            dev.resets.append("do_flr")
+            return SysfsEvent("reset", dev.bdf, PCIBACK)
+
+    def reset(self, bdf: str, buf: bytes) -> SysfsEvent:
+        try:
+            val = _kstrtoul(buf)
+        except SysfsWriteError:
+            raise SysfsWriteError(errno.EINVAL, "invalid number") from None
+        if val != 1:
+            raise SysfsWriteError(errno.EINVAL, "only 1 resets")
+        with self.lock:
+            self.devices[bdf].resets.append("reset")
+            return SysfsEvent("reset", bdf, None)
+
+    def enable(self, bdf: str, buf: bytes) -> SysfsEvent:
+        val = _kstrtoul(buf)
+        with self.lock:
+            dev = self.devices[bdf]
+            if dev.driver is not None:
+                raise SysfsWriteError(errno.EBUSY, "device has a driver")
+            if val:
+                dev.enable_cnt += 1
+            elif dev.enable_cnt > 0:
+                dev.enable_cnt -= 1
+            else:
+                raise SysfsWriteError(errno.EIO, "not enabled")
+            return SysfsEvent("enable", bdf, None)
+
+    # -- shows -----------------------------------------------------------
+
+    def show_device(self, dev: PciDev, attr: str) -> bytes:
+        if attr in ("vendor", "device", "subsystem_vendor", "subsystem_device"):
+            return b"0x%04x\n" % getattr(dev, attr)
+        if attr == "class":
+            return b"0x%06x\n" % dev.klass
+        if attr == "irq":
+            return b"%u\n" % dev.irq
+        if attr == "enable":
+            return b"%d\n" % dev.enable_cnt
+        if attr == "resource":
+            lines = list(dev.resources) + [(0, 0, 0)] * (RESOURCE_LINES - len(dev.resources))
+            return b"".join(b"0x%016x 0x%016x 0x%016x\n" % r for r in lines)
+        raise KeyError(attr)
+
+    def show_pciback(self, attr: str) -> bytes:
+        if attr == "slots":
+            return "".join(s + "\n" for s in self.slot_list()).encode()
+        bound = [d for d in sorted(self.devices.values(), key=lambda d: d.bdf) if d.driver == PCIBACK]
+        if attr == "permissive":
+            return "".join(d.bdf + "\n" for d in bound if d.permissive).encode()
+        if attr == "irq_handlers":
+            return "".join("%s:%s:%sing:%d\n" % (d.bdf, "on" if d.isr_on else "off",
+                                                 "ack" if d.ack_intr else "not ack", 0) for d in bound).encode()
+        if attr == "quirks":
+            out = []
+            for d in bound:
+                if not d.quirk_fields:
+                    continue
+                _, bus, slot, func = _split_bdf(d.bdf)
+                out.append("%02x:%02x.%01x\n\t%04x:%04x:%04x:%04x\n" % (
+                    bus, slot, func, d.vendor, d.device, d.subsystem_vendor, d.subsystem_device))
+                out.extend("\t\t%08x:%01x:%08x\n" % q for q in d.quirk_fields)
+            return "".join(out).encode()
+        raise KeyError(attr)
+
+
+# Attribute tables: name -> (mode, has_show, store name or None)
+_DEVICE_ATTRS = {
+    "vendor": 0o444, "device": 0o444, "subsystem_vendor": 0o444, "subsystem_device": 0o444,
+    "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "reset": 0o200,
+}
+_DRIVER_ATTRS = {"bind": 0o200, "unbind": 0o200, "new_id": 0o200, "remove_id": 0o200}
+_PCIBACK_ATTRS = {
+    "new_slot": 0o200, "remove_slot": 0o200, "slots": 0o400, "permissive": 0o600,
+    "quirks": 0o600, "irq_handlers": 0o400, "irq_handler_state": 0o200,
+}
+
+
+class _Node:
+    __slots__ = ("kind", "mode", "target", "entries", "read", "write")
+
+    def __init__(self, kind, mode=0o755, target=None, entries=None, read=None, write=None):
+        self.kind = kind          # dir | link | file
+        self.mode = mode
+        self.target = target
+        self.entries = entries
+        self.read = read          # () -> bytes
+        self.write = write        # (bytes) -> SysfsEvent
+
+
+try:  # fusepy is a test-only dependency of the simulator
+    import fuse as _fuse
+    _FUSE_IMPORT_ERROR = None
+except (ImportError, OSError, EnvironmentError) as exc:   # OSError: libfuse missing
+    _fuse = None
+    _FUSE_IMPORT_ERROR = exc
+
+
+class _Ops:
+    """fusepy operations over the model.  Mixed in with fuse.Operations."""
+
+    use_ns = True
+
+    def __init__(self, fs: "SysfsFS"):
+        self.fs = fs
+        self.model = fs.model
+        self._fh_lock = threading.Lock()
+        self._next_fh = 1
+        self._open: dict[int, list] = {}   # fh -> [node, cached bytes or None]
+        self.started = time.time_ns()
+
+    # -- tree ------------------------------------------------------------
+
+    def _dev_dir(self, dev: PciDev) -> _Node:
+        entries = [a for a in _DEVICE_ATTRS if a != "reset" or dev.has_reset]
+        entries += ["subsystem"] + (["driver"] if dev.driver else []) + (
+            ["iommu_group"] if dev.iommu_group is not None else [])
+        return _Node("dir", entries=entries)
+
+    def _resolve(self, path: str) -> _Node:
+        m = self.model
+        parts = [p for p in path.split("/") if p]
+        n = len(parts)
+        if n == 0:
+            return _Node("dir", entries=["bus", "devices", "kernel"])
+        top = parts[0]
+        if top == "bus":
+            if n == 1:
+                return _Node("dir", entries=["pci"])
+            if parts[1] != "pci":
+                raise KeyError(path)
+            if n == 2:
+                return _Node("dir", entries=["devices", "drivers"])
+            if parts[2] == "devices":
+                if n == 3:
+                    return _Node("dir", entries=sorted(m.devices))
+                dev = m.devices[parts[3]]
+                if n == 4:
+                    return _Node("link", target="../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                raise KeyError(path)     # the kernel resolves the link; FUSE does too
+            if parts[2] == "drivers":
+                if n == 3:
+                    return _Node("dir", entries=sorted(m.drivers))
+                drv = m.drivers[parts[3]]
+                attrs = dict(_DRIVER_ATTRS)
+                if drv.name == PCIBACK:
+                    attrs.update(_PCIBACK_ATTRS)
+                    if m.has_do_flr:
+                        attrs["do_flr"] = 0o200
+                bound = sorted(d.bdf for d in m.devices.values() if d.driver == drv.name)
+                if n == 4:
+                    return _Node("dir", entries=sorted(attrs) + bound)
+                if n == 5:
+                    name = parts[4]
+                    if name in bound:
+                        dev = m.devices[name]
+                        return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                    if name in attrs:
+                        return self._driver_attr(drv.name, name, attrs[name])
+            raise KeyError(path)
+        if top == "devices":
+            if n == 1:
+                return _Node("dir", entries=sorted({d.parent_dir for d in m.devices.values()}))
+            devs = {d.bdf: d for d in m.devices.values() if d.parent_dir == parts[1]}
+            if not devs:
+                raise KeyError(path)
+            if n == 2:
+                return _Node("dir", entries=sorted(devs))
+            dev = devs[parts[2]]
+            if n == 3:
+                return self._dev_dir(dev)
+            if n == 4:
+                return self._dev_attr(dev, parts[3])
+            raise KeyError(path)
+        if top == "kernel":
+            if n == 1:
+                return _Node("dir", entries=["iommu_groups"])
+            if parts[1] != "iommu_groups":
+                raise KeyError(path)
+            groups: dict[str, list[PciDev]] = {}
+            for d in m.devices.values():
+                if d.iommu_group is not None:
+                    groups.setdefault(str(d.iommu_group), []).append(d)
+            if n == 2:
+                return _Node("dir", entries=sorted(groups, key=int))
+            members = groups[parts[2]]
+            if n == 3:
+                return _Node("dir", entries=["devices"])
+            if parts[3] != "devices":
+                raise KeyError(path)
+            if n == 4:
+                return _Node("dir", entries=sorted(d.bdf for d in members))
+            if n == 5:
+                dev = {d.bdf: d for d in members}[parts[4]]
+                return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+        raise KeyError(path)
+
+    def _dev_attr(self, dev: PciDev, name: str) -> _Node:
+        m = self.model
+        if name == "driver" and dev.driver:
+            return _Node("link", target="../../../bus/pci/drivers/%s" % dev.driver)
+        if name == "subsystem":
+            return _Node("link", target="../../../bus/pci")
+        if name == "iommu_group" and dev.iommu_group is not None:
+            return _Node("link", target="../../../kernel/iommu_groups/%s" % dev.iommu_group)
+        if name == "reset" and dev.has_reset:
+            return _Node("file", 0o200, write=lambda buf: m.reset(dev.bdf, buf))
+        if name == "enable":
+            return _Node("file", 0o600, read=lambda: m.show_device(dev, name),
+                         write=lambda buf: m.enable(dev.bdf, buf))
+        if name in _DEVICE_ATTRS and name != "reset":
+            return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
+        raise KeyError(name)
+
+    def _driver_attr(self, driver: str, name: str, mode: int) -> _Node:
+        m = self.model
+        stores: dict[str, Callable[[bytes], SysfsEvent]] = {
+            "bind": lambda buf: m.bind(driver, buf),
+            "unbind": lambda buf: m.unbind(driver, buf),
+            "new_id": lambda buf: m.new_id(driver, buf),
+            "remove_id": lambda buf: m.remove_id(driver, buf),
+            "new_slot": m.new_slot,
+            "remove_slot": m.remove_slot,
+            "permissive": m.permissive_add,
+            "quirks": m.quirk_add,
+            "irq_handler_state": m.irq_handler_state,
+            "do_flr": m.do_flr,
+        }
+        read = (lambda: m.show_pciback(name)) if mode & 0o444 else None
+        return _Node("file", mode, read=read, write=stores.get(name) if mode & 0o222 else None)
+
+    def _lookup(self, path: str) -> _Node:
+        with self.model.lock:
+            try:
+                return self._resolve(path)
+            except (KeyError, IndexError, ValueError):
+                raise _fuse.FuseOSError(errno.ENOENT) from None
+
+    # -- fusepy operations ----------------------------------------------
+
+    def getattr(self, path, fh=None):
+        node = self._lookup(path)
+        t = self.started
+        base = {"st_uid": 0, "st_gid": 0, "st_atime": t, "st_mtime": t, "st_ctime": t}
+        if node.kind == "dir":
+            base.update(st_mode=stat.S_IFDIR | 0o755, st_nlink=2, st_size=0)
+        elif node.kind == "link":
+            base.update(st_mode=stat.S_IFLNK | 0o777, st_nlink=1, st_size=len(node.target))
+        else:
+            base.update(st_mode=stat.S_IFREG | node.mode, st_nlink=1, st_size=4096)
+        return base
+
+    def readdir(self, path, fh):
+        node = self._lookup(path)
+        if node.kind != "dir":
+            raise _fuse.FuseOSError(errno.ENOTDIR)
+        return [".", ".."] + list(node.entries)
+
+    def readlink(self, path):
+        node = self._lookup(path)
+        if node.kind != "link":
+            raise _fuse.FuseOSError(errno.EINVAL)
+        return node.target
+
+    def open(self, path, flags):
+        node = self._lookup(path)
+        if node.kind != "file":
+            raise _fuse.FuseOSError(errno.EISDIR)
+        acc = flags & os.O_ACCMODE
+        # kernfs_fop_open: EACCES when the attribute lacks show or store.
+        if acc in (os.O_RDONLY, os.O_RDWR) and node.read is None:
+            raise _fuse.FuseOSError(errno.EACCES)
+        if acc in (os.O_WRONLY, os.O_RDWR) and node.write is None:
+            raise _fuse.FuseOSError(errno.EACCES)
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._open[fh] = [node, None]
+        return fh
+
+    def read(self, path, size, offset, fh):
+        entry = self._open.get(fh)
+        if entry is None:
+            raise _fuse.FuseOSError(errno.EBADF)
+        node = entry[0]
+        if offset == 0 or entry[1] is None:
+            # seq_file: the show runs at position 0, later reads page through it
+            with self.model.lock:
+                entry[1] = node.read()
+        return entry[1][offset:offset + size]
+
+    def write(self, path, data, offset, fh):
+        entry = self._open.get(fh)
+        if entry is None:
+            raise _fuse.FuseOSError(errno.EBADF)
+        node = entry[0]
+        self.fs._fault(path)
+        try:
+            event = node.write(bytes(data))
+        except SysfsWriteError as exc:
+            raise _fuse.FuseOSError(exc.errno) from None
+        self.fs._notify(event, path)
+        return len(data)
+
+    def create(self, path, mode, fi=None):
+        # kernfs directories have no create(): O_CREAT on a missing name is EACCES
+        raise _fuse.FuseOSError(errno.EACCES)
+
+    def truncate(self, path, length, fh=None):
+        # O_TRUNC on a sysfs attribute is accepted and ignored (shell ">").
+        self._lookup(path)
+        return 0
+
+    def release(self, path, fh):
+        with self._fh_lock:
+            self._open.pop(fh, None)
+        return 0
+
+    def flush(self, path, fh):
+        return 0
+
+    def statfs(self, path):
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+
+
+class SysfsFS:
+    """xensim component: mounts the PCI sysfs at ``host.paths['sysfs_root']``."""
+
+    MOUNT_TIMEOUT = 10.0
+    UNMOUNT_TIMEOUT = 10.0
+
+    def __init__(self, host):
+        self.host = host
+        scenario = getattr(host, "scenario", None) or {}
+        self.model = PciModel(_field(scenario, "devices") or [],
+                              do_flr=bool(_field(scenario, "pciback_do_flr", False)))
+        self.root = host.paths["sysfs_root"]
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._listeners: list[Callable[[SysfsEvent], None]] = []
+        self._faults: dict[str, tuple[float, int | None]] = {}
+        self._stopping = threading.Event()
+        self.events: list[SysfsEvent] = []
+
+    # -- query API for the simulated pciback and tests ------------------
+
+    def driver_of(self, bdf: str) -> str | None:
+        return self.model.driver_of(bdf)
+
+    def is_bound(self, bdf: str, driver: str = PCIBACK) -> bool:
+        return self.model.driver_of(bdf) == driver
+
+    def exists(self, bdf: str) -> bool:
+        with self.model.lock:
+            return normalise_bdf(bdf) in self.model.devices
+
+    def slots(self) -> list[str]:
+        return self.model.slot_list()
+
+    def is_permissive(self, bdf: str) -> bool:
+        with self.model.lock:
+            dev = self.model.devices.get(normalise_bdf(bdf))
+            return bool(dev and dev.permissive)
+
+    def resets(self, bdf: str) -> list[str]:
+        with self.model.lock:
+            return list(self.model.devices[normalise_bdf(bdf)].resets)
+
+    def set_in_use(self, bdf: str, domid: int | None) -> None:
+        """pciback exports (domid) or releases (None) a seized device."""
+        with self.model.lock:
+            dev = self.model.devices[normalise_bdf(bdf)]
+            if domid is None and dev.in_use_by is not None:
+                dev.resets.append("pciback-release")   # pcistub_put_pci_dev resets
+            dev.in_use_by = domid
+
+    def in_use_by(self, bdf: str) -> int | None:
+        with self.model.lock:
+            return self.model.devices[normalise_bdf(bdf)].in_use_by
+
+    def set_permissive(self, bdf: str, value: bool = True) -> None:
+        with self.model.lock:
+            self.model.devices[normalise_bdf(bdf)].permissive = value
+
+    def add_listener(self, fn: Callable[[SysfsEvent], None]) -> None:
+        self._listeners.append(fn)
+
+    def inject(self, file_suffix: str, delay: float = 0.0, errno_value: int | None = None) -> None:
+        """Fault point: writes to a path ending in ``file_suffix`` sleep
+        ``delay`` seconds (a kernel blocked in unbind), then fail with
+        ``errno_value`` if given.  ``inject(suffix)`` with no delay and no
+        errno clears it."""
+        if not delay and errno_value is None:
+            self._faults.pop(file_suffix, None)
+        else:
+            self._faults[file_suffix] = (delay, errno_value)
+
+    def _fault(self, path: str) -> None:
+        for suffix, (delay, err) in list(self._faults.items()):
+            if path.endswith(suffix):
+                if delay:
+                    self._stopping.wait(delay)
+                if err is not None:
+                    raise _fuse.FuseOSError(err)
+
+    def _notify(self, event: SysfsEvent, path: str) -> None:
+        self.events.append(event)
+        log.debug("sysfs %s: %s %s", path, event.kind, event.bdf)
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:   # a listener must not turn a store into an error
+                log.exception("sysfs listener failed")
+        cb = getattr(self.host, "on_sysfs_change", None)
+        if cb is not None:
+            loop = getattr(self.host, "loop", None)
+            if loop is not None and loop.is_running():
+                loop.call_soon_threadsafe(cb, event)
+            else:
+                cb(event)
+
+    # -- lifecycle -------------------------------------------------------
+
+    @staticmethod
+    def available() -> str | None:
+        """None if FUSE can be used here, else why not."""
+        if _fuse is None:
+            return "fusepy/libfuse unavailable: %s" % (_FUSE_IMPORT_ERROR,)
+        if not os.path.exists("/dev/fuse"):
+            return "/dev/fuse does not exist"
+        return None
+
+    def _serve(self) -> None:
+        ops_cls = type("XensimSysfs", (_Ops, _fuse.Operations), {})
+        try:
+            _fuse.FUSE(ops_cls(self), self.root, foreground=True, nothreads=False,
+                       fsname="xensim-sysfs", subtype="xensim", direct_io=True,
+                       attr_timeout=0, entry_timeout=0, negative_timeout=0)
+        except BaseException as exc:   # reported by start()/stop()
+            self._error = exc
+
+    def start_sync(self) -> None:
+        why = self.available()
+        if why:
+            raise RuntimeError(why)
+        os.makedirs(self.root, exist_ok=True)
+        if os.path.ismount(self.root):
+            _unmount(self.root, self.UNMOUNT_TIMEOUT)   # left over by a crashed run
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._serve, name="xensim-sysfs", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.MOUNT_TIMEOUT
+        while not os.path.ismount(self.root):
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError("FUSE mount of %s failed: %s" % (self.root, self._error or "fuse_main returned"))
+            if time.monotonic() > deadline:
+                raise RuntimeError("FUSE mount of %s did not appear within %.0f s" % (self.root, self.MOUNT_TIMEOUT))
+            time.sleep(0.01)
+
+    def stop_sync(self) -> None:
+        self._stopping.set()
+        if self._thread is None:
+            return
+        if os.path.ismount(self.root):
+            _unmount(self.root, self.UNMOUNT_TIMEOUT)
+        self._thread.join(self.UNMOUNT_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("FUSE thread for %s did not exit", self.root)
+        self._thread = None
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.start_sync)
+
+    async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_sync)
+
+
+def _unmount(path: str, timeout: float) -> None:
+    """fusermount -u, falling back to a lazy unmount if something holds it."""
+    for cmd in (["fusermount", "-u", path], ["fusermount", "-u", "-z", path], ["umount", "-l", path]):
+        try:
+            res = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("%s: %s", " ".join(cmd), exc)
+            continue
+        if res.returncode == 0 or not os.path.ismount(path):
+            return
+        log.warning("%s: %s", " ".join(cmd), res.stderr.decode(errors="replace").strip())
