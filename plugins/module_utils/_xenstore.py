@@ -1,0 +1,448 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""xenstore access with deadlines, pipelining, transactions and watch waits.
+
+pyxs gives us the transport (Unix socket or xenbus device, with libxenstore's
+path defaults), the packet codec and path checks. Its Client is not used:
+it waits for replies without any timeout (a xenstored that dies mid-request
+blocks the caller forever), allows one outstanding request per thread, and
+its Monitor can spin. Here every request is written to the transport and its
+reply read back with ``select`` bounded by the caller's deadline, several
+requests can be in flight at once (xenstored answers them in order, matched
+by request id), and watch events that arrive meanwhile are queued.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import traceback
+from collections import deque
+
+from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
+from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExceeded, XenstoreConnectionError, XenstoreError
+
+try:
+    from pyxs._internal import Op, Packet
+    from pyxs.connection import UnixSocketConnection, XenBusConnection
+    from pyxs.exceptions import PyXSError
+    from pyxs.helpers import check_path, check_watch_path
+    HAS_PYXS = True
+    PYXS_IMPORT_ERROR = None
+except ImportError:  # reported by the modules with missing_required_lib
+    HAS_PYXS = False
+    PYXS_IMPORT_ERROR = traceback.format_exc()
+
+HEADER = struct.Struct("<IIII")
+OP_ERROR = 16
+OP_WATCH_EVENT = 15
+DEFAULT_SOCKET = "/var/run/xenstored/socket"
+
+# How often a transaction is retried when xenstored answers EAGAIN (another
+# writer touched what we read). libxl retries forever; we stop and say so.
+TRANSACTION_RETRIES = 32
+
+
+def _b(value):
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class Stats:
+    """What this connection cost: requests, round trips, writes."""
+
+    WRITE_OPS = ("WRITE", "MKDIR", "RM", "SET_PERMS")
+
+    def __init__(self):
+        self.requests = 0
+        self.round_trips = 0
+        self.by_op = {}
+
+    @property
+    def writes(self):
+        return sum(self.by_op.get(op, 0) for op in self.WRITE_OPS)
+
+    def as_dict(self):
+        return {"requests": self.requests, "round_trips": self.round_trips,
+                "writes": self.writes, "by_op": dict(self.by_op)}
+
+
+class XenStore:
+    """One connection to xenstored, every call bounded by a deadline.
+
+    ``path``: Unix socket of xenstored (default: ``XENSTORED_PATH`` or
+    ``/var/run/xenstored/socket``); ``xenbus``: use the xenbus device instead
+    (a domU or a dom0 without the socket). ``timeout``: default budget in
+    seconds of calls made without an explicit deadline.
+    """
+
+    def __init__(self, path=None, xenbus=False, timeout=10.0):
+        if not HAS_PYXS:
+            raise XenstoreConnectionError("the pyxs Python library is required to talk to xenstored")
+        self.timeout = timeout
+        self.stats = Stats()
+        self._events = deque()
+        self._next_rq = 1
+        self._next_token = 1
+        if xenbus:
+            self._conn = XenBusConnection(path)
+        else:
+            self._conn = UnixSocketConnection(path or os.environ.get("XENSTORED_PATH") or DEFAULT_SOCKET)
+        self.where = self._conn.path
+        try:
+            self._conn.connect()
+        except PyXSError as exc:
+            raise XenstoreConnectionError("cannot connect to xenstored at %s: %s" % (self.where, exc), path=self.where) from None
+        self._fd = self._conn.fileno()
+        self._rbuf = b""
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _deadline(self, deadline, what):
+        return deadline if deadline is not None else Deadline(self.timeout, what)
+
+    # -- wire --------------------------------------------------------------
+
+    def _broken(self, why):
+        where = self.where
+        self.close()
+        return XenstoreConnectionError("connection to xenstored at %s lost: %s" % (where, why), path=where)
+
+    def _send(self, op_name, payload, tx):
+        if self._conn is None:
+            raise XenstoreConnectionError("connection to xenstored is closed", path=self.where)
+        rq = self._next_rq
+        self._next_rq = (self._next_rq + 1) & 0x7FFFFFFF or 1
+        packet = Packet(getattr(Op, op_name), payload, rq, tx)
+        data = HEADER.pack(packet.op, packet.rq_id, packet.tx_id, packet.size) + packet.payload
+        view = memoryview(data)
+        try:
+            while view:
+                sent = os.write(self._fd, view)
+                view = view[sent:]
+        except OSError as exc:
+            raise self._broken(os.strerror(exc.errno)) from None
+        self.stats.requests += 1
+        self.stats.by_op[op_name] = self.stats.by_op.get(op_name, 0) + 1
+        return rq
+
+    def _read_exact(self, size, deadline, doing, pending=True):
+        while len(self._rbuf) < size:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                if pending:
+                    # A reply still on its way would put the stream out of
+                    # step with our next request: drop the connection.
+                    self.close()
+                raise deadline.exceeded(doing, path=self.where)
+            try:
+                ready, _w, _x = select.select([self._fd], [], [], remaining)
+            except (OSError, ValueError) as exc:
+                raise self._broken(str(exc)) from None
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError as exc:
+                raise self._broken(os.strerror(exc.errno)) from None
+            if not chunk:
+                raise self._broken("xenstored closed the connection")
+            self._rbuf += chunk
+        data, self._rbuf = self._rbuf[:size], self._rbuf[size:]
+        return data
+
+    def _packet(self, deadline, doing, pending=True):
+        """Next packet off the wire; watch events are queued and give None."""
+        op, rq, _tx, size = HEADER.unpack(self._read_exact(HEADER.size, deadline, doing, pending))
+        payload = self._read_exact(size, deadline, doing, pending) if size else b""
+        if op == OP_WATCH_EVENT:
+            parts = payload.split(b"\0")
+            if len(parts) >= 2:
+                self._events.append((parts[0].decode(), parts[1].decode()))
+            return None
+        return op, rq, payload
+
+    def _recv(self, deadline, doing):
+        """Next reply packet; watch events met on the way are queued."""
+        while True:
+            packet = self._packet(deadline, doing)
+            if packet is not None:
+                return packet
+
+    def _reply(self, rq, op_name, path, deadline):
+        op, got_rq, payload = self._recv(deadline, "waiting for xenstored to answer %s %s" % (op_name, path))
+        if got_rq != rq:
+            raise self._broken("reply out of order (request %d, got %d)" % (rq, got_rq))
+        if op == OP_ERROR:
+            name = payload.rstrip(b"\0").decode(errors="replace")
+            return XenstoreError("xenstore %s %s failed: %s" % (op_name, path, name), name, path=path, op=op_name)
+        return payload
+
+    def pipeline(self, requests, tx=0, deadline=None):
+        """Send every ``(op, path, payload)`` at once, then read the replies.
+
+        One round trip for the lot. Returns the replies in order; a failed
+        request gives its XenstoreError in its place instead of raising.
+        """
+        deadline = self._deadline(deadline, "xenstore")
+        sent = [(self._send(op, payload, tx), op, path) for op, path, payload in requests]
+        if sent:
+            self.stats.round_trips += 1
+        return [self._reply(rq, op, path, deadline) for rq, op, path in sent]
+
+    def _one(self, op, path, payload, tx, deadline, allow=()):
+        reply = self.pipeline([(op, path, payload)], tx, deadline)[0]
+        if isinstance(reply, XenstoreError):
+            if reply.errno in allow:
+                return None
+            raise reply
+        return reply
+
+    @staticmethod
+    def _path(path):
+        raw = _b(path)
+        try:
+            check_path(raw)
+        except (PyXSError, ValueError):
+            raise XenstoreError("invalid xenstore path %r" % path, "EINVAL", path=path) from None
+        return raw
+
+    # -- operations --------------------------------------------------------
+
+    def read(self, path, tx=0, deadline=None, default=None):
+        """Value as str, or ``default`` if the node does not exist."""
+        value = self._one("READ", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
+        return default if value is None else value.decode()
+
+    def read_many(self, paths, tx=0, deadline=None):
+        """{path: value or None} in one round trip."""
+        paths = list(paths)
+        replies = self.pipeline([("READ", p, self._path(p) + b"\0") for p in paths], tx, deadline)
+        out = {}
+        for path, reply in zip(paths, replies):
+            if isinstance(reply, XenstoreError):
+                if reply.errno != "ENOENT":
+                    raise reply
+                out[path] = None
+            else:
+                out[path] = reply.decode()
+        return out
+
+    def directory(self, path, tx=0, deadline=None):
+        """Child names, or None if the node does not exist."""
+        reply = self._one("DIRECTORY", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
+        if reply is None:
+            return None
+        return [name.decode() for name in reply.split(b"\0") if name]
+
+    def directory_many(self, paths, tx=0, deadline=None):
+        paths = list(paths)
+        replies = self.pipeline([("DIRECTORY", p, self._path(p) + b"\0") for p in paths], tx, deadline)
+        out = {}
+        for path, reply in zip(paths, replies):
+            if isinstance(reply, XenstoreError):
+                if reply.errno != "ENOENT":
+                    raise reply
+                out[path] = None
+            else:
+                out[path] = [name.decode() for name in reply.split(b"\0") if name]
+        return out
+
+    def get_perms(self, path, tx=0, deadline=None):
+        reply = self._one("GET_PERMS", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
+        if reply is None:
+            return None
+        return [p.decode() for p in reply.split(b"\0") if p]
+
+    @classmethod
+    def read_request(cls, path):
+        return ("READ", path, cls._path(path) + b"\0")
+
+    @classmethod
+    def directory_request(cls, path):
+        return ("DIRECTORY", path, cls._path(path) + b"\0")
+
+    @classmethod
+    def write_request(cls, path, value):
+        return ("WRITE", path, cls._path(path) + b"\0" + _b(value))
+
+    @classmethod
+    def rm_request(cls, path):
+        return ("RM", path, cls._path(path) + b"\0")
+
+    @classmethod
+    def mkdir_request(cls, path):
+        return ("MKDIR", path, cls._path(path) + b"\0")
+
+    @classmethod
+    def perms_request(cls, path, perms):
+        return ("SET_PERMS", path, cls._path(path) + b"\0" + b"".join(_b(p) + b"\0" for p in perms))
+
+    def write(self, path, value, tx=0, deadline=None):
+        self._one(*self.write_request(path, value), tx=tx, deadline=deadline)
+
+    def rm(self, path, tx=0, deadline=None):
+        self._one(*self.rm_request(path), tx=tx, deadline=deadline)
+
+    def mkdir(self, path, tx=0, deadline=None):
+        self._one(*self.mkdir_request(path), tx=tx, deadline=deadline)
+
+    def set_perms(self, path, perms, tx=0, deadline=None):
+        self._one(*self.perms_request(path, perms), tx=tx, deadline=deadline)
+
+    def apply(self, changes, tx=0, deadline=None):
+        """Apply ``Changes`` (writes, removals, mkdirs, perms, in order) in one round trip."""
+        requests = []
+        for kind, path, arg in changes.items:
+            if kind == "write":
+                requests.append(self.write_request(path, arg))
+            elif kind == "rm":
+                requests.append(self.rm_request(path))
+            elif kind == "mkdir":
+                requests.append(self.mkdir_request(path))
+            elif kind == "perms":
+                requests.append(self.perms_request(path, arg))
+        for reply in self.pipeline(requests, tx, deadline):
+            if isinstance(reply, XenstoreError):
+                raise reply
+
+    # -- transactions ------------------------------------------------------
+
+    def transaction_start(self, deadline=None):
+        return int(self._one("TRANSACTION_START", "", b"\0", 0, deadline).rstrip(b"\0"))
+
+    def transaction_end(self, tx, commit=True, deadline=None):
+        self._one("TRANSACTION_END", "", b"T\0" if commit else b"F\0", tx, deadline)
+
+    def transaction(self, body, deadline=None, retries=TRANSACTION_RETRIES):
+        """Run ``body(tx)`` in a transaction, again on EAGAIN, at most ``retries`` times.
+
+        ``body`` reads and writes with ``tx=tx`` and returns a result; it may
+        raise to abort (nothing it wrote is committed).
+        """
+        deadline = self._deadline(deadline, "xenstore transaction")
+        for _attempt in range(retries):
+            tx = self.transaction_start(deadline)
+            try:
+                result = body(tx)
+            except BaseException:
+                if self._conn is not None:
+                    try:
+                        self.transaction_end(tx, False, deadline)
+                    except (XenstoreError, XenstoreConnectionError):
+                        pass
+                raise
+            try:
+                self.transaction_end(tx, True, deadline)
+                return result
+            except XenstoreError as exc:
+                if exc.errno != "EAGAIN":
+                    raise
+            deadline.check("retrying a conflicting xenstore transaction")
+        raise XenstoreError("xenstore transaction still conflicting after %d attempts" % retries, "EAGAIN")
+
+    # -- watches -----------------------------------------------------------
+
+    def watch(self, path, token=None, deadline=None):
+        """Register a watch; returns its token (unique on this connection)."""
+        if token is None:
+            token = "xen.pci-%d" % self._next_token
+            self._next_token += 1
+        raw = _b(path)
+        try:
+            check_watch_path(raw)
+        except (PyXSError, ValueError):
+            raise XenstoreError("invalid watch path %r" % path, "EINVAL", path=path) from None
+        self._one("WATCH", path, raw + b"\0" + _b(token) + b"\0", 0, deadline)
+        return token
+
+    def unwatch(self, path, token, deadline=None):
+        self._one("UNWATCH", path, _b(path) + b"\0" + _b(token) + b"\0", 0, deadline, allow=("ENOENT",))
+        self._events = deque(e for e in self._events if e[1] != token)
+
+    def next_event(self, deadline):
+        """Next queued or arriving watch event (path, token), bounded."""
+        while not self._events:
+            packet = self._packet(deadline, "waiting for a xenstore watch event", pending=False)
+            if packet is not None:
+                # No request is outstanding here, so any reply is a protocol error.
+                raise self._broken("unexpected reply op %d while waiting for events: %r" % (packet[0], packet[2][:64]))
+        return self._events.popleft()
+
+    def wait_until(self, paths, check, deadline, doing):
+        """Wait until ``check(values)`` returns a true value, re-reading on watch events.
+
+        ``paths``: the nodes to watch and read (one watch each, one pipelined
+        read per wake-up); ``check`` gets {path: value or None} and returns the
+        result to hand back, or None to keep waiting. No polling: between
+        reads we sleep in select() on the connection, until the deadline.
+        """
+        paths = list(paths)
+        tokens = []
+        try:
+            for path in paths:
+                tokens.append((path, self.watch(path, deadline=deadline)))
+            mine = {t for _p, t in tokens}
+            while True:
+                values = self.read_many(paths, deadline=deadline)
+                result = check(values)
+                if result is not None:
+                    return result
+                # Drain: one fresh read covers every event queued so far.
+                while True:
+                    try:
+                        _path, token = self.next_event(deadline)
+                    except DeadlineExceeded:
+                        raise deadline.exceeded(doing, seen=values) from None
+                    if token in mine:
+                        break
+        finally:
+            if self._conn is not None:
+                for path, token in tokens:
+                    try:
+                        self.unwatch(path, token, deadline=Deadline(2.0, "unwatch"))
+                    except (XenstoreError, XenstoreConnectionError, DeadlineExceeded):
+                        break
+
+
+class Changes:
+    """An ordered batch of xenstore changes, applied in one round trip."""
+
+    def __init__(self):
+        self.items = []
+
+    def write(self, path, value):
+        self.items.append(("write", path, value))
+        return self
+
+    def rm(self, path):
+        self.items.append(("rm", path, None))
+        return self
+
+    def mkdir(self, path):
+        self.items.append(("mkdir", path, None))
+        return self
+
+    def perms(self, path, perms):
+        self.items.append(("perms", path, list(perms)))
+        return self
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+

@@ -1,0 +1,172 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Our xenstore client against the simulated xenstored: deadlines, pipelining, transactions, watches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import pytest
+
+from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
+from ansible_collections.xen.pci.plugins.module_utils._errors import (DeadlineExceeded, XenstoreConnectionError,
+                                                                        XenstoreError)
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes, XenStore
+
+
+@pytest.fixture
+def xenstored():
+    server = pytest.importorskip("xensim.xenstore.server", reason="xensim (tools/xensim) is not importable")
+    store_mod = pytest.importorskip("xensim.xenstore.store")
+    faults_mod = pytest.importorskip("xensim.faults")
+    sockdir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
+    faults = faults_mod.Faults()
+    store = store_mod.Store(faults=faults)
+    handle = server.run_in_thread(store, os.path.join(sockdir, "socket"), faults=faults,
+                                  extra={1: os.path.join(sockdir, "socket-dom1")})
+    handle.path = os.path.join(sockdir, "socket")
+    handle.faults = faults
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_basic_operations_and_permissions(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.write("/local/domain/0/backend/pci/1/0/state", "1")
+        assert xs.read("/local/domain/0/backend/pci/1/0/state") == "1"
+        assert xs.read("/nothing/here") is None
+        assert xs.read("/nothing/here", default="x") == "x"
+        assert xs.directory("/local/domain/0/backend/pci/1") == ["0"]
+        assert xs.directory("/nothing") is None
+        xs.set_perms("/local/domain/0/backend/pci/1/0", ["n0", "r1"])
+        assert xs.get_perms("/local/domain/0/backend/pci/1/0") == ["n0", "r1"]
+        xs.write("/empty", "")
+        assert xs.read("/empty") == ""
+        xs.rm("/local/domain/0/backend/pci")
+        assert xs.directory("/local/domain/0/backend") == []
+        with pytest.raises(XenstoreError, match="invalid xenstore path"):
+            xs.read("/bad path")
+
+
+def test_a_guest_connection_cannot_write_dom0_backend_nodes(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.write("/local/domain/0/backend/pci/1/0/state", "4")
+        xs.set_perms("/local/domain/0/backend/pci/1/0", ["n0", "r1"])
+    with XenStore(xenstored.path + "-dom1", timeout=5) as guest:
+        with pytest.raises(XenstoreError) as info:
+            guest.write("/local/domain/0/backend/pci/1/0/state", "5")
+        assert info.value.errno == "EACCES"
+
+
+def test_pipelined_reads_are_one_round_trip(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        changes = Changes()
+        for i in range(20):
+            changes.write("/t/k%d" % i, str(i))
+        xs.apply(changes)
+        assert xs.stats.round_trips == 1 and xs.stats.writes == 20
+        values = xs.read_many(["/t/k%d" % i for i in range(20)] + ["/t/missing"])
+        assert xs.stats.round_trips == 2
+        assert values["/t/k7"] == "7" and values["/t/missing"] is None
+
+
+def test_transactions_retry_on_eagain_and_give_up_after_a_bound(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xenstored.faults.add("xenstore.commit", "eagain", times=3)
+        attempts = []
+
+        def body(tx):
+            attempts.append(tx)
+            num = int(xs.read("/t/num", tx=tx, default="0"))
+            xs.write("/t/num", str(num + 1), tx=tx)
+            return num + 1
+
+        assert xs.transaction(body) == 1
+        assert len(attempts) == 4
+        xenstored.faults.add("xenstore.commit", "eagain", times=1000)
+        with pytest.raises(XenstoreError, match="still conflicting after 5 attempts"):
+            xs.transaction(body, retries=5)
+        assert xs.read("/t/num") == "1"
+
+
+def test_a_real_conflict_between_two_clients_gets_eagain(xenstored):
+    with XenStore(xenstored.path, timeout=5) as a, XenStore(xenstored.path, timeout=5) as b:
+        a.write("/t/num", "0")
+        tx = a.transaction_start()
+        assert a.read("/t/num", tx=tx) == "0"
+        b.write("/t/num", "5")
+        a.write("/t/num", "1", tx=tx)
+        with pytest.raises(XenstoreError) as info:
+            a.transaction_end(tx, True)
+        assert info.value.errno == "EAGAIN"
+        assert a.read("/t/num") == "5"
+
+
+def test_an_aborted_transaction_leaves_nothing(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        def body(tx):
+            xs.write("/t/a", "1", tx=tx)
+            raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError):
+            xs.transaction(body)
+        assert xs.read("/t/a") is None
+
+
+def test_a_hung_xenstored_is_a_bounded_error_and_the_connection_is_dropped(xenstored):
+    xs = XenStore(xenstored.path, timeout=5)
+    xenstored.faults.add("xenstore.request", "hang", op="READ", path="/t/slow")
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="waiting for xenstored to answer READ /t/slow"):
+        xs.read("/t/slow", deadline=Deadline(0.5))
+    assert 0.4 < time.monotonic() - start < 2.0
+    with pytest.raises(XenstoreConnectionError):
+        xs.read("/t/other")
+
+
+def test_xenstored_closing_mid_request_is_a_connection_error(xenstored):
+    xs = XenStore(xenstored.path, timeout=5)
+    xenstored.faults.add("xenstore.request", "close", op="WRITE")
+    with pytest.raises(XenstoreConnectionError, match="lost"):
+        xs.write("/t/x", "1")
+
+
+def test_missing_socket_is_a_connection_error():
+    with pytest.raises(XenstoreConnectionError, match="cannot connect"):
+        XenStore("/nonexistent/xenstored.sock")
+
+
+def test_wait_until_wakes_on_a_watch_event_not_by_polling(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs, XenStore(xenstored.path, timeout=5) as other:
+        xs.write("/t/state", "7")
+
+        def later():
+            time.sleep(0.3)
+            other.write("/t/state", "4")
+
+        thread = threading.Thread(target=later)
+        thread.start()
+        reads_before = xs.stats.by_op.get("READ", 0)
+        result = xs.wait_until(["/t/state"], lambda v: v["/t/state"] if v["/t/state"] == "4" else None,
+                               Deadline(5), "waiting for state 4")
+        thread.join()
+        assert result == "4"
+        # One read at the start, then one per event (initial event and the write): no polling.
+        assert xs.stats.by_op["READ"] - reads_before <= 3
+
+
+def test_wait_until_times_out_with_what_it_saw(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.write("/t/state", "7")
+        with pytest.raises(DeadlineExceeded, match="waiting for state 4") as info:
+            xs.wait_until(["/t/state"], lambda v: None, Deadline(0.3), "waiting for state 4")
+        assert info.value.details["seen"] == {"/t/state": "7"}
+        # The connection is still usable after a wait timed out.
+        assert xs.read("/t/state") == "7"
