@@ -1,0 +1,77 @@
+"""Scenario files: validation with errors naming the field, normalisation."""
+
+import pytest
+
+from xensim import scenario as sc
+from xensim.scenario import ScenarioError
+
+BASE = """
+name: t
+devices:
+  - {bdf: "10.0", vendor: 0x1234, device: 0x11e8, driver: pciback}
+  - {bdf: "0000:00:12.0", vendor: 0x8086, device: 0x100e, driver: e1000}
+domains:
+  - {domid: 1, name: a, devices: ["00:10.0"]}
+"""
+
+
+def test_shipped_scenarios_load():
+    names = {p.stem for p in sc.shipped()}
+    assert {"pv-no-backend", "pv-with-backend", "pv-paused", "hvm-stubdom", "hvm-dom0-qemu",
+            "mixed-host", "demo"} <= names
+    for path in sc.shipped():
+        s = sc.load(path)
+        assert s.name == path.stem
+
+
+def test_normalisation_and_defaults():
+    with pytest.raises(ScenarioError, match=r"devices\[0\]\.bdf: '10.0' is not a BDF"):
+        sc.loads(BASE)
+    s = sc.loads(BASE.replace('"10.0"', '"00:10.0"'))
+    assert [d.bdf for d in s.devices] == ["0000:00:10.0", "0000:00:12.0"]
+    dom = s.domain(1)
+    assert dom.devices == ["0000:00:10.0"] and dom.type == "pv" and dom.pcifront and dom.state == "running"
+    # Deterministic uuid from domid and name.
+    assert dom.uuid == sc.loads(BASE.replace('"10.0"', '"00:10.0"')).domain(1).uuid
+    assert sc.normalise_bdf("1:2:3.4") == "0001:02:03.4"
+    assert sc.bdf_to_xs("0000:00:10.0") == "0000-00-10-0"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("device: 0x11e8, driver: pciback", "driver: pciback"), r"devices\[0000:00:10.0\]\.device: missing"),
+    (('devices: ["00:10.0"]', 'devices: ["00:12.0"]'), r"domains\[1\]\.devices: 0000:00:12.0 is not bound to pciback"),
+    (('devices: ["00:10.0"]', 'devices: ["00:1f.0"]'), r"domains\[1\]\.devices: 0000:00:1f.0 is not in devices"),
+    (("name: a,", "name: a, type: hvm, pcifront: true,"), r"domains\[1\]\.pcifront: xen-pcifront only runs in PV"),
+    (("name: a,", "name: a, type: pvh, passthrough: enabled,"), r"passthrough not yet supported for x86 PVH"),
+    (("name: a,", "name: a, state: asleep,"), r"domains\[1\]\.state: 'asleep' is not one of"),
+    (("name: a,", "name: a, type: hvm, device_model: stubdom,"), r"domains\[1\]\.stubdom: required"),
+    (("name: a,", "name: a, colour: red,"), r"domains\[0\]: unknown key\(s\) colour"),
+    (("vendor: 0x1234", "vendor: 0x12345"), r"devices\[0000:00:10.0\]\.vendor: 74565 out of range"),
+])
+def test_errors_name_the_field(edit, message):
+    text = BASE.replace('"10.0"', '"00:10.0"').replace(*edit)
+    with pytest.raises(ScenarioError, match=message):
+        sc.loads(text)
+
+
+def test_stubdom_links_are_checked():
+    text = """
+name: s
+domains:
+  - {domid: 3, name: g, type: hvm, device_model: stubdom, stubdom: 4}
+  - {domid: 4, name: g-dm, type: pv, target: 5}
+"""
+    with pytest.raises(ScenarioError, match=r"domains\[4\]\.target: must be 3"):
+        sc.loads(text)
+    ok = sc.loads(text.replace("target: 5", "target: 3"))
+    assert ok.domain(4).is_stubdom and ok.domain(3).stubdom == 4
+
+
+def test_device_used_twice_and_bad_yaml():
+    text = BASE.replace('"10.0"', '"00:10.0"') + '  - {domid: 2, name: b, devices: ["00:10.0"]}\n'
+    with pytest.raises(ScenarioError, match=r"domains\[2\]\.devices: 0000:00:10.0 is already assigned to domain 1"):
+        sc.loads(text)
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        sc.loads("name: [")
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        sc.load("/nonexistent/x.yaml")
