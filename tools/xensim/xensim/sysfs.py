@@ -32,9 +32,11 @@ simulator parts are told afterwards: listeners registered with
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
+import signal
 import re
 import stat
 import subprocess
@@ -861,6 +863,8 @@ class SysfsFS:
                        attr_timeout=0, entry_timeout=0, negative_timeout=0)
         except BaseException as exc:   # reported by start()/stop()
             self._error = exc
+        finally:
+            _restore_sigpipe()
 
     def start_sync(self) -> None:
         why = self.available()
@@ -896,6 +900,17 @@ class SysfsFS:
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop_sync)
+
+
+def _restore_sigpipe() -> None:
+    """libfuse's fuse_remove_signal_handlers() turns an ignored SIGPIPE back
+    to the default (terminate), process-wide; Python runs with it ignored and
+    relies on EPIPE. signal.signal() works only in the main thread, and this
+    runs in the FUSE thread, hence libc."""
+    try:
+        ctypes.CDLL(None).signal(signal.SIGPIPE, ctypes.c_void_p(1))   # SIG_IGN
+    except (OSError, AttributeError) as exc:
+        log.warning("could not restore SIGPIPE to ignored: %s", exc)
 
 
 def _unmount(path: str, timeout: float) -> None:
