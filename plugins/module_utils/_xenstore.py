@@ -295,7 +295,8 @@ class XenStore:
         self._one(*self.write_request(path, value), tx=tx, deadline=deadline)
 
     def rm(self, path, tx=0, deadline=None):
-        self._one(*self.rm_request(path), tx=tx, deadline=deadline)
+        """Remove a subtree; removing a missing node is not an error."""
+        self._one(*self.rm_request(path), tx=tx, deadline=deadline, allow=("ENOENT",))
 
     def mkdir(self, path, tx=0, deadline=None):
         self._one(*self.mkdir_request(path), tx=tx, deadline=deadline)
@@ -315,8 +316,10 @@ class XenStore:
                 requests.append(self.mkdir_request(path))
             elif kind == "perms":
                 requests.append(self.perms_request(path, arg))
-        for reply in self.pipeline(requests, tx, deadline):
-            if isinstance(reply, XenstoreError):
+        for (kind, _path, _arg), reply in zip(changes.items, self.pipeline(requests, tx, deadline)):
+            # Removing what is already gone is success (xenstored says ENOENT
+            # when the parent is missing too).
+            if isinstance(reply, XenstoreError) and not (kind == "rm" and reply.errno == "ENOENT"):
                 raise reply
 
     # -- transactions ------------------------------------------------------
@@ -356,22 +359,41 @@ class XenStore:
 
     # -- watches -----------------------------------------------------------
 
-    def watch(self, path, token=None, deadline=None):
-        """Register a watch; returns its token (unique on this connection)."""
-        if token is None:
-            token = "xen.pci-%d" % self._next_token
-            self._next_token += 1
+    def _new_token(self):
+        token = "xen.pci-%d" % self._next_token
+        self._next_token += 1
+        return token
+
+    @staticmethod
+    def _watch_payload(path, token):
         raw = _b(path)
         try:
             check_watch_path(raw)
         except (PyXSError, ValueError):
             raise XenstoreError("invalid watch path %r" % path, "EINVAL", path=path) from None
-        self._one("WATCH", path, raw + b"\0" + _b(token) + b"\0", 0, deadline)
+        return raw + b"\0" + _b(token) + b"\0"
+
+    def watch(self, path, token=None, deadline=None):
+        """Register a watch; returns its token (unique on this connection)."""
+        token = token or self._new_token()
+        self._one("WATCH", path, self._watch_payload(path, token), 0, deadline)
         return token
 
+    def watch_many(self, paths, deadline=None):
+        """One watch per path, registered in one round trip; [(path, token)]."""
+        pairs = [(p, self._new_token()) for p in paths]
+        for reply in self.pipeline([("WATCH", p, self._watch_payload(p, t)) for p, t in pairs], deadline=deadline):
+            if isinstance(reply, XenstoreError):
+                raise reply
+        return pairs
+
     def unwatch(self, path, token, deadline=None):
-        self._one("UNWATCH", path, _b(path) + b"\0" + _b(token) + b"\0", 0, deadline, allow=("ENOENT",))
-        self._events = deque(e for e in self._events if e[1] != token)
+        self.unwatch_many([(path, token)], deadline)
+
+    def unwatch_many(self, pairs, deadline=None):
+        self.pipeline([("UNWATCH", p, _b(p) + b"\0" + _b(t) + b"\0") for p, t in pairs], deadline=deadline)
+        tokens = {t for _p, t in pairs}
+        self._events = deque(e for e in self._events if e[1] not in tokens)
 
     def next_event(self, deadline):
         """Next queued or arriving watch event (path, token), bounded."""
@@ -393,8 +415,7 @@ class XenStore:
         paths = list(paths)
         tokens = []
         try:
-            for path in paths:
-                tokens.append((path, self.watch(path, deadline=deadline)))
+            tokens = self.watch_many(paths, deadline=deadline)
             mine = {t for _p, t in tokens}
             while True:
                 values = self.read_many(paths, deadline=deadline)
@@ -410,12 +431,11 @@ class XenStore:
                     if token in mine:
                         break
         finally:
-            if self._conn is not None:
-                for path, token in tokens:
-                    try:
-                        self.unwatch(path, token, deadline=Deadline(2.0, "unwatch"))
-                    except (XenstoreError, XenstoreConnectionError, DeadlineExceeded):
-                        break
+            if self._conn is not None and tokens:
+                try:
+                    self.unwatch_many(tokens, deadline=Deadline(2.0, "unwatch"))
+                except (XenstoreConnectionError, DeadlineExceeded):
+                    pass
 
 
 class Changes:

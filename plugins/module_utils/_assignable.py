@@ -1,0 +1,107 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The assignable pool: devices bound to pciback, ready for guests.
+
+What ``xl pci-assignable-add/-remove`` do (PROTOCOL.md section 9), decided
+from the observed state rather than from exit codes, so that every call is
+idempotent and devices hidden at boot (``xen-pciback.hide``, never
+quarantined) are handled like the others.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.xen.pci.plugins.module_utils._errors import HypervisorError, RefusedError
+from ansible_collections.xen.pci.plugins.module_utils._state import DOMID_IO, libxl_pci_path
+from ansible_collections.xen.pci.plugins.module_utils._sysfs import sbdf_of
+
+
+def device_status(platform, host, bdf):
+    """What is true of ``bdf`` now: driver, pool membership, holder, name."""
+    sysfs = platform.sysfs
+    rec = host.libxl_pci.get(bdf, {})
+    holder = host.holder_of(bdf)
+    if not sysfs.exists(bdf):
+        return {"bdf": bdf, "exists": False, "driver": None, "assignable": False, "assigned_to": holder,
+                "name": rec.get("name"), "driver_path": rec.get("driver_path")}
+    driver = sysfs.device(bdf).driver
+    return {"bdf": bdf, "exists": True, "driver": driver, "in_slots": bdf in sysfs.pciback_slots(),
+            "assignable": driver == "pciback" and holder is None, "assigned_to": holder,
+            "name": rec.get("name"), "driver_path": rec.get("driver_path")}
+
+
+def plan_add(status, name=None, take_from_driver=False):
+    """Steps to make a device assignable (empty when it already is)."""
+    bdf = status["bdf"]
+    if not status["exists"]:
+        raise RefusedError("PCI device %s does not exist on this host" % bdf, device=bdf)
+    steps = []
+    driver = status["driver"]
+    if driver not in (None, "pciback"):
+        if not take_from_driver:
+            raise RefusedError("%s is in use by the dom0 driver %s; set take_from_driver to give it to pciback" % (bdf, driver),
+                               device=bdf, driver=driver)
+        steps.append("remember driver %s and unbind %s from it" % (driver, bdf))
+    if driver != "pciback":
+        steps.append("bind %s to pciback and quarantine it" % bdf)
+    if name is not None and status["name"] != name:
+        steps.append("name %s %r" % (bdf, name))
+    return steps
+
+
+def plan_remove(status, rebind=True):
+    bdf = status["bdf"]
+    if not status["exists"]:
+        return []
+    if status["assigned_to"] is not None:
+        raise RefusedError("%s is attached to domid %d; detach it before giving it back" % (bdf, status["assigned_to"]),
+                           device=bdf, holder=status["assigned_to"])
+    steps = []
+    if status["driver"] == "pciback":
+        steps.append("take %s out of quarantine and unbind it from pciback" % bdf)
+        if rebind and status["driver_path"]:
+            steps.append("rebind %s to %s" % (bdf, status["driver_path"]))
+    if status["name"] is not None:
+        steps.append("forget the name of %s" % bdf)
+    return steps
+
+
+def make_assignable(platform, status, name=None, take_from_driver=False):
+    """Run ``plan_add``'s steps. Returns the steps done."""
+    steps = plan_add(status, name, take_from_driver)
+    bdf, xs, sysfs = status["bdf"], platform.xs, platform.sysfs
+    if status["driver"] not in (None, "pciback"):
+        xs.write(libxl_pci_path(bdf, "driver_path"), sysfs.device(bdf).driver_path)
+        sysfs.unbind(bdf)
+    if status["driver"] != "pciback":
+        sysfs.bind_pciback(bdf)
+        if platform.xenctrl is not None:
+            try:
+                platform.xenctrl.assign_device(DOMID_IO, sbdf_of(bdf), 0)
+            except HypervisorError as exc:
+                # Without an IOMMU (or already quarantined) there is nothing to move.
+                if exc.errno not in ("EOPNOTSUPP", "ENOSYS", "EBUSY"):
+                    raise
+    if name is not None and status["name"] != name:
+        xs.write(libxl_pci_path(bdf, "name"), name)
+    return steps
+
+
+def give_back(platform, status, rebind=True):
+    """Run ``plan_remove``'s steps. Returns the steps done."""
+    steps = plan_remove(status, rebind)
+    bdf, xs, sysfs = status["bdf"], platform.xs, platform.sysfs
+    if status["driver"] == "pciback":
+        if platform.xenctrl is not None:
+            try:
+                platform.xenctrl.deassign_device(DOMID_IO, sbdf_of(bdf))
+            except HypervisorError as exc:
+                # Hidden at boot: never quarantined, so nothing to take back.
+                if exc.errno not in ("ENODEV", "EOPNOTSUPP", "ENOSYS"):
+                    raise
+        sysfs.unbind_pciback(bdf)
+        if rebind and status["driver_path"]:
+            sysfs.bind_driver(bdf, status["driver_path"])
+            xs.rm(libxl_pci_path(bdf, "driver_path"))
+    if status["name"] is not None:
+        xs.rm(libxl_pci_path(bdf, "name"))
+    return steps
