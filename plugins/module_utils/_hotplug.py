@@ -101,7 +101,7 @@ def check_domain(dom, platform):
                            "recreate it with passthrough = \"enabled\"" % dom.label(), domain=dom.domid)
 
 
-def check_devices(host, dom, items, platform):
+def check_devices(host, dom, items, platform, make_assignable=False):
     """Every device exists, is nobody else's, and is (or may be made) assignable."""
     for item in items:
         bdf = item.bdf
@@ -118,6 +118,9 @@ def check_devices(host, dom, items, platform):
         if info.driver not in (None, "pciback") and not item.seize:
             raise RefusedError("%s is in use by the dom0 driver %s; make it assignable first, or ask to seize it" % (bdf, info.driver),
                                device=bdf, driver=info.driver, domain=dom.domid)
+        if info.driver is None and not (item.seize or make_assignable):
+            raise RefusedError("%s is not assignable (bound to no driver, not to pciback); make it assignable first" % bdf,
+                               device=bdf, domain=dom.domid)
 
 
 class Hotplug:
@@ -147,7 +150,7 @@ class Hotplug:
         if dom.type != "pv":
             raise HotplugError("%s is a %s guest: only PV hotplug is implemented so far" % (dom.label(), dom.type.upper()),
                                domain=dom.domid)
-        check_devices(host, dom, items, self.platform)
+        check_devices(host, dom, items, self.platform, make_assignable)
         outcome = Outcome()
         report = outcome.report
         lock = self._lock(dom, deadline)
@@ -158,7 +161,7 @@ class Hotplug:
             todo = [i for i in items if dom.backend is None or dom.backend.device(i.bdf) is None]
             if not todo:
                 return outcome
-            check_devices(host, dom, todo, self.platform)
+            check_devices(host, dom, todo, self.platform, make_assignable)
             self._attach_steps(host, dom, todo, deadline, report, make_assignable)
             outcome.attached = [i.bdf for i in todo]
             return outcome

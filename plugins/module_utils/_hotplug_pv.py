@@ -32,8 +32,9 @@ from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes
 # Reconfiguring cycle normally takes well under a second (XENVM.md).
 BACKEND_WAIT = 10.0
 GUEST_CONNECT_WAIT = 10.0
-# Between removing a broken backend and creating it again (see _rebuild).
+# Between removing a backend and creating it again (see _rebuild).
 REBUILD_SETTLE = 0.5
+_TORN_DOWN = {}   # domid -> when this process last removed its backend
 
 
 def backend_keys(func, index):
@@ -154,6 +155,8 @@ class PvHotplug:
         bdfs = [str(r.bdf) for r in requests]
         if not prepared:
             current = self.prepare(deadline, bdfs)
+        if current is None:
+            self._settle(deadline)
         while True:
             hot = current is not None and current.fe_state == CONNECTED
             try:
@@ -179,6 +182,13 @@ class PvHotplug:
             self.report.warnings.append(
                 "%s is not running: %s will be picked up by its pcifront when it connects" % (self.label(), ", ".join(bdfs)))
         return indices
+
+    def _settle(self, deadline):
+        """Give the kernels time to unregister a backend we removed moments
+        ago before creating it again (see _rebuild)."""
+        since = time.monotonic() - _TORN_DOWN.get(self.domid, -REBUILD_SETTLE)
+        if since < REBUILD_SETTLE:
+            time.sleep(min(REBUILD_SETTLE - since, deadline.remaining()))
 
     def _append(self, tx, requests, hot):
         xs = self.xs
@@ -373,6 +383,7 @@ class PvHotplug:
 
     def _teardown(self, deadline):
         """Remove frontend and backend (pciback and pcifront let go when their nodes vanish)."""
+        _TORN_DOWN[self.domid] = time.monotonic()
         def body(tx):
             changes = Changes().rm(self.fe).rm(self.be).rm("/libxl/%d/device/pci/0" % self.domid)
             self.xs.apply(changes, tx=tx)
@@ -397,7 +408,7 @@ class PvHotplug:
         if not keep:
             self.report.step("%s: removed the PCI backend of %s" % (why, self.label()))
             return []
-        time.sleep(min(REBUILD_SETTLE, deadline.remaining()))
+        self._settle(deadline)
         requests = [d.function() for d in keep]
 
         def body(tx):

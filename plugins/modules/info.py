@@ -1,0 +1,105 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: info
+short_description: PCI devices of a Xen host and the PCI assignments of its guests
+version_added: 0.1.0
+description:
+  - Reads the host's PCI devices from sysfs (ids, class, driver, resources, reset method, IOMMU group)
+    and, from xenstore, what every guest has: devices, backend and frontend states, error nodes and
+    stub domain links.
+  - The whole host is read in a few pipelined xenstore round trips.
+author:
+  - xen.pci contributors
+extends_documentation_fragment:
+  - xen.pci.host
+  - xen.pci.host.ATTRIBUTES
+  - ansible.builtin.action_common_attributes.info_module
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options: {}
+seealso:
+  - module: xen.pci.passthrough
+  - module: xen.pci.assignable
+"""
+
+EXAMPLES = r"""
+- name: Read the passthrough state of a host
+  xen.pci.info:
+  register: pci
+
+- name: List the devices ready for guests
+  ansible.builtin.debug:
+    msg: "{{ pci.assignable }}"
+"""
+
+RETURN = r"""
+devices:
+  description: The host's PCI functions.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - bdf: "0000:00:10.0"
+      vendor: "0x1234"
+      device: "0x11e8"
+      class: "0x00ff00"
+      driver: pciback
+      assignable: true
+      assigned_to: null
+      assigned_to_name: null
+      name: null
+      pciback_slot: true
+      remembered_driver: null
+      reset_method: reset
+      iommu_group: 4
+assignable:
+  description: BDFs bound to pciback and not attached to any guest (what C(xl pci-assignable-list) prints).
+  returned: always
+  type: list
+  elements: str
+domains:
+  description: Every guest, by name, with its PCI backend (if any) and devices.
+  returned: always
+  type: dict
+  sample:
+    web1:
+      domid: 3
+      type: pv
+      stubdom: null
+      stubdom_of: null
+      device_model_state: null
+      backend: {path: /local/domain/0/backend/pci/3/0, state: 4, frontend_state: 4, num_devs: 1, error: null}
+      devices: [{bdf: "0000:00:10.0", index: 0, state: 3, vdev: "0000:00:00.00"}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, run_info
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
+
+
+def main():
+    module = AnsibleModule(argument_spec=dict(HOST_ARGS), supports_check_mode=True)
+    if not HAS_PYXS:
+        module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
+    try:
+        result = run_info(module.params)
+    except XenPciError as exc:
+        module.fail_json(**exc.to_dict())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: passthrough
+short_description: PCI devices passed through to Xen guests
+version_added: 0.1.0
+description:
+  - Keeps the PCI devices of one or many Xen guests in the declared state, hot-plugging them
+    with the toolstack's protocol (xenstore, C(xen-pciback)/C(xen-pcifront)) only where the
+    live state differs from what is declared.
+  - Follows the rule of Xen commit 73ee2795aaef, waiting for the guest's PCI backend only when the
+    guest is PV, running and already has a backend. All devices of one guest go into one
+    reconfigure cycle, and every attach and detach is confirmed.
+  - Keeps libxl's bookkeeping, so C(xl pci-list), C(xl pci-detach) and C(xl pci-assignable-list)
+    keep working beside this module.
+  - Only PV guests (and PV stub domains) are hot-plugged so far; HVM guests are refused with a clear message.
+author:
+  - xen.pci contributors
+extends_documentation_fragment:
+  - xen.pci.host
+  - xen.pci.host.ATTRIBUTES
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+options:
+  domain:
+    description:
+      - The guest, by name or domain id. Use with O(devices).
+    type: str
+  devices:
+    description:
+      - PCI devices of O(domain), each an C(xl) PCI spec string (see C(xl-pci-configuration(5)),
+        for example V(0000:03:00.0@4,permissive=1)) or a dictionary with the same keys.
+      - A device is named by C(bdf) or by C(name) (a name given with C(xl pci-assignable-add -n)).
+    type: list
+    elements: raw
+  assignments:
+    description:
+      - Many guests at once, a mapping of guest name or id to its device list (as O(devices)).
+      - One task per host, however many guests: the host is read once and each guest is changed once.
+    type: dict
+  state:
+    description:
+      - V(present) attaches the listed devices and leaves the others alone.
+      - V(absent) detaches the listed devices.
+      - V(exact) attaches the listed devices and detaches every other device of the guest.
+      - A listed device that is attached with other options (for example C(permissive)) is
+        detached and attached again with V(present) and V(exact); the result lists it in RV(reattached).
+    type: str
+    choices: [present, absent, exact]
+    default: present
+  make_assignable:
+    description:
+      - Bind listed devices that no dom0 driver holds to C(pciback) before attaching them.
+      - A device held by a dom0 driver is taken only when its spec says C(seize=1).
+    type: bool
+    default: false
+  force:
+    description:
+      - Detach even when the guest never acknowledges the removal (the PCI backend is rebuilt
+        without the device). The guest may be left with a device it thinks it still has.
+    type: bool
+    default: false
+notes:
+  - The devices must be assignable (bound to C(pciback)), see M(xen.pci.assignable), unless O(make_assignable) is set.
+  - Assignments made here last until the guest is destroyed; use M(xen.pci.domain_config) to keep them in the guest's config file.
+seealso:
+  - module: xen.pci.assignable
+  - module: xen.pci.info
+"""
+
+EXAMPLES = r"""
+- name: Pass two devices through to a running PV guest
+  xen.pci.passthrough:
+    domain: web1
+    devices:
+      - "0000:03:00.0"
+      - bdf: "0000:04:00.0"
+        permissive: true
+
+- name: Give every guest of a host exactly its declared devices, in one task
+  xen.pci.passthrough:
+    assignments:
+      web1: ["03:00.0"]
+      db1: ["04:00.0@5", "name=gpu0"]
+    state: exact
+
+- name: Take a device away from a guest that does not answer
+  xen.pci.passthrough:
+    domain: 7
+    devices: ["0000:03:00.0"]
+    state: absent
+    force: true
+"""
+
+RETURN = r"""
+actions:
+  description: Steps taken, in order (in check mode, the steps that would be taken).
+  returned: always
+  type: list
+  elements: str
+  sample: ["attach 0000:03:00.0 to web1 (domid 3)", "appended 0000:03:00.0 to the PCI backend of web1 (domid 3) at index 1 in one Reconfiguring cycle"]
+domains:
+  description: The PCI devices of each guest named in the task, after the task (in check mode, as they are).
+  returned: always
+  type: dict
+  sample:
+    web1:
+      domid: 3
+      backend_state: 4
+      devices:
+        - {bdf: "0000:03:00.0", vdev: "0000:00:01.00", state: 3, index: 1, vdevfn: null, name: null,
+           opts: {permissive: false, msitranslate: false, power_mgmt: false, rdm_policy: strict}}
+reattached:
+  description: Devices attached with other options than declared, re-attached to apply them.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"domain": "web1 (domid 3)", "bdf": "0000:03:00.0", "differs": {"permissive": [false, true]}}]
+warnings_detail:
+  description: Conditions that did not fail the task, such as a guest that is not running yet.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, run_passthrough
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
+
+
+def main():
+    argument_spec = dict(
+        domain=dict(type="str"),
+        devices=dict(type="list", elements="raw"),
+        assignments=dict(type="dict"),
+        state=dict(type="str", choices=["present", "absent", "exact"], default="present"),
+        make_assignable=dict(type="bool", default=False),
+        force=dict(type="bool", default=False),
+    )
+    argument_spec.update(HOST_ARGS)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=[("domain", "assignments"), ("devices", "assignments")],
+        required_one_of=[("domain", "assignments")],
+        required_together=[("domain", "devices")],
+        supports_check_mode=True,
+    )
+    if not HAS_PYXS:
+        module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
+    params = module.params
+    desired = params["assignments"] if params["assignments"] is not None else {params["domain"]: params["devices"]}
+    try:
+        result = run_passthrough(params, desired, check_mode=module.check_mode)
+    except XenPciError as exc:
+        module.fail_json(**exc.to_dict())
+    if not module._diff:
+        result.pop("diff", None)
+    for text in result.get("warnings_detail", []):
+        module.warn(text)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
