@@ -20,6 +20,7 @@ from typing import List
 from ansible_collections.xen.pci.plugins.module_utils._assignable import device_status, give_back, make_assignable as add_to_pool
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, HotplugError, RefusedError, XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._hotplug_hvm import HvmHotplug, stub_of
 from ansible_collections.xen.pci.plugins.module_utils._hotplug_pv import PvHotplug, Report
 from ansible_collections.xen.pci.plugins.module_utils._lock import FileLock, domain_lock_path
 from ansible_collections.xen.pci.plugins.module_utils._grants import Grants
@@ -38,6 +39,7 @@ class Platform:
     userdata_dir: str = "/var/lib/xen"
     locking: bool = True
     xenctrl: object = None           # _xenctrl interface, for domain info
+    qmp_dir: str = "/var/run/xen"
 
     def domain_running(self, domid):
         """False for a paused domain (or one being built); True otherwise or if unknown."""
@@ -130,6 +132,7 @@ class Hotplug:
         self.platform = platform
         self.xs = platform.xs
         self.timeout = timeout
+        self.qmp_dir = platform.qmp_dir
 
     def _lock(self, dom, deadline):
         if not self.platform.locking:
@@ -147,9 +150,6 @@ class Hotplug:
         host = host or read_host(self.xs, deadline)
         dom = host.resolve(domain)
         check_domain(dom, self.platform)
-        if dom.type != "pv":
-            raise HotplugError("%s is a %s guest: only PV hotplug is implemented so far" % (dom.label(), dom.type.upper()),
-                               domain=dom.domid)
         check_devices(host, dom, items, self.platform, make_assignable)
         outcome = Outcome()
         report = outcome.report
@@ -158,7 +158,7 @@ class Hotplug:
             # Re-read under the lock: another request may have finished meanwhile.
             host = read_host(self.xs, deadline, domids=None)
             dom = host.resolve(dom.domid)
-            todo = [i for i in items if dom.backend is None or dom.backend.device(i.bdf) is None]
+            todo = [i for i in items if dom.device(i.bdf) is None]
             if not todo:
                 return outcome
             check_devices(host, dom, todo, self.platform, make_assignable)
@@ -172,9 +172,17 @@ class Hotplug:
     def _attach_steps(self, host, dom, items, deadline, report, make_assignable=False):
         undo = []
         bdfs = [i.bdf for i in items]
-        pv = PvHotplug(self.xs, dom.domid, dom.name, report)
-        # The backend wait (if the rule asks for one) comes before any write.
-        current = pv.prepare(deadline, bdfs)
+        funcs = [i.request for i in items]
+        hvm = pv = current = None
+        # Whatever can fail without side effects comes first: the backend wait
+        # the rule may ask for (PV), the device model and its QMP socket (HVM).
+        if dom.type == "hvm":
+            hvm = HvmHotplug(self.platform, dom, stub_of(host, dom), report, qmp_dir=self.qmp_dir)
+            hvm.check()
+            hvm.open_qmp(deadline).close()
+        else:
+            pv = PvHotplug(self.xs, dom.domid, dom.name, report)
+            current = pv.prepare(deadline, bdfs)
         try:
             for item in items:
                 if (item.seize or make_assignable) and self.platform.sysfs is not None:
@@ -182,16 +190,25 @@ class Hotplug:
             changes = [(libxl_pci_path(b, "domid"), str(dom.domid)) for b in bdfs]
             self.xs.pipeline([self.xs.write_request(p, v) for p, v in changes], deadline=deadline)
             undo.append(("rm-domid", bdfs))
-            if self.platform.grants is not None:
-                for item in items:
-                    record = self.platform.grants.grant(dom.domid, item.bdf, permissive=item.request.permissive,
-                                                        assign=True, rdm_policy=item.request.rdm_policy)
-                    undo.append(("revoke", (dom.domid, item.bdf, record.get("pirq"))))
-                    report.step("granted %s to %s (%s)" % (item.bdf, dom.label(), ", ".join(s["op"] for s in record["steps"])))
+            self._grant(dom, items, report, undo, assign=True)
+            if hvm is not None:
+                if hvm.stub is not None:
+                    # QEMU in the stub domain maps the device; only the guest is assigned it.
+                    self._grant(hvm.stub, items, report, undo, assign=False)
+                hvm_undo = []
+                try:
+                    hvm.attach(funcs, deadline, hvm_undo)
+                except XenPciError:
+                    for kind, arg in reversed(hvm_undo):
+                        try:
+                            hvm.undo(kind, arg)
+                        except XenPciError as exc:
+                            report.warnings.append("undo %s: %s" % (kind, exc.msg))
+                    raise
+                return
             before = current.devices if current else []
             try:
-                pv.attach([i.request for i in items], deadline, running=self.platform.domain_running(dom.domid),
-                          prepared=True, current=current)
+                pv.attach(funcs, deadline, running=self.platform.domain_running(dom.domid), prepared=True, current=current)
             except XenPciError:
                 self._undo_xenstore(pv, before, bdfs, report)
                 raise
@@ -202,6 +219,15 @@ class Hotplug:
                 exc.msg += "; could not undo: %s" % "; ".join(left)
                 exc.args = (exc.msg,)
             raise
+
+    def _grant(self, dom, items, report, undo, assign):
+        if self.platform.grants is None:
+            return
+        for item in items:
+            record = self.platform.grants.grant(dom.domid, item.bdf, permissive=item.request.permissive,
+                                                assign=assign, rdm_policy=item.request.rdm_policy)
+            undo.append(("revoke", (dom.domid, item.bdf, record.get("pirq"), assign)))
+            report.step("granted %s to %s (%s)" % (item.bdf, dom.label(), ", ".join(s["op"] for s in record["steps"])))
 
     def _undo_xenstore(self, pv, before, bdfs, report):
         """Take this request's devices out again; keep the domain's others."""
@@ -222,8 +248,8 @@ class Hotplug:
                 if kind == "rm-domid":
                     self.xs.pipeline([self.xs.rm_request(libxl_pci_path(b, "domid")) for b in arg], deadline=fresh)
                 elif kind == "revoke":
-                    domid, bdf, pirq = arg
-                    self.platform.grants.revoke(domid, bdf, pirq=pirq)
+                    domid, bdf, pirq, assigned = arg
+                    self.platform.grants.revoke(domid, bdf, pirq=pirq, deassign=assigned)
                 elif kind == "give-back":
                     self._give_back(*arg)
             except XenPciError as exc:
@@ -253,18 +279,24 @@ class Hotplug:
         try:
             host = read_host(self.xs, deadline)
             dom = host.resolve(dom.domid)
-            present = [b for b in bdfs if dom.backend is not None and dom.backend.device(b) is not None]
+            present = [b for b in bdfs if dom.device(b) is not None]
             if not present:
                 return outcome
-            pv = PvHotplug(self.xs, dom.domid, dom.name, outcome.report)
-            pv.detach(present, deadline, force=force)
+            stub = stub_of(host, dom) if dom.type == "hvm" else None
+            if dom.type == "hvm":
+                HvmHotplug(self.platform, dom, stub, outcome.report, qmp_dir=self.qmp_dir).detach(present, deadline, force=force)
+            else:
+                PvHotplug(self.xs, dom.domid, dom.name, outcome.report).detach(present, deadline, force=force)
             left = []
             for bdf in present:
                 if self.platform.grants is not None:
-                    try:
-                        self.platform.grants.revoke(dom.domid, bdf)
-                    except XenPciError as exc:
-                        left.append("grants of %s: %s" % (bdf, exc.msg))
+                    for target, assigned in ((dom, True), (stub, False)):
+                        if target is None:
+                            continue
+                        try:
+                            self.platform.grants.revoke(target.domid, bdf, deassign=assigned)
+                        except XenPciError as exc:
+                            left.append("grants of %s to %s: %s" % (bdf, target.label(), exc.msg))
                 if self.platform.sysfs is not None:
                     try:
                         method = self.platform.sysfs.reset(bdf)
@@ -282,9 +314,8 @@ class Hotplug:
                 lock.release()
 
 
-
 def connect(xenstore_path=None, xenbus=False, sysfs_root="/sys", hypervisor="libxenctrl", userdata_dir="/var/lib/xen",
-            timeout=60.0, locking=True):
+            timeout=60.0, locking=True, qmp_dir="/var/run/xen"):
     """A Platform for one host. ``hypervisor``: ``libxenctrl`` (the host's
     library), ``none`` (no privileged calls) or ``xensim:<socket>``."""
     xs = XenStore(xenstore_path, xenbus=xenbus, timeout=min(timeout, 30.0))
@@ -293,4 +324,5 @@ def connect(xenstore_path=None, xenbus=False, sysfs_root="/sys", hypervisor="lib
     if hypervisor and hypervisor != "none":
         xenctrl = open_xenctrl(hypervisor)
         grants = Grants(xenctrl, sysfs)
-    return Platform(xs=xs, sysfs=sysfs, grants=grants, userdata_dir=userdata_dir, locking=locking, xenctrl=xenctrl)
+    return Platform(xs=xs, sysfs=sysfs, grants=grants, userdata_dir=userdata_dir, locking=locking, xenctrl=xenctrl,
+                    qmp_dir=qmp_dir)

@@ -197,7 +197,7 @@ class PvHotplug:
         changes = Changes()
         created = num is None
         if created:
-            self._create_backend(changes)
+            self.create_backend(changes)
             num = 0
         elif hot and (_int(values[self.be + "/state"]) != CONNECTED or _int(values[self.fe + "/state"]) != CONNECTED):
             raise _Changed()
@@ -213,7 +213,7 @@ class PvHotplug:
         xs.apply(changes, tx=tx)
         return num, created, cycle
 
-    def _create_backend(self, changes, state=INITIALISING):
+    def create_backend(self, changes, state=INITIALISING):
         """Backend and frontend directories with libxl's keys and permissions."""
         changes.rm(self.be).mkdir(self.be).perms(self.be, ["n0", "r%d" % self.domid])
         changes.write(self.be + "/frontend", self.fe).write(self.be + "/frontend-id", str(self.domid))
@@ -311,10 +311,10 @@ class PvHotplug:
             # pciback drop every device and take back only the others.
             return self._rebuild(keep, deadline, "detach of %s from a guest that is not connected" % ", ".join(gone))
         if not keep:
-            self._teardown(deadline)
+            self.teardown(deadline)
             self.report.step("removed the last devices (%s) and the PCI backend of %s" % (", ".join(gone), self.label()))
             return []
-        self.xs.transaction(lambda tx: self._renumber(tx, keep), deadline)
+        self.xs.transaction(lambda tx: self.renumber(tx, keep), deadline)
         self.report.step("removed %s from the PCI backend of %s and renumbered %d remaining" % (", ".join(gone), self.label(), len(keep)))
         return keep
 
@@ -359,7 +359,7 @@ class PvHotplug:
                 self.label(), ", ".join(gone), backend.error if backend else "backend gone"),
                 domain=self.domid, devices=gone, error_node=backend.error if backend else None)
 
-    def _renumber(self, tx, keep):
+    def renumber(self, tx, keep):
         """Leave exactly the keys libxl would leave: ``keep`` at 0..k-1, in order."""
         names = self.xs.directory(self.be, tx=tx) or []
         values = self.xs.read_many(["%s/%s" % (self.be, n) for n in names], tx=tx)
@@ -381,7 +381,7 @@ class PvHotplug:
         changes.write(self.be + "/num_devs", str(len(keep)))
         self.xs.apply(changes, tx=tx)
 
-    def _teardown(self, deadline):
+    def teardown(self, deadline):
         """Remove frontend and backend (pciback and pcifront let go when their nodes vanish)."""
         _TORN_DOWN[self.domid] = time.monotonic()
         def body(tx):
@@ -404,7 +404,7 @@ class PvHotplug:
         moment to unregister the old devices; xenstore shows no sign of it,
         so that one pause is a fixed, short sleep (REBUILD_SETTLE).
         """
-        self._teardown(deadline)
+        self.teardown(deadline)
         if not keep:
             self.report.step("%s: removed the PCI backend of %s" % (why, self.label()))
             return []
@@ -413,7 +413,7 @@ class PvHotplug:
 
         def body(tx):
             changes = Changes()
-            self._create_backend(changes)
+            self.create_backend(changes)
             for i, req in enumerate(requests):
                 for key, value in backend_keys(req, i):
                     changes.write("%s/%s" % (self.be, key), value)

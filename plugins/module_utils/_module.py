@@ -29,7 +29,8 @@ HOST_ARGS = dict(
 
 def platform_from(params):
     return connect(xenstore_path=params["xenstore_path"], xenbus=params["xenbus"], sysfs_root=params["sysfs_root"],
-                   hypervisor=params["hypervisor"], userdata_dir=params["userdata_dir"], timeout=params["timeout"])
+                   hypervisor=params["hypervisor"], userdata_dir=params["userdata_dir"], timeout=params["timeout"],
+                   qmp_dir=params["qmp_dir"])
 
 
 def domain_summary(host, domids):

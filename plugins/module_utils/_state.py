@@ -160,6 +160,7 @@ class DomainState:
     vm: Optional[str] = None
     backend: Optional[Backend] = None
     dm_state: Optional[str] = None
+    stub_backend: Optional[Backend] = None  # a HVM guest's devices live in its stubdom's backend
 
     @property
     def uuid(self):
@@ -171,7 +172,17 @@ class DomainState:
 
     @property
     def devices(self):
+        """The guest's PCI devices: its own backend's, or for a HVM guest
+        whose QEMU runs in a stub domain, the stub domain's."""
+        if self.stub_backend is not None:
+            return self.stub_backend.devices
         return self.backend.devices if self.backend else []
+
+    def device(self, bdf):
+        for dev in self.devices:
+            if dev.bdf == bdf:
+                return dev
+        return None
 
     def label(self):
         return "%s (domid %d)" % (self.name, self.domid) if self.name else "domid %d" % self.domid
@@ -199,10 +210,11 @@ class HostState:
         return matches[0]
 
     def holder_of(self, bdf):
-        """Domid whose backend lists ``bdf`` (then libxl's bookkeeping), or None."""
+        """Domid whose backend lists ``bdf`` (then libxl's bookkeeping), or None.
+        A stub domain's device is its HVM guest's."""
         for dom in self.domains.values():
             if dom.backend and dom.backend.device(bdf) is not None:
-                return dom.domid
+                return dom.target if dom.target is not None else dom.domid
         rec = self.libxl_pci.get(bdf, {})
         return _int(rec.get("domid"))
 
@@ -275,6 +287,10 @@ def read_host(xs, deadline, domids=None):
             dm_version=values["/libxl/%d/dm-version" % domid],
             stubdom_id=_int(values[base + "/image/device-model-domid"]), target=_int(values[base + "/target"]),
             vm=values[base + "/vm"], backend=backend, dm_state=values3.get(dm_paths.get(domid, ""), None))
+    for dom in domains.values():
+        stub = domains.get(dom.stubdom_id) if dom.stubdom_id is not None else None
+        if stub is not None and stub.target == dom.domid:
+            dom.stub_backend = stub.backend
     libxl_pci = {}
     for key in pci_keys:
         bdf = xs_key_to_bdf(key)

@@ -1,0 +1,41 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Makes the simulator (tools/xensim, a test tool outside the collection's
+Python namespace) importable as ``xensim`` for the unit tests that run the
+hotplug core against a simulated host."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+
+XENSIM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'tools', 'xensim')
+
+if not os.path.isfile(os.path.join(XENSIM_DIR, 'xensim', '__init__.py')):
+    # Fail loudly: tests that need the simulator would otherwise skip silently.
+    raise ImportError('the simulator package is missing: %s/xensim/__init__.py' % XENSIM_DIR)
+
+if XENSIM_DIR not in sys.path:
+    sys.path.insert(0, XENSIM_DIR)
+
+
+@pytest.fixture
+def sim(tmp_path):
+    """Factory: ``sim(yaml_text)`` starts a simulated host; all are stopped at the end."""
+    xensim_host = pytest.importorskip("xensim.host", reason="xensim (tools/xensim) is not importable")
+    xensim_scenario = pytest.importorskip("xensim.scenario", reason="xensim (tools/xensim) is not importable")
+    hosts = []
+
+    def start(text, **kwargs):
+        scenario = xensim_scenario.loads(textwrap.dedent(text))
+        host = xensim_host.SimHost(scenario, str(tmp_path / ("host%d" % len(hosts))), **kwargs)
+        host.start()
+        hosts.append(host)
+        return host
+
+    yield start
+    for host in reversed(hosts):
+        host.stop()

@@ -1,0 +1,152 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""HVM hotplug against xensim: dom0 QEMU, stubdom coldplug and hotplug, QMP failures."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError
+from ansible_collections.xen.pci.plugins.module_utils._hotplug import AttachItem, Hotplug, connect
+from ansible_collections.xen.pci.plugins.module_utils import _hotplug_hvm as hvm_mod
+from ansible_collections.xen.pci.plugins.module_utils._state import read_host
+from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
+
+DEVICES = """
+devices:
+  - {bdf: "0000:00:10.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: pciback, irq: 10,
+     resources: [[0xfe000000, 0xfe0fffff, 0x40200]]}
+  - {bdf: "0000:00:11.0", vendor: 0x1b36, device: 0x0005, class: 0x00ff00, driver: pciback,
+     resources: [[0xfe100000, 0xfe100fff, 0x40200]]}
+"""
+
+STUBDOM_COLDPLUG = "name: hvm-stub-cold" + DEVICES + """
+domains:
+  - {domid: 3, name: win1, type: hvm, state: creating, passthrough: enabled, device_model: stubdom, stubdom: 4,
+     qemu: {machine: pc, unplug: ack}}
+  - {domid: 4, name: win1-dm, type: pv, state: running, target: 3, pcifront: true}
+"""
+
+STUBDOM_HOTPLUG = "name: hvm-stub-hot" + DEVICES + """
+domains:
+  - {domid: 3, name: win1, type: hvm, state: running, passthrough: enabled, device_model: stubdom, stubdom: 4,
+     qemu: {machine: pc, unplug: ack}, devices: ["0000:00:10.0"]}
+  - {domid: 4, name: win1-dm, type: pv, state: running, target: 3, pcifront: true}
+"""
+
+DOM0_QEMU = "name: hvm-dom0" + DEVICES + """
+domains:
+  - {domid: 5, name: hvm1, type: hvm, state: running, passthrough: enabled, device_model: dom0,
+     qemu: {machine: pc, unplug: never}}
+"""
+
+STUB_BE = "/local/domain/0/backend/pci/4/0"
+
+
+def items(*bdfs):
+    return [AttachItem(PciSpec.parse(b).expand()[0]) for b in bdfs]
+
+
+def platform_of(host):
+    p = host.paths
+    return connect(xenstore_path=p["xenstored"], sysfs_root=p["sysfs_root"], hypervisor="xensim:" + p["hypervisor"],
+                   userdata_dir=p["userdata_dir"], qmp_dir=p["qmp_dir"])
+
+
+def peek(host, path):
+    value = host.call(host.store.peek, path)
+    return value.decode() if value is not None else None
+
+
+def qmp_commands(host, domid, name):
+    return [c for c in host.qemu.commands(domid) if c.get("execute", c.get("command")) == name]
+
+
+def test_stubdom_coldplug_creates_the_stubdom_backend_without_a_wait_then_device_add(sim):
+    host = sim(STUBDOM_COLDPLUG)
+    platform = platform_of(host)
+    outcome = Hotplug(platform, timeout=30).attach("win1", items("00:10.0"))
+    assert outcome.attached == ["0000:00:10.0"]
+    assert any("created the PCI backend of win1-dm (domid 4)" in a and "no wait" in a for a in outcome.report.actions)
+    assert peek(host, STUB_BE + "/state") == "4" and peek(host, STUB_BE + "/state-0") == "3"
+    assert [d["id"] for d in host.qemu.devices(3)] == ["pci-pt-00_10.0"]
+    # Listed by the guest's own name.
+    state = read_host(platform.xs, Deadline(5))
+    assert [d.bdf for d in state.resolve("win1").devices] == ["0000:00:10.0"]
+    assert state.holder_of("0000:00:10.0") == 3
+    # Nothing written for the guest's own domid.
+    assert peek(host, "/local/domain/0/backend/pci/3/0/num_devs") is None
+
+
+def test_stubdom_hotplug_with_a_backend_waits_then_one_cycle_then_qmp(sim):
+    host = sim(STUBDOM_HOTPLUG)
+    platform = platform_of(host)
+    outcome = Hotplug(platform, timeout=30).attach("win1", items("00:11.0"))
+    assert any("appended 0000:00:11.0 to the PCI backend of win1-dm" in a and "one Reconfiguring cycle" in a
+               for a in outcome.report.actions)
+    assert peek(host, STUB_BE + "/state-1") == "3"
+    assert "pci-pt-00_11.0" in [d["id"] for d in host.qemu.devices(3)]
+    assert outcome.report.devices["0000:00:11.0"]["qdev_id"] == "pci-pt-00_11.0"
+    # Detach by the guest's name: QEMU first, then the stubdom's backend.
+    out = Hotplug(platform, timeout=30).detach("win1", ["0000:00:11.0"])
+    assert out.detached == ["0000:00:11.0"]
+    assert "pci-pt-00_11.0" not in [d["id"] for d in host.qemu.devices(3)]
+    assert peek(host, STUB_BE + "/num_devs") == "1"
+
+
+def test_device_add_failing_twice_then_succeeding_is_retried(sim, monkeypatch):
+    monkeypatch.setattr(hvm_mod, "DEVICE_ADD_PAUSE", 0.1)
+    host = sim(STUBDOM_COLDPLUG)
+    host.faults.add("qemu.device_add", "error", times=2)
+    outcome = Hotplug(platform_of(host), timeout=30).attach("win1", items("00:10.0"))
+    assert outcome.attached == ["0000:00:10.0"]
+    assert any("succeeded at try 3" in a for a in outcome.report.actions)
+
+
+def test_device_add_failing_always_is_a_clear_error_and_the_stubdom_attach_is_undone(sim, monkeypatch):
+    # Same ten tries, a tenth of libxl's pause, to keep the suite fast.
+    monkeypatch.setattr(hvm_mod, "DEVICE_ADD_PAUSE", 0.1)
+    host = sim(STUBDOM_HOTPLUG)
+    host.faults.add("qemu.device_add", "error")
+    with pytest.raises(HotplugError, match=r"QEMU of win1 \(domid 3\) refused 0000:00:11.0 after 10 tries"):
+        Hotplug(platform_of(host), timeout=40).attach("win1", items("00:11.0"))
+    assert peek(host, STUB_BE + "/num_devs") == "1" and peek(host, STUB_BE + "/dev-0") == "0000:00:10.0"
+    assert peek(host, "/libxl/pci/0000-00-11-0/domid") is None
+
+
+def test_unplug_never_acknowledged_is_bounded_and_force_completes_it(sim, monkeypatch):
+    monkeypatch.setattr(hvm_mod, "UNPLUG_WAIT", 2.0)
+    host = sim(DOM0_QEMU)
+    platform = platform_of(host)
+    Hotplug(platform, timeout=30).attach("hvm1", items("00:10.0"))
+    assert [d["id"] for d in host.qemu.devices(5)] == ["pci-pt-00_10.0"]
+    start = time.monotonic()
+    with pytest.raises(HotplugError, match=r"did not release 0000:00:10.0.*use force"):
+        Hotplug(platform, timeout=30).detach("hvm1", ["0000:00:10.0"])
+    assert time.monotonic() - start < hvm_mod.UNPLUG_WAIT + 5
+    out = Hotplug(platform, timeout=30).detach("hvm1", ["0000:00:10.0"], force=True)
+    assert out.detached == ["0000:00:10.0"]
+    assert peek(host, "/libxl/pci/0000-00-10-0/domid") is None
+    assert any("forced" in w for w in out.report.warnings)
+
+
+def test_qmp_socket_missing_is_a_clear_error_before_any_xenstore_write(sim):
+    host = sim(DOM0_QEMU)
+    platform = platform_of(host)
+    os.unlink(os.path.join(host.paths["qmp_dir"], "qmp-libxl-5"))
+    with pytest.raises(QmpConnectionError, match="qmp-libxl-5 of domain 5 does not exist"):
+        Hotplug(platform, timeout=10).attach("hvm1", items("00:10.0"))
+    assert platform.xs.stats.writes == 0
+
+
+def test_dead_qemu_is_a_clear_error_before_any_xenstore_write(sim):
+    host = sim(DOM0_QEMU)
+    platform = platform_of(host)
+    host.call(host.qemu.kill, 5)
+    with pytest.raises(QmpConnectionError):
+        Hotplug(platform, timeout=10).attach("hvm1", items("00:10.0"))
+    assert platform.xs.stats.writes == 0
