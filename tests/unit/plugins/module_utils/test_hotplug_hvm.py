@@ -150,3 +150,32 @@ def test_dead_qemu_is_a_clear_error_before_any_xenstore_write(sim):
     with pytest.raises(QmpConnectionError):
         Hotplug(platform, timeout=10).attach("hvm1", items("00:10.0"))
     assert platform.xs.stats.writes == 0
+
+
+MULTIFUNCTION = """
+name: multifunction
+devices:
+  - {bdf: "0000:00:14.0", vendor: 0x8086, device: 0x10c9, class: 0x020000, driver: pciback}
+  - {bdf: "0000:00:14.1", vendor: 0x8086, device: 0x10c9, class: 0x020000, driver: pciback}
+domains:
+  - {domid: 1, name: pv1, type: pv, state: running, pcifront: true}
+  - {domid: 5, name: hvm1, type: hvm, state: running, passthrough: enabled, device_model: dom0, qemu: {machine: pc, unplug: ack}}
+"""
+
+
+def functions_of(spec, host_bdfs):
+    return [AttachItem(f) for f in PciSpec.parse(spec).expand(present=host_bdfs)]
+
+
+def test_multifunction_device_keeps_its_function_numbers_in_pv_and_hvm(sim):
+    host = sim(MULTIFUNCTION)
+    platform = platform_of(host)
+    present = platform.sysfs.devices()
+    pv = Hotplug(platform, timeout=30).attach("pv1", functions_of("00:14.*@5", present))
+    assert pv.attached == ["0000:00:14.1", "0000:00:14.0"]        # function 0 last, as libxl
+    be = "/local/domain/0/backend/pci/1/0"
+    assert peek(host, be + "/vdevfn-0") == "29" and peek(host, be + "/vdevfn-1") == "28"
+    assert peek(host, be + "/state-0") == "3" and peek(host, be + "/state-1") == "3"
+    Hotplug(platform, timeout=30).detach("pv1", ["0000:00:14.0", "0000:00:14.1"])
+    hvm = Hotplug(platform, timeout=30).attach("hvm1", functions_of("00:14.*@6", present))
+    assert {b: (d["vslot"], d["vfunc"]) for b, d in hvm.report.devices.items()} == {"0000:00:14.1": (6, 1), "0000:00:14.0": (6, 0)}
