@@ -1,0 +1,124 @@
+# xen.pci: build, test and demo entry points.
+#
+#   make demo    start the simulated Xen host of tools/xensim/scenarios/demo.yaml and show it
+#   make test    every test layer (sanity, units, sim-tests, lint, changelog; integration and
+#                molecule once they have content); fails if any layer fails
+#
+# Both install what they need (apt packages, a pinned Python 3.12 venv) and are
+# fast when nothing changed: the venv is keyed on the hash of the requirements
+# files and apt is skipped when every package is already installed.
+#
+# Generated state (venv, ansible-test's trees and venvs) lives outside the work
+# tree, in CACHE: the tree holds only sources, and a CI clone on the same
+# machine reuses the venv.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+ROOT := $(CURDIR)
+CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/xen-pci
+
+# The controller interpreter: pyenv's real binary, never a pyenv shim (shims
+# re-dispatch on .python-version and confuse ansible-test's interpreter lookup).
+PYTHON_BASE ?= $(firstword $(wildcard /root/.pyenv/versions/3.12.*/bin/python3.12) $(shell command -v python3.12))
+
+REQUIREMENTS := requirements/controller.txt requirements/constraints.txt
+REQ_HASH := $(shell cat $(REQUIREMENTS) | sha256sum | cut -c1-16)
+VENV ?= $(CACHE)/venv-py3.12-$(REQ_HASH)
+VENV_STAMP := $(VENV)/.xen-pci-requirements-$(REQ_HASH)
+
+# Real interpreters of every Python ansible-test knows (3.9+ for module code,
+# 3.12+ for controller code), linked here so sanity's compile/import tests run
+# module_utils on the Pythons our target hosts have.
+PYBIN := $(CACHE)/pybin
+# ansible-test only works on a tree under .../ansible_collections/<ns>/<name>:
+# tools/make/tree.sh builds them here, one place per work tree.
+COLLECTION_TREE := $(CACHE)/trees/$(shell printf %s '$(ROOT)' | sha256sum | cut -c1-12)
+
+export XEN_PCI_ROOT := $(ROOT)
+export XEN_PCI_CACHE := $(CACHE)
+export XEN_PCI_VENV := $(VENV)
+export XEN_PCI_PYBIN := $(PYBIN)
+export XEN_PCI_COLLECTION_TREE := $(COLLECTION_TREE)
+export PATH := $(VENV)/bin:$(PYBIN):$(PATH)
+# No bytecode in the work tree (sanity would walk __pycache__ of a copy without .git).
+export PYTHONDONTWRITEBYTECODE := 1
+
+APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
+
+.PHONY: help deps apt venv pybin sanity units sim-tests lint changelog-lint \
+        integration molecule test demo build clean clean-cache
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests lint integration molecule build clean clean-cache'
+
+## --- environment -----------------------------------------------------------
+
+apt:
+	@tools/make/apt-deps.sh $(APT_PACKAGES)
+
+$(VENV_STAMP): $(REQUIREMENTS)
+	@PYTHON_BASE='$(PYTHON_BASE)' tools/make/venv.sh '$@'
+
+venv: $(VENV_STAMP)
+
+pybin: $(VENV_STAMP)
+	@tools/make/pybin.sh
+
+deps: apt venv pybin
+
+## --- test layers -----------------------------------------------------------
+
+sanity: deps
+	@tools/make/sanity.sh
+
+changelog-lint: deps
+	cd '$(ROOT)' && antsibull-changelog lint
+
+units: deps
+	@tools/make/units.sh
+
+sim-tests: deps
+	@tools/make/pytest-layer.sh sim-tests tools/xensim/tests
+
+lint: deps
+	@tools/make/lint.sh
+
+integration: deps
+	@tools/make/integration.sh
+
+molecule: deps
+	@tools/make/molecule.sh
+
+# Every layer runs even when an earlier one fails, so one run shows all
+# failures; the exit status is non-zero if any failed.
+TEST_LAYERS := sanity changelog-lint units sim-tests lint integration molecule
+test: deps
+	@tools/make/run-layers.sh $(TEST_LAYERS)
+
+## --- demo ------------------------------------------------------------------
+
+DEMO_SCENARIO ?= tools/xensim/scenarios/demo.yaml
+demo: deps
+	@tools/make/demo.sh '$(DEMO_SCENARIO)'
+
+## --- artifact --------------------------------------------------------------
+
+# The collection tarball (galaxy.yml's build_ignore keeps development files out).
+build: venv
+	ansible-galaxy collection build --force --output-path build/
+
+## --- housekeeping ----------------------------------------------------------
+
+clean:
+	rm -rf tests/output .ansible build changelogs/.plugin-cache.yaml
+	find . -name __pycache__ -type d -prune -exec rm -rf {} + || true
+	find . -name .pytest_cache -type d -prune -exec rm -rf {} + || true
+	find . -name .hypothesis -type d -prune -exec rm -rf {} + || true
+
+# Drops the venvs, trees and ansible-test venvs of every checkout on this machine.
+clean-cache:
+	rm -rf '$(CACHE)'

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates the controller venv $XEN_PCI_VENV from requirements/ (pinned), then
+# writes the stamp file given as $1. The Makefile calls this only when the
+# stamp (keyed on the requirements' hash) is missing.
+set -euo pipefail
+stamp=$1
+venv=$XEN_PCI_VENV
+python_base=${PYTHON_BASE:?}
+[[ -x $python_base ]] || { echo "venv: no Python 3.12 interpreter (PYTHON_BASE=$python_base); install it with pyenv or set PYTHON_BASE" >&2; exit 1; }
+
+if [[ -e $venv && ! -f $venv/pyvenv.cfg ]]; then
+    echo "venv: $venv exists and is not a venv; refusing to replace it" >&2
+    exit 1
+fi
+echo "venv: creating $venv from $python_base"
+rm -rf "$venv"
+mkdir -p "$(dirname "$venv")"
+"$python_base" -m venv "$venv"
+log=$venv/pip-install.log
+# pip's output goes to a log (this machine's index configuration makes it
+# noisy); it is shown only if the install fails.
+if ! timeout 1800 "$venv/bin/python" -m pip install --disable-pip-version-check \
+        -r requirements/controller.txt -c requirements/constraints.txt >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "venv: pip install failed (full log: $log)" >&2
+    exit 1
+fi
+"$venv/bin/python" -m pip check --disable-pip-version-check
+touch "$stamp"
