@@ -1,0 +1,109 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The runner of xen.pci.domain_config: read the file, edit, write atomically.
+
+The module hands in its ``atomic_move`` and ``backup_local`` so the file is
+written the Ansible way (ownership, mode and SELinux context kept); the
+defaults here do the same job without Ansible, for tests and scripts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+
+from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError, XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._xlconfig import GLOBAL_ORDER, edit_pci_config
+
+# xl reads its config as bytes; surrogateescape lets any byte through unchanged.
+_ENCODING = ("utf-8", "surrogateescape")
+
+
+def read_config(path, create=False):
+    """The text of ``path``; '' for a missing file when ``create``, else an error."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        if create:
+            return None
+        raise SpecError("%s does not exist; set create to start a new domain config there" % path, path=path) from None
+    except OSError as exc:
+        raise XenPciError("cannot read %s: %s" % (path, exc.strerror or exc), path=path) from None
+    return data.decode(*_ENCODING)
+
+
+def default_backup(path):
+    """A copy next to ``path``, named as Ansible's backup_local names it."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
+    dest = "%s.%d.%s~" % (path, os.getpid(), stamp)
+    shutil.copy2(path, dest)
+    return dest
+
+
+def default_atomic_move(src, dest):
+    """Rename ``src`` over ``dest``, keeping dest's mode and owner (or the umask's mode for a new file)."""
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(src, 0o666 & ~umask)
+    else:
+        os.chmod(src, st.st_mode & 0o7777)
+        try:
+            os.chown(src, st.st_uid, st.st_gid)
+        except PermissionError:
+            pass    # not root: the file stays ours, as with any editor
+    os.replace(src, dest)
+
+
+def write_config(path, text, atomic_move=None):
+    """Write ``text`` to a temporary file beside ``path``, then move it over."""
+    atomic_move = atomic_move or default_atomic_move
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path), suffix=".tmp")
+    except OSError as exc:
+        raise XenPciError("cannot write %s: %s" % (path, exc.strerror or exc), path=path) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode(*_ENCODING))
+            handle.flush()
+            os.fsync(handle.fileno())
+        atomic_move(tmp, path)
+    except OSError as exc:
+        raise XenPciError("cannot write %s: %s" % (path, exc.strerror or exc), path=path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_domain_config(params, check_mode=False, atomic_move=None, backup_local=None):
+    """Edit the config at ``params['path']``; returns the module result."""
+    path = params["path"]
+    before = read_config(path, params.get("create", False))
+    exists = before is not None
+    settings = {key: params[key] for key in GLOBAL_ORDER if params.get(key) is not None}
+    edit = edit_pci_config(before or "", params.get("devices"), params.get("state", "present"), settings, source=path)
+    changed = edit.changed or not exists
+    actions = list(edit.actions)
+    if not exists:
+        actions.insert(0, "create %s" % path)
+    result = {
+        "changed": changed,
+        "path": path,
+        "actions": actions,
+        "devices": edit.devices,
+        "settings": edit.settings,
+        "diff": {"before": before or "", "after": edit.text, "before_header": path if exists else "/dev/null",
+                 "after_header": path},
+    }
+    if not changed or check_mode:
+        return result
+    if params.get("backup") and exists:
+        result["backup_file"] = (backup_local or default_backup)(path)
+    write_config(path, edit.text, atomic_move)
+    return result

@@ -1,0 +1,132 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""xen.pci.domain_config on real files: the runner, then the module itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
+from ansible_collections.xen.pci.plugins.module_utils._module_config import run_domain_config
+from ansible_collections.xen.pci.plugins.module_utils._xlconfig import XlConfigError
+
+CONFIG = """\
+# web1: a PV guest
+name = "web1"
+type = "pv"
+memory = 2048
+vcpus = 2
+disk = [ 'phy:/dev/vg0/web1,xvda,w' ]
+vif = [ 'bridge=xenbr0' ]   # one NIC
+pci = [ '0000:03:00.0' ]
+"""
+
+
+def params_for(path, **extra):
+    p = dict(path=str(path), devices=None, state="present", passthrough=None, e820_host=None, pci_permissive=None,
+             pci_msitranslate=None, pci_power_mgmt=None, pci_seize=None, backup=False, create=False)
+    p.update(extra)
+    return p
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    path = tmp_path / "web1.cfg"
+    path.write_text(CONFIG)
+    os.chmod(path, 0o640)
+    return path
+
+
+def test_four_steps_on_a_file(cfg):
+    params = params_for(cfg, devices=["0000:03:00.0", "04:00.0,permissive=1"], passthrough="enabled")
+    check = run_domain_config(params, check_mode=True)
+    assert check["changed"] and cfg.read_text() == CONFIG    # check mode writes nothing
+    real = run_domain_config(params)
+    assert real["changed"] and check["diff"] == real["diff"] and check["actions"] == real["actions"]
+    expected = CONFIG.replace("pci = [ '0000:03:00.0' ]\n",
+                              "pci = [ '0000:03:00.0', '0000:04:00.0,permissive=1' ]\npassthrough = 'enabled'\n")  # the file's usual quote
+    assert cfg.read_text() == expected
+    assert real["diff"]["before"] == CONFIG and real["diff"]["after"] == expected
+    assert real["devices"] == ["0000:03:00.0", "0000:04:00.0,permissive=1"]
+    assert stat.S_IMODE(os.stat(cfg).st_mode) == 0o640      # the mode survives the rename
+    assert sorted(os.listdir(cfg.parent)) == ["web1.cfg"]    # no temporary file left behind
+    mtime = os.stat(cfg).st_mtime_ns
+    again = run_domain_config(params)
+    again_check = run_domain_config(params, check_mode=True)
+    assert not again["changed"] and not again_check["changed"] and again["actions"] == []
+    assert os.stat(cfg).st_mtime_ns == mtime                 # not rewritten
+
+
+def test_backup_and_absent(cfg):
+    result = run_domain_config(params_for(cfg, devices=["03:00.0"], state="absent", backup=True))
+    assert result["changed"] and "pci = [ ]" not in cfg.read_text()
+    assert "pci = []\n" in cfg.read_text()
+    backup = result["backup_file"]
+    assert os.path.dirname(backup) == str(cfg.parent) and open(backup).read() == CONFIG
+    assert "backup_file" not in run_domain_config(params_for(cfg, devices=["03:00.0"], state="absent", backup=True))
+
+
+def test_missing_file_needs_create(tmp_path):
+    path = tmp_path / "new.cfg"
+    with pytest.raises(SpecError, match="does not exist; set create"):
+        run_domain_config(params_for(path, devices=["03:00.0"]))
+    check = run_domain_config(params_for(path, devices=["03:00.0"], create=True), check_mode=True)
+    assert check["changed"] and not path.exists() and check["actions"][0] == "create %s" % path
+    result = run_domain_config(params_for(path, devices=["03:00.0"], create=True, e820_host=True))
+    assert path.read_text() == 'pci = ["0000:03:00.0"]\ne820_host = 1\n'
+    assert result["diff"]["before_header"] == "/dev/null"
+    assert not run_domain_config(params_for(path, devices=["03:00.0"], create=True, e820_host=True))["changed"]
+
+
+def test_malformed_file_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "bad.cfg"
+    path.write_text("name = 'x'\npci = [ '03:00.0'\nmemory = 1\n")
+    with pytest.raises(XlConfigError, match=r"bad.cfg: line 3, column 1: expected ',' or '\]'"):
+        run_domain_config(params_for(path, devices=["04:00.0"]))
+    assert path.read_text() == "name = 'x'\npci = [ '03:00.0'\nmemory = 1\n"
+
+
+def test_non_utf8_bytes_survive(tmp_path):
+    path = tmp_path / "latin1.cfg"
+    raw = b"# caf\xe9 server\nname = 'x'\n"
+    path.write_bytes(raw)
+    run_domain_config(params_for(path, devices=["03:00.0"]))
+    assert path.read_bytes() == raw + b"pci = ['0000:03:00.0']\n"
+
+
+# -- the module, through AnsibleModule ------------------------------------------
+
+
+def run_module(args, capsys):
+    testing = pytest.importorskip("ansible.module_utils.testing", reason="ansible-core 2.19+ is needed for patch_module_args")
+    from ansible_collections.xen.pci.plugins.modules import domain_config
+    with testing.patch_module_args(args):
+        with pytest.raises(SystemExit) as info:
+            domain_config.main()
+    out = json.loads(capsys.readouterr().out)
+    out["rc"] = info.value.code
+    return out
+
+
+def test_module_check_diff_and_apply(cfg, capsys):
+    args = {"path": str(cfg), "devices": ["05:00.0@2"], "state": "present", "pci_permissive": True}
+    check = run_module(dict(args, _ansible_check_mode=True, _ansible_diff=True), capsys)
+    assert check["rc"] == 0 and check["changed"] and cfg.read_text() == CONFIG
+    assert check["diff"]["after"].endswith("pci = [ '0000:03:00.0', '0000:05:00.0@02' ]\npci_permissive = 1\n")
+    real = run_module(dict(args, backup=True), capsys)
+    assert real["changed"] and "diff" not in real and os.path.exists(real["backup_file"])
+    assert cfg.read_text() == check["diff"]["after"]
+    again = run_module(dict(args, _ansible_check_mode=True), capsys)
+    assert not again["changed"]
+
+
+def test_module_reports_errors_with_fail_json(cfg, capsys):
+    failed = run_module({"path": str(cfg), "devices": ["03:00.g"]}, capsys)
+    assert failed["failed"] and failed["rc"] == 1 and "device #0: invalid PCI spec" in failed["msg"]
+    assert failed["error"] == "SpecError"
+    mode = run_module({"path": str(cfg), "mode": "0600"}, capsys)
+    assert mode["changed"] and stat.S_IMODE(os.stat(cfg).st_mode) == 0o600
