@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, xen.pci contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Cost of the hotplug core, measured on the simulated host, against xl.

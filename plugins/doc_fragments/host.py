@@ -46,8 +46,8 @@ options:
     default: /var/run/xen
   timeout:
     description:
-      - Seconds the whole task may take. Every wait (backend, guest, QMP) spends from this budget;
-        when it runs out the task fails, saying what it was waiting for and what it saw.
+      - Seconds the whole task may take. Every wait (backend, guest, QMP) spends from this budget.
+      - When it runs out the task fails, saying what it was waiting for and what it saw.
     type: float
     default: 60
 requirements:

@@ -29,6 +29,7 @@ from ansible_collections.xen.pci.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.xen.pci.plugins.module_utils._xenctrl import open_xenctrl
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import XenStore
 
+
 @dataclass
 class Platform:
     """The control planes of one host that a request may touch."""

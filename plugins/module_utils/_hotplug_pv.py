@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExceeded, HotplugError
-from ansible_collections.xen.pci.plugins.module_utils._state import (CLOSED, CLOSING, CONNECTED, INITIALISED, INITIALISING, PER_INDEX_KEYS, RECONFIGURING,
-                     backend_path, error_path, frontend_path, read_backend, state_name)
+from ansible_collections.xen.pci.plugins.module_utils._state import (
+    CLOSED, CLOSING, CONNECTED, INITIALISED, INITIALISING, PER_INDEX_KEYS, RECONFIGURING,
+    backend_path, error_path, frontend_path, read_backend, state_name)
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes
 
 # libxl waits about 10 s for a backend; a guest's pcifront answering a
@@ -384,6 +385,7 @@ class PvHotplug:
     def teardown(self, deadline):
         """Remove frontend and backend (pciback and pcifront let go when their nodes vanish)."""
         _TORN_DOWN[self.domid] = time.monotonic()
+
         def body(tx):
             changes = Changes().rm(self.fe).rm(self.be).rm("/libxl/%d/device/pci/0" % self.domid)
             self.xs.apply(changes, tx=tx)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciFunction, parse_opts
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, SpecError

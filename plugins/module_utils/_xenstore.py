@@ -465,4 +465,3 @@ class Changes:
 
     def __iter__(self):
         return iter(self.items)
-

@@ -11,21 +11,26 @@ short_description: PCI devices of a Xen host and the PCI assignments of its gues
 version_added: 0.1.0
 description:
   - Reads the host's PCI devices from sysfs (ids, class, driver, resources, reset method, IOMMU group)
-    and, from xenstore, what every guest has: devices, backend and frontend states, error nodes and
-    stub domain links.
+    and, from xenstore, what every guest has (devices, backend and frontend states, error nodes and
+    stub domain links).
   - The whole host is read in a few pipelined xenstore round trips.
 author:
-  - xen.pci contributors
+  - xen.pci contributors (!UNKNOWN)
 extends_documentation_fragment:
   - xen.pci.host
   - xen.pci.host.ATTRIBUTES
-  - ansible.builtin.action_common_attributes.info_module
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
+    details: Reads only; runs the same in check mode.
+  platform:
+    support: full
+    platforms: posix
   diff_mode:
     support: none
   idempotent:
+    description: Running it twice with the same arguments changes nothing the second time.
     support: full
 options: {}
 seealso:

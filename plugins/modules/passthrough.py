@@ -20,16 +20,21 @@ description:
     keep working beside this module.
   - Only PV guests (and PV stub domains) are hot-plugged so far; HVM guests are refused with a clear message.
 author:
-  - xen.pci contributors
+  - xen.pci contributors (!UNKNOWN)
 extends_documentation_fragment:
   - xen.pci.host
   - xen.pci.host.ATTRIBUTES
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
+  platform:
+    support: full
+    platforms: posix
   diff_mode:
     support: full
   idempotent:
+    description: Running it twice with the same arguments changes nothing the second time.
     support: full
 options:
   domain:
@@ -38,15 +43,15 @@ options:
     type: str
   devices:
     description:
-      - PCI devices of O(domain), each an C(xl) PCI spec string (see C(xl-pci-configuration(5)),
-        for example V(0000:03:00.0@4,permissive=1)) or a dictionary with the same keys.
+      - PCI devices of O(domain), each an C(xl) PCI spec string (see the xl-pci-configuration man page),
+        for example V(0000:03:00.0@4,permissive=1) or a dictionary with the same keys.
       - A device is named by C(bdf) or by C(name) (a name given with C(xl pci-assignable-add -n)).
     type: list
     elements: raw
   assignments:
     description:
       - Many guests at once, a mapping of guest name or id to its device list (as O(devices)).
-      - One task per host, however many guests: the host is read once and each guest is changed once.
+      - One task per host, however many guests. The host is read once and each guest is changed once.
     type: dict
   state:
     description:

@@ -219,7 +219,7 @@ def test_device_add_fault_fails_n_times_then_works(sim):
     host = sim(HVM % "ack")
     host.faults.add("qemu.device_add", "error", times=2, domid=3)
     with host.session(3) as qmp:
-        for _ in range(2):
+        for _unused in range(2):
             with pytest.raises(QmpError) as exc:
                 qmp.device_add_passthrough("0000:05:00.0")
             assert exc.value.desc == err("host_open", hostaddr="0000:05:00.0")[1]

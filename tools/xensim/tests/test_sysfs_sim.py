@@ -247,14 +247,14 @@ def test_blocked_store_and_clean_unmount(sysfs):
     errors = []
 
     def reader():
-        for _ in range(50):
+        for _unused in range(50):
             text = read(p(sysfs, PB, "slots"))
             if text not in ("0000:00:11.0\n", ""):
                 errors.append(text)
 
     t = threading.Thread(target=reader)
     t.start()
-    for _ in range(25):
+    for _unused in range(25):
         assert write(p(sysfs, PB, "remove_slot"), "0000:00:11.0") == 0
         assert write(p(sysfs, PB, "new_slot"), "0000:00:11.0") == 0
     t.join(10)

@@ -44,7 +44,7 @@ def parse_log():
         if not m:
             continue
         _ts, who, op, path, value = m.groups()
-        label, _, tx = who.partition(".")
+        label, _unused, tx = who.partition(".")
         entry = (label, int(tx or 0), op, path, value)
         if op == "write" and path == "/tool/mark":
             steps.append((value, []))
@@ -167,7 +167,7 @@ def _step(replay, steps, index):
 
 def test_replay_attach_detach_matches_real_log(replay):
     steps = parse_log()
-    assert [m.split(" (")[0] for m, _ in steps] == [
+    assert [m.split(" (")[0] for m, _unused in steps] == [
         "attach 00:10.0", "attach 00:11.0", "attach 00:12.0", "detach 00:11.0", "detach 00:10.0",
         "detach 00:12.0", "end"]
     host = replay.host

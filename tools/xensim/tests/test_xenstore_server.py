@@ -69,7 +69,7 @@ def test_reply_payload_shapes(raw):
     assert raw.call(Op.READ, b"/nothere\0", req_id=9) == (Op.ERROR, 9, 0, b"ENOENT\0")
     assert raw.call(Op.READ, b"/a/\0")[3] == b"EINVAL\0"
     assert raw.call(Op.GET_DOMAIN_PATH, b"3\0")[3] == b"/local/domain/3\0"
-    op, _, _, tid = raw.call(Op.TRANSACTION_START, b"\0")
+    op, _unused1, _unused, tid = raw.call(Op.TRANSACTION_START, b"\0")
     assert op == Op.TRANSACTION_START and tid == b"1\0"
     assert raw.call(Op.WRITE, b"/a/t\0x", tx_id=1) == (Op.WRITE, 0, 1, b"OK\0")
     assert raw.call(Op.TRANSACTION_START, b"\0", tx_id=1)[3] == b"EBUSY\0"
@@ -123,7 +123,7 @@ def test_pipelined_requests_are_answered_in_order(raw):
     batch = b"".join(wire.encode(Op.WRITE, 100 + i, 0, b"/p/%d\0%d" % (i, i)) for i in range(20))
     batch += b"".join(wire.encode(Op.READ, 200 + i, 0, b"/p/%d\0" % i) for i in range(20))
     raw.s.sendall(batch)
-    replies = [raw.recv() for _ in range(40)]
+    replies = [raw.recv() for _unused in range(40)]
     assert [r[1] for r in replies] == list(range(100, 120)) + list(range(200, 220))
     assert [r[3] for r in replies[20:]] == [str(i).encode() for i in range(20)]
 
@@ -154,7 +154,7 @@ def test_pyxs_basic_and_stats(xenstored):
         assert time.monotonic() < deadline, "connection never detached"
         time.sleep(0.01)
     ops = xenstored.call(lambda: [(e.label, e.op) for e in xenstored.store.access_log if e.op == "newconn"])
-    assert ops and all(label.startswith("A") for label, _ in ops)
+    assert ops and all(label.startswith("A") for label, _unused in ops)
 
 
 def test_stats_count_round_trips(xenstored):
@@ -346,7 +346,7 @@ def test_fault_close_drops_connection_without_reply(xenstored):
 def test_fault_error_reply(xenstored):
     xenstored.faults.add("xenstore.request", "error", errno="EIO", op="write", path="/err", times=2)
     with pyxs.Client(unix_socket_path=xenstored.path) as c:
-        for _ in range(2):
+        for _unused in range(2):
             with pytest.raises(pyxs.PyXSError) as e:
                 c[b"/err/a"] = b"1"
             assert e.value.args[0] == errno.EIO

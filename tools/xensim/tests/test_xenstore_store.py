@@ -225,12 +225,12 @@ def test_transaction_abort_limits_and_errors(st, dom0, dom1):
     tx = st.transaction_start(dom0)
     assert err(st.transaction_start, dom0, tx) == "EBUSY"      # nested
     # unprivileged connections: quota of C xenstored (started > 10)
-    ids = [st.transaction_start(dom1) for _ in range(11)]
+    ids = [st.transaction_start(dom1) for _unused in range(11)]
     assert err(st.transaction_start, dom1) == "ENOSPC"
     st.transaction_end(dom1, ids[0], False)
     st.transaction_start(dom1)
     # dom0 has no limit
-    for _ in range(20):
+    for _unused in range(20):
         st.transaction_start(dom0)
     assert len(set(ids)) == 11 and ids[0] == 1
 
@@ -259,7 +259,7 @@ def test_eagain_storm_fault(st, dom0):
     st.faults = Faults()
     st.faults.add("xenstore.commit", "eagain", times=2)
     results = []
-    for _ in range(3):
+    for _unused in range(3):
         tx = st.transaction_start(dom0)
         st.write(dom0, "/storm", b"x", tx)
         try:

@@ -152,7 +152,7 @@ class PciDev:
 
     @property
     def parent_dir(self) -> str:
-        dom, bus, _, _ = _split_bdf(self.bdf)
+        dom, bus, _unused1, _unused = _split_bdf(self.bdf)
         return "pci%04x:%02x" % (dom, bus)
 
 
@@ -481,7 +481,7 @@ class PciModel:
             for d in bound:
                 if not d.quirk_fields:
                     continue
-                _, bus, slot, func = _split_bdf(d.bdf)
+                _unused, bus, slot, func = _split_bdf(d.bdf)
                 out.append("%02x:%02x.%01x\n\t%04x:%04x:%04x:%04x\n" % (
                     bus, slot, func, d.vendor, d.device, d.subsystem_vendor, d.subsystem_device))
                 out.extend("\t\t%08x:%01x:%08x\n" % q for q in d.quirk_fields)

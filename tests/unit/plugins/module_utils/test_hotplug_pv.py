@@ -276,7 +276,7 @@ def test_two_processes_attaching_to_one_domain_lose_nothing(sim):
     procs = [ctx.Process(target=_attach_in_process, args=(dict(host.paths), b, queue)) for b in ("00:11.0", "00:12.0")]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=60) for _ in procs]
+    results = [queue.get(timeout=60) for _proc in procs]
     for p in procs:
         p.join(10)
     assert sorted(r[0] for r in results) == ["ok", "ok"], results

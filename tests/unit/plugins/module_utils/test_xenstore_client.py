@@ -13,8 +13,7 @@ import time
 import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
-from ansible_collections.xen.pci.plugins.module_utils._errors import (DeadlineExceeded, XenstoreConnectionError,
-                                                                        XenstoreError)
+from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExceeded, XenstoreConnectionError, XenstoreError
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes, XenStore
 
 

@@ -62,7 +62,7 @@ class PcibackDevice(XenbusDevice):
 
     def __init__(self, nodename: str, otherend: str, otherend_id: int):
         super().__init__(nodename, otherend, otherend_id)
-        self.slots: list[list[str]] = [[] for _ in range(PCI_SLOT_MAX)]   # host BDFs per virtual slot
+        self.slots: list[list[str]] = [[] for _unused in range(PCI_SLOT_MAX)]   # host BDFs per virtual slot
         self.be_token: str | None = None
         self.connected = False          # ring mapped and event channel bound
         self.ring: tuple[int, int] | None = None
