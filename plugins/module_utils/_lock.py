@@ -8,7 +8,7 @@ sessions with ``...qmp-socket-lock``. Taking the same files makes our
 requests and ``xl`` commands take turns instead of interleaving.
 flock has no timeout, so a non-blocking attempt is retried with a short,
 growing pause until the deadline: a lock is not a xenstore node, there is no
-event to wait on.
+event to wait on. The QMP lock (_qmp.QmpLock) is this same lock.
 """
 
 from __future__ import annotations
@@ -22,47 +22,69 @@ from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExc
 
 
 class FileLock:
-    def __init__(self, path):
+    """An flock on ``path`` as libxl takes it (libxl__lock_file): the inode
+    locked must still be the one at the path, and release unlinks the file
+    before unlocking, so a waiter never holds a lock on a dead file."""
+
+    def __init__(self, path, error_cls=XenPciError):
         self.path = path
-        self.fd = None
+        self.error_cls = error_cls
+        self._fd = None
+
+    @property
+    def held(self):
+        return self._fd is not None
+
+    def _error(self, doing, exc):
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return self.error_cls("cannot %s %s: %s" % (doing, self.path, exc.strerror), lock=self.path, errno=name)
 
     def acquire(self, deadline, holder_hint="another toolstack process"):
         directory = os.path.dirname(self.path)
-        if directory and not os.path.isdir(directory):
-            os.makedirs(directory, exist_ok=True)
+        try:
+            if directory and not os.path.isdir(directory):
+                os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise self._error("create the directory of", exc) from None
         pause = 0.005
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise self._error("open the lock file", exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise XenPciError("cannot lock %s: %s" % (self.path, os.strerror(exc.errno)), path=self.path) from None
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                    raise self._error("lock", exc) from None
                 if deadline.expired:
                     raise DeadlineExceeded("lock %s still held by %s after %.1f s" % (self.path, holder_hint, deadline.elapsed()),
-                                           path=self.path, waited=round(deadline.elapsed(), 3)) from None
+                                           lock=self.path, waited=round(deadline.elapsed(), 3)) from None
                 time.sleep(min(pause, deadline.remaining()))
                 pause = min(pause * 2, 0.1)
                 continue
-            # libxl deletes lock files; make sure we hold the file that is
-            # still at the path, not an unlinked one.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                self.fd = fd
+                self._fd = fd
                 return self
             os.close(fd)
 
     def release(self):
-        if self.fd is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self):
         return self

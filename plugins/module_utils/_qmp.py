@@ -39,7 +39,6 @@ with the stdlib only (``socket``, ``json``, ``fcntl``).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -47,12 +46,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import (
     DeadlineExceeded,
     QmpConnectionError,
     QmpError,
     SpecError,
 )
+from ansible_collections.xen.pci.plugins.module_utils._lock import FileLock
 
 DEFAULT_QMP_DIR = "/var/run/xen"          # libxl__run_dir_path()
 DEFAULT_USERDATA_DIR = "/var/lib/xen"     # XEN_LIB_DIR
@@ -509,71 +510,19 @@ class QmpClient:
         return self.wait_device_gone(qdev_id, timeout=dl.remaining())
 
 
-class QmpLock:
+class QmpLock(FileLock):
     """libxl's QMP lock of one domain (flock, acquired with a deadline)."""
 
     def __init__(self, path):
-        self.path = path
-        self._fd = None
+        super().__init__(path, error_cls=QmpConnectionError)
 
-    def acquire(self, timeout=DEFAULT_TIMEOUT):
-        dl = _Deadline(timeout)
-        delay = 0.01
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            except OSError as exc:
-                raise QmpConnectionError("cannot open libxl's QMP lock file %s: %s" % (self.path, exc.strerror),
-                                         lock=self.path, errno=errno.errorcode.get(exc.errno, str(exc.errno)))
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
-                    raise QmpConnectionError("cannot lock %s: %s" % (self.path, exc.strerror),
-                                             lock=self.path, errno=errno.errorcode.get(exc.errno, str(exc.errno)))
-                if dl.expired():
-                    raise DeadlineExceeded("libxl's QMP lock %s still held by another process after %.1f s"
-                                           % (self.path, dl.waited()), lock=self.path, waited=dl.waited())
-                time.sleep(min(delay, dl.remaining()))
-                delay = min(delay * 2, 0.1)
-                continue
-            # The previous holder unlinks the file before unlocking: if the path
-            # no longer names the inode we locked, our lock protects nothing.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                return self
-            os.close(fd)
-
-    def release(self):
-        if self._fd is None:
-            return
-        # Same order as libxl: unlink while held, then unlock.
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def held(self):
-        return self._fd is not None
+    def acquire(self, timeout=DEFAULT_TIMEOUT):  # pylint: disable=arguments-renamed
+        return super().acquire(Deadline(max(timeout, 1e-6), "QMP lock"), "another QMP client (libxl?)")
 
     def __enter__(self):
         if not self.held:
             self.acquire()
         return self
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 class QmpSession(QmpClient):

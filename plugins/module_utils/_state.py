@@ -18,6 +18,7 @@ from typing import Dict, Optional
 
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciFunction, parse_opts
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, SpecError
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import XenStore
 
 BACKEND_ROOT = "/local/domain/0/backend/pci"
 LIBXL_PCI = "/libxl/pci"
@@ -326,8 +327,5 @@ def _checked(replies, requests):
                 out.append(None)
                 continue
             raise reply
-        if op == "READ":
-            out.append(reply.decode())
-        else:
-            out.append([n.decode() for n in reply.split(b"\0") if n])
+        out.append(XenStore.decode_reply(op, reply))
     return out

@@ -222,44 +222,43 @@ class XenStore:
 
     # -- operations --------------------------------------------------------
 
+    @staticmethod
+    def decode_reply(op, reply):
+        """A READ value (str) or DIRECTORY listing (list of names) from its payload."""
+        if op == "READ":
+            return reply.decode()
+        return [name.decode() for name in reply.split(b"\0") if name]
+
+    def _query_many(self, op, paths, tx, deadline):
+        """{path: decoded reply, or None where the node does not exist}, one round trip."""
+        paths = list(paths)
+        replies = self.pipeline([(op, p, self._path(p) + b"\0") for p in paths], tx, deadline)
+        out = {}
+        for path, reply in zip(paths, replies):
+            if isinstance(reply, XenstoreError):
+                if reply.errno != "ENOENT":
+                    raise reply
+                out[path] = None
+            else:
+                out[path] = self.decode_reply(op, reply)
+        return out
+
     def read(self, path, tx=0, deadline=None, default=None):
         """Value as str, or ``default`` if the node does not exist."""
-        value = self._one("READ", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
-        return default if value is None else value.decode()
+        value = self._query_many("READ", [path], tx, deadline)[path]
+        return default if value is None else value
 
     def read_many(self, paths, tx=0, deadline=None):
         """{path: value or None} in one round trip."""
-        paths = list(paths)
-        replies = self.pipeline([("READ", p, self._path(p) + b"\0") for p in paths], tx, deadline)
-        out = {}
-        for path, reply in zip(paths, replies):
-            if isinstance(reply, XenstoreError):
-                if reply.errno != "ENOENT":
-                    raise reply
-                out[path] = None
-            else:
-                out[path] = reply.decode()
-        return out
+        return self._query_many("READ", paths, tx, deadline)
 
     def directory(self, path, tx=0, deadline=None):
         """Child names, or None if the node does not exist."""
-        reply = self._one("DIRECTORY", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
-        if reply is None:
-            return None
-        return [name.decode() for name in reply.split(b"\0") if name]
+        return self._query_many("DIRECTORY", [path], tx, deadline)[path]
 
     def directory_many(self, paths, tx=0, deadline=None):
-        paths = list(paths)
-        replies = self.pipeline([("DIRECTORY", p, self._path(p) + b"\0") for p in paths], tx, deadline)
-        out = {}
-        for path, reply in zip(paths, replies):
-            if isinstance(reply, XenstoreError):
-                if reply.errno != "ENOENT":
-                    raise reply
-                out[path] = None
-            else:
-                out[path] = [name.decode() for name in reply.split(b"\0") if name]
-        return out
+        """{path: child names or None} in one round trip."""
+        return self._query_many("DIRECTORY", paths, tx, deadline)
 
     def get_perms(self, path, tx=0, deadline=None):
         reply = self._one("GET_PERMS", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
