@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._hotplug import AttachItem, Hotplug, connect
+from ansible_collections.xen.pci.plugins.module_utils._hotplug import AttachItem, Hotplug, check_devices, check_domain, connect
 from ansible_collections.xen.pci.plugins.module_utils._plan import plan
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host
 
@@ -57,6 +57,14 @@ def run_passthrough(params, desired, check_mode=False, platform=None):
     present = platform.sysfs.devices() if platform.sysfs is not None else []
     the_plan = plan(host, desired, params["state"], present)
     domids = [d.domid for d in the_plan.domains]
+    # Every refusal the live state decides (guest type, passthrough disabled,
+    # a device held by a driver or another guest) is found here, for every
+    # guest of the task, before the first change, and in check mode too.
+    for dp in the_plan.domains:
+        if dp.attach:
+            dom = host.domains[dp.domid]
+            check_domain(dom, platform)
+            check_devices(host, dom, [AttachItem(f) for f in dp.attach], platform, params.get("make_assignable", False))
     result = {
         "changed": the_plan.changed,
         "actions": the_plan.actions(),
@@ -84,6 +92,8 @@ def run_passthrough(params, desired, check_mode=False, platform=None):
                 result["warnings_detail"] += outcome.report.warnings
     except XenPciError as exc:
         exc.details["actions"] = done + exc.details.get("actions", [])
+        # Guests handled before the failure did change.
+        exc.details["changed"] = bool(done)
         raise
     result["actions"] = done
     result["domains"] = domain_summary(read_host(platform.xs, deadline), domids)

@@ -35,8 +35,8 @@ class DomainPlan:
     @property
     def after(self):
         gone = set(self.detach)
-        out = [b for b in self.before if b not in gone]
-        out += [str(f.bdf) for f in self.attach]
+        out = [b for b in self.before if describe_bdf(b) not in gone]
+        out += [describe(f) for f in self.attach]
         return out
 
     def actions(self):
@@ -65,6 +65,29 @@ class Plan:
         before = {d.label: d.before for d in self.domains}
         after = {d.label: d.after for d in self.domains}
         return {"before": before, "after": after}
+
+
+def describe(func):
+    """A PciFunction as a short spec: address, @vslot, options that differ from libxl's defaults."""
+    out = str(func.bdf) + ("@%02x" % func.vslot if func.vslot else "")
+    for key in ("permissive", "msitranslate", "power_mgmt"):
+        if getattr(func, key):
+            out += ",%s=1" % key
+    if func.rdm_policy != "strict":
+        out += ",rdm_policy=%s" % func.rdm_policy
+    return out
+
+
+def describe_backend(dev):
+    try:
+        return describe(dev.function())
+    except SpecError:
+        return dev.bdf
+
+
+def describe_bdf(text):
+    """The address part of a ``describe`` string."""
+    return text.split(",", 1)[0].split("@", 1)[0]
 
 
 def _differs(have, want):
@@ -113,7 +136,7 @@ def plan(host, desired, state="present", present_bdfs=()):
     for domid, funcs in wanted.items():
         dom = host.domains[domid]
         current = {d.bdf: d for d in dom.devices}
-        dp = DomainPlan(domid=domid, label=labels[domid], before=list(current))
+        dp = DomainPlan(domid=domid, label=labels[domid], before=[describe_backend(d) for d in dom.devices])
         if state == "absent":
             for spec in funcs:
                 bdfs = _absent_bdfs(host, spec, current)

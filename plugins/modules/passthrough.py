@@ -18,7 +18,9 @@ description:
     reconfigure cycle, and every attach and detach is confirmed.
   - Keeps libxl's bookkeeping, so C(xl pci-list), C(xl pci-detach) and C(xl pci-assignable-list)
     keep working beside this module.
-  - Only PV guests (and PV stub domains) are hot-plugged so far; HVM guests are refused with a clear message.
+  - HVM guests get their devices through QMP C(device_add) to their QEMU, in dom0 or in a stub domain;
+    with a stub domain the device is first hot-plugged into the stub domain with the PV rules.
+    A HVM guest whose device model is not running yet is refused (give it the devices in its config instead).
 author:
   - xen.pci contributors (!UNKNOWN)
 extends_documentation_fragment:

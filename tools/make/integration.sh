@@ -12,4 +12,4 @@ if is_git_root; then
 else
     collection=$(copy_tree)
 fi
-ANSIBLE_TEST_CONTENT_ROOT=$collection exec "$XEN_PCI_ROOT/tools/make/ansible-test.sh" integration --local --python 3.12 --color no "$@"
+ANSIBLE_TEST_CONTENT_ROOT=$collection exec "$XEN_PCI_ROOT/tools/make/ansible-test.sh" integration --local --python 3.12 --color no --continue-on-error "$@"

@@ -72,6 +72,18 @@ def test_options_that_differ_are_reattached_and_reported(sim):
     assert result["changed"]
     assert result["reattached"] == [{"domain": "web (domid 1)", "bdf": "0000:00:10.0", "differs": {"permissive": [False, True]}}]
     assert result["domains"]["web"]["devices"][0]["opts"]["permissive"] is True
+    assert result["diff"] == {"before": {"web (domid 1)": ["0000:00:10.0"]}, "after": {"web (domid 1)": ["0000:00:10.0,permissive=1"]}}
+
+
+def test_refusals_are_predicted_by_check_mode_and_come_before_any_change(sim):
+    host = sim(HOST)
+    with pytest.raises(RefusedError, match="PVH"):
+        run_passthrough(params_for(host), {"pvh1": ["00:10.0"]}, check_mode=True)
+    with pytest.raises(RefusedError, match="e1000"):
+        run_passthrough(params_for(host), {"web": ["00:12.0"]}, check_mode=True)
+    with pytest.raises(RefusedError, match="PVH"):
+        run_passthrough(params_for(host, state="exact"), {"web": ["00:10.0"], "pvh1": ["00:13.0"]})
+    assert run_info(params_for(host))["domains"]["web"]["devices"] == []
 
 
 def test_absent_and_failures(sim):
