@@ -131,4 +131,5 @@ def run_info(params, platform=None):
             "backend": dom.backend.as_dict() if dom.backend else None,
             "devices": [d.as_dict() for d in dom.devices]}
     return {"changed": False, "devices": devices, "domains": domains,
-            "assignable": sorted(d["bdf"] for d in devices if d["assignable"])}
+            "assignable": sorted(d["bdf"] for d in devices if d["assignable"]),
+            "pciback_loaded": platform.sysfs.pciback_loaded() if platform.sysfs is not None else None}

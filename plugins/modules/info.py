@@ -73,6 +73,10 @@ assignable:
   returned: always
   type: list
   elements: str
+pciback_loaded:
+  description: Whether the xen-pciback driver is loaded in dom0 (C(/sys/bus/pci/drivers/pciback) exists).
+  returned: always
+  type: bool
 domains:
   description: Every guest, by name, with its PCI backend (if any) and devices.
   returned: always
