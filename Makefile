@@ -1,8 +1,9 @@
 # xen.pci: build, test and demo entry points.
 #
-#   make demo    start the simulated Xen host of tools/xensim/scenarios/demo.yaml and show it
-#   make test    every test layer (sanity, units, sim-tests, lint, changelog; integration and
-#                molecule once they have content); fails if any layer fails
+#   make demo    converge a simulated Xen host (tools/xensim/scenarios/demo.yaml) with the
+#                rollout playbook, run it again (changed=0), print the report
+#   make test    every test layer (sanity, changelog, units, sim-tests, lint, integration,
+#                molecule, xen: real Xen under QEMU); fails if any layer fails
 #
 # Both install what they need (apt packages, a pinned Python 3.12 venv) and are
 # fast when nothing changed: the venv is keyed on the hash of the requirements
@@ -49,11 +50,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
 
 .PHONY: help deps apt venv pybin sanity units sim-tests lint changelog-lint \
-        integration molecule test demo build clean clean-cache
+        integration molecule xen xen-image test demo build clean clean-cache
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
-	@echo 'other targets: deps venv sanity changelog-lint units sim-tests lint integration molecule build clean clean-cache'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests lint integration molecule xen xen-image build clean clean-cache'
 
 ## --- environment -----------------------------------------------------------
 
@@ -95,7 +96,24 @@ molecule: deps
 
 # Every layer runs even when an earlier one fails, so one run shows all
 # failures; the exit status is non-zero if any failed.
-TEST_LAYERS := sanity changelog-lint units sim-tests lint integration molecule
+## --- real Xen (QEMU TCG): tests/xenvm -------------------------------------
+# Builds (or reuses) the dom0 image, boots Xen 4.17 under QEMU and runs the
+# collection's core in dom0 next to xl. Skips loudly when QEMU or the image
+# cannot be had.
+XENVM_APT := qemu-system-x86 mmdebstrap kmod e2fsprogs openssh-client
+XENVM_TIMEOUT ?= 1500
+
+xen-image: deps
+	@tools/make/apt-deps.sh $(XENVM_APT)
+	@timeout 900 python3 tests/xenvm/build_image.py
+
+xen: deps
+	@tools/make/apt-deps.sh $(XENVM_APT)
+	@rm -rf '$(CACHE)/xenvm/artifacts/last'
+	@XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' timeout $(XENVM_TIMEOUT) \
+	    tools/make/pytest-layer.sh xen tests/xenvm -rs
+
+TEST_LAYERS := sanity changelog-lint units sim-tests lint integration molecule xen
 test: deps
 	@tools/make/run-layers.sh $(TEST_LAYERS)
 
