@@ -104,12 +104,13 @@ def check_domain(dom, platform):
                            "recreate it with passthrough = \"enabled\"" % dom.label(), domain=dom.domid)
 
 
-def check_devices(host, dom, items, platform, make_assignable=False):
-    """Every device exists, is nobody else's, and is (or may be made) assignable."""
+def check_devices(host, dom, items, platform, make_assignable=False, released=()):
+    """Every device exists, is nobody else's, and is (or may be made) assignable.
+    ``released``: devices the same request detaches from their holder first."""
     for item in items:
         bdf = item.bdf
         holder = host.holder_of(bdf)
-        if holder is not None and holder != dom.domid:
+        if holder is not None and holder != dom.domid and bdf not in released:
             other = host.domains.get(holder)
             raise RefusedError("%s is assigned to %s; detach it there first" % (bdf, other.label() if other else "domid %d" % holder),
                                device=bdf, domain=dom.domid, holder=holder)

@@ -60,11 +60,13 @@ def run_passthrough(params, desired, check_mode=False, platform=None):
     # Every refusal the live state decides (guest type, passthrough disabled,
     # a device held by a driver or another guest) is found here, for every
     # guest of the task, before the first change, and in check mode too.
+    released = {b for dp in the_plan.domains for b in dp.detach}
     for dp in the_plan.domains:
         if dp.attach:
             dom = host.domains[dp.domid]
             check_domain(dom, platform)
-            check_devices(host, dom, [AttachItem(f) for f in dp.attach], platform, params.get("make_assignable", False))
+            check_devices(host, dom, [AttachItem(f) for f in dp.attach], platform, params.get("make_assignable", False),
+                          released=released)
     result = {
         "changed": the_plan.changed,
         "actions": the_plan.actions(),

@@ -145,3 +145,14 @@ def test_info_reports_inventory_and_assignments(sim):
     assert by_bdf["0000:00:11.0"]["assigned_to_name"] == "db"
     assert by_bdf["0000:00:12.0"]["driver"] == "e1000"
     assert info["domains"]["db"]["backend"]["state"] == 4
+
+
+def test_a_device_moves_between_guests_in_one_exact_call(sim):
+    host = sim(HOST)
+    params = params_for(host, state="exact")
+    check = run_passthrough(params, {"db": [], "web": ["00:11.0"]}, check_mode=True)
+    real = run_passthrough(params, {"db": [], "web": ["00:11.0"]})
+    assert check["diff"] == real["diff"]
+    assert real["actions"].index(next(a for a in real["actions"] if "0000:00:11.0" in a and "db" in a)) < \
+        real["actions"].index(next(a for a in real["actions"] if "0000:00:11.0" in a and "web" in a))
+    assert [d["bdf"] for d in real["domains"]["web"]["devices"]] == ["0000:00:11.0"]
