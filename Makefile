@@ -61,7 +61,9 @@ help:
 apt:
 	@tools/make/apt-deps.sh $(APT_PACKAGES)
 
-$(VENV_STAMP): $(REQUIREMENTS)
+# Order-only: the stamp's name carries the requirements' hash, so a fresh
+# clone (new mtimes) reuses the venv and a changed file makes a new stamp.
+$(VENV_STAMP): | $(REQUIREMENTS)
 	@PYTHON_BASE='$(PYTHON_BASE)' tools/make/venv.sh '$@'
 
 venv: $(VENV_STAMP)

@@ -8,6 +8,15 @@ venv=$XEN_PCI_VENV
 python_base=${PYTHON_BASE:?}
 [[ -x $python_base ]] || { echo "venv: no Python 3.12 interpreter (PYTHON_BASE=$python_base); install it with pyenv or set PYTHON_BASE" >&2; exit 1; }
 
+# Two make runs on one machine (a CI clone and a work tree) share the venv:
+# one builds it, the other waits and then finds the stamp.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock -w 1800 9 || { echo "venv: timed out waiting for $venv.lock" >&2; exit 1; }
+if [[ -f $stamp ]]; then
+    exit 0
+fi
+
 if [[ -e $venv && ! -f $venv/pyvenv.cfg ]]; then
     echo "venv: $venv exists and is not a venv; refusing to replace it" >&2
     exit 1
