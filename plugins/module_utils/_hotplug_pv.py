@@ -259,7 +259,9 @@ class PvHotplug:
                 domain=self.domid, devices=bdfs, error_node=err, backend_state=state)
         for bdf, i in zip(bdfs, indices):
             self.report.devices[bdf] = {"index": i, "state": INITIALISED, "vdev": values.get("%s/vdev-%d" % (self.be, i))}
-        if not need_connected and _int(values[self.be + "/state"]) != CONNECTED:
+        if not need_connected:
+            # A new backend: pciback may already be Connected while pcifront,
+            # which scans the bus when it goes Connected, is not yet.
             self._wait_guest(deadline, bdfs)
 
     def _wait_guest(self, deadline, bdfs):
