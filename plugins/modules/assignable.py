@@ -157,12 +157,11 @@ warnings_detail:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS
 from ansible_collections.xen.pci.plugins.module_utils._module_pool import run_assignable
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
 
 
 def main():
@@ -175,17 +174,7 @@ def main():
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_PYXS:
-        module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
-    try:
-        result = run_assignable(module.params, check_mode=module.check_mode)
-    except XenPciError as exc:
-        module.fail_json(**exc.to_dict())
-    if not module._diff:
-        result.pop("diff", None)
-    for text in result.get("warnings_detail", []):
-        module.warn(text)
-    module.exit_json(**result)
+    finish(module, lambda: run_assignable(module.params, check_mode=module.check_mode))
 
 
 if __name__ == "__main__":

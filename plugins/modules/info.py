@@ -92,22 +92,15 @@ domains:
       devices: [{bdf: "0000:00:10.0", index: 0, state: 3, vdev: "0000:00:00.00"}]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, run_info
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
 
 
 def main():
     module = AnsibleModule(argument_spec=dict(HOST_ARGS), supports_check_mode=True)
-    if not HAS_PYXS:
-        module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
-    try:
-        result = run_info(module.params)
-    except XenPciError as exc:
-        module.fail_json(**exc.to_dict())
-    module.exit_json(**result)
+    finish(module, lambda: run_info(module.params))
 
 
 if __name__ == "__main__":

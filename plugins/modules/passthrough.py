@@ -140,11 +140,10 @@ warnings_detail:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, run_passthrough
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
 
 
 def main():
@@ -164,19 +163,9 @@ def main():
         required_together=[("domain", "devices")],
         supports_check_mode=True,
     )
-    if not HAS_PYXS:
-        module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
     params = module.params
     desired = params["assignments"] if params["assignments"] is not None else {params["domain"]: params["devices"]}
-    try:
-        result = run_passthrough(params, desired, check_mode=module.check_mode)
-    except XenPciError as exc:
-        module.fail_json(**exc.to_dict())
-    if not module._diff:
-        result.pop("diff", None)
-    for text in result.get("warnings_detail", []):
-        module.warn(text)
-    module.exit_json(**result)
+    finish(module, lambda: run_passthrough(params, desired, check_mode=module.check_mode))
 
 
 if __name__ == "__main__":
