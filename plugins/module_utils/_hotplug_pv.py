@@ -226,7 +226,7 @@ class PvHotplug:
         changes.write(self.fe + "/backend", self.be).write(self.fe + "/backend-id", "0")
         changes.write(self.fe + "/state", str(INITIALISING))
 
-    def _confirm_attach(self, indices, bdfs, deadline, need_connected):
+    def _confirm_attach(self, indices, bdfs, deadline, need_connected, wait_guest=True):
         """Wait until pciback exported every device (``state-N`` = 3) and,
         for a hot-add, the cycle is over (backend back at Connected)."""
         paths = [self.be + "/state", error_path(self.domid)] + ["%s/state-%d" % (self.be, i) for i in indices]
@@ -259,7 +259,7 @@ class PvHotplug:
                 domain=self.domid, devices=bdfs, error_node=err, backend_state=state)
         for bdf, i in zip(bdfs, indices):
             self.report.devices[bdf] = {"index": i, "state": INITIALISED, "vdev": values.get("%s/vdev-%d" % (self.be, i))}
-        if not need_connected:
+        if not need_connected and wait_guest:
             # A new backend: pciback may already be Connected while pcifront,
             # which scans the bus when it goes Connected, is not yet.
             self._wait_guest(deadline, bdfs)
@@ -428,7 +428,9 @@ class PvHotplug:
             self.xs.apply(changes, tx=tx)
         self.xs.transaction(body, deadline)
         self.report.step("%s: rebuilt the PCI backend of %s with %s" % (why, self.label(), ", ".join(d.bdf for d in keep)))
-        self._confirm_attach(list(range(len(keep))), [d.bdf for d in keep], deadline, need_connected=False)
+        # pciback must take the kept devices back; the guest (not connected,
+        # or not answering) is not waited for.
+        self._confirm_attach(list(range(len(keep))), [d.bdf for d in keep], deadline, need_connected=False, wait_guest=False)
         return keep
 
 

@@ -299,3 +299,23 @@ def test_state_read_and_attach_costs_are_few_round_trips(sim):
     attach_rts = platform.xs.stats.round_trips - rt
     # read host twice (3+3), prepare (2), domid (1), transaction (start, reads, writes, end: 4), confirm (watches + reads)
     assert attach_rts <= 25, attach_rts
+
+
+def test_detach_from_a_guest_that_is_not_running_rebuilds_the_backend_without_waiting_for_it(sim):
+    host = sim(DEVICES.replace("name: test-host", "name: paused-two") + """
+domains:
+  - {domid: 1, name: domu1, type: pv, state: paused, passthrough: enabled, pcifront: true,
+     devices: ["0000:00:10.0", "0000:00:11.0"]}
+""")
+    platform = platform_of(host)
+    assert wait_for(host, BE + "/state-1", "3")
+    start = time.monotonic()
+    outcome = Hotplug(platform, timeout=60).detach("domu1", ["0000:00:10.0"])
+    assert time.monotonic() - start < 5
+    assert outcome.detached == ["0000:00:10.0"]
+    assert any("rebuilt the PCI backend" in a for a in outcome.report.actions)
+    keys = be_keys(host)
+    assert keys["num_devs"] == "1" and keys["dev-0"] == "0000:00:11.0"
+    host.unpause(1)
+    assert wait_for(host, FE + "/state", "4")
+    assert sorted(host.call(host.guest_devices, 1).values()) == ["0000:00:11.0"]
