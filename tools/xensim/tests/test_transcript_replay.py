@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from xensim import accesslog
 from xensim.host import SimHost
 
 pyxs = pytest.importorskip("pyxs")
@@ -28,7 +29,6 @@ HERE = Path(__file__).resolve()
 # Real Xen 4.17's traces are kept beside the tests (tests/data), so the
 # replay runs wherever the repository is.
 _CANDIDATES = [HERE.parent / "data"]
-_LINE = re.compile(r"^\[(\S+)\]\s+(\S+)\s+(w event|\S+)\s+(\S+)\s?(.*?)\s*$")
 
 
 def _doc(name):
@@ -41,13 +41,8 @@ def _doc(name):
 def parse_log():
     """Steps of the real log: [(mark, [(label, tx, op, path, value), ...])]."""
     steps = []
-    for line in _doc("real-xen-access-log.txt").read_text().splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        _ts, who, op, path, value = m.groups()
-        label, _unused, tx = who.partition(".")
-        entry = (label, int(tx or 0), op, path, value)
+    for entry in accesslog.parse(_doc("real-xen-access-log.txt").read_text()):
+        _label, _tx, op, path, value = entry
         if op == "write" and path == "/tool/mark":
             steps.append((value, []))
         elif steps:
@@ -68,28 +63,8 @@ def parse_dump(title):
     return out
 
 
-def kernel_ops(entries, ops=("write", "rm", "watch", "unwatch")):
-    """D0/D1 entries as comparable tuples: tx ids become their order of
-    appearance (real and simulated kernels number transactions differently),
-    heap-address watch tokens are dropped (the bus tokens are kept)."""
-    out = {"D0": [], "D1": []}
-    txmap = {}
-    for label, tx, op, path, value in entries:
-        if label not in out or op not in ops:
-            continue
-        key = (label, tx)
-        if tx and key not in txmap:
-            txmap[key] = len([k for k in txmap if k[0] == label]) + 1
-        if op in ("watch", "unwatch") and not value.startswith("FFFFFFFF"):
-            value = "<heap>"
-        out[label].append((op, path, value, txmap.get(key, 0)))
-    return out
-
-
-def state_order(entries):
-    """The interleaved order of backend/frontend state writes of the kernels."""
-    return [(label, path.rsplit("/", 3)[0].split("/")[0], value) for label, _tx, op, path, value in entries
-            if label in ("D0", "D1") and op == "write" and re.search(r"(backend|device)/pci/\d+(/\d+)?/state$", path)]
+kernel_ops = accesslog.kernel_ops
+state_order = accesslog.state_order
 
 
 class Replayer:
