@@ -109,11 +109,12 @@ xen-image: deps
 	@tools/make/apt-deps.sh $(XENVM_APT)
 	@timeout 900 python3 tests/xenvm/build_image.py
 
+# -vv (pytest-layer.sh passes -q): every real-Xen step by name in the CI log.
 xen: deps
 	@tools/make/apt-deps.sh $(XENVM_APT)
 	@rm -rf '$(CACHE)/xenvm/artifacts/last'
 	@XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' timeout $(XENVM_TIMEOUT) \
-	    tools/make/pytest-layer.sh xen tests/xenvm -rs
+	    tools/make/pytest-layer.sh xen tests/xenvm -rs -vv --durations=8
 
 TEST_LAYERS := sanity changelog-lint units sim-tests lint integration molecule xen
 test: deps

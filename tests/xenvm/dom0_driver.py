@@ -1,7 +1,7 @@
 # Copyright (c) 2026, xen.pci contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Runs the collection's hotplug core inside a real dom0 (copied there by
-test_smoke.py, with plugins/module_utils under PYTHONPATH).
+test_differential.py, with plugins/module_utils under PYTHONPATH).
 
     python3 dom0_driver.py attach DOMAIN BDF [BDF...]
     python3 dom0_driver.py detach DOMAIN BDF [BDF...]
