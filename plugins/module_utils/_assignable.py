@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The assignable pool: devices bound to pciback, ready for guests.
 
-What ``xl pci-assignable-add/-remove`` do (PROTOCOL.md section 9), decided
+What ``xl pci-assignable-add/-remove`` do, decided
 from the observed state rather than from exit codes, so that every call is
 idempotent and devices hidden at boot (``xen-pciback.hide``, never
 quarantined) are handled like the others.
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import posixpath
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import HypervisorError, RefusedError
-from ansible_collections.xen.pci.plugins.module_utils._state import DOMID_IO, libxl_pci_path
-from ansible_collections.xen.pci.plugins.module_utils._sysfs import sbdf_of
+from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError
 
 
 def device_status(platform, host, bdf):
@@ -113,48 +111,4 @@ def plan_remove(status, rebind=True):
             steps.append("rebind %s to %s" % (bdf, status["driver_path"]))
     if status["name"] is not None:
         steps.append("forget the name of %s" % bdf)
-    return steps
-
-
-def make_assignable(platform, status, name=None, take_from_driver=False, clear_name=False):
-    """Run ``plan_add``'s steps. Returns the steps done."""
-    steps = plan_add(status, name, take_from_driver, clear_name)
-    bdf, xs, sysfs = status["bdf"], platform.xs, platform.sysfs
-    if status["driver"] not in (None, "pciback"):
-        xs.write(libxl_pci_path(bdf, "driver_path"), sysfs.device(bdf).driver_path)
-        sysfs.unbind(bdf)
-    if status["driver"] != "pciback":
-        sysfs.bind_pciback(bdf)
-        if platform.xenctrl is not None:
-            try:
-                platform.xenctrl.assign_device(DOMID_IO, sbdf_of(bdf), 0)
-            except HypervisorError as exc:
-                # Without an IOMMU (or already quarantined) there is nothing to move.
-                if exc.errno not in ("EOPNOTSUPP", "ENOSYS", "EBUSY"):
-                    raise
-    if name is not None and status["name"] != name:
-        xs.write(libxl_pci_path(bdf, "name"), name)
-    elif name is None and clear_name and status["name"] is not None:
-        xs.rm(libxl_pci_path(bdf, "name"))
-    return steps
-
-
-def give_back(platform, status, rebind=True):
-    """Run ``plan_remove``'s steps. Returns the steps done."""
-    steps = plan_remove(status, rebind)
-    bdf, xs, sysfs = status["bdf"], platform.xs, platform.sysfs
-    if status["driver"] == "pciback":
-        if platform.xenctrl is not None:
-            try:
-                platform.xenctrl.deassign_device(DOMID_IO, sbdf_of(bdf))
-            except HypervisorError as exc:
-                # Hidden at boot: never quarantined, so nothing to take back.
-                if exc.errno not in ("ENODEV", "EOPNOTSUPP", "ENOSYS"):
-                    raise
-        sysfs.unbind_pciback(bdf)
-        if rebind and status["driver_path"]:
-            sysfs.bind_driver(bdf, status["driver_path"])
-            xs.rm(libxl_pci_path(bdf, "driver_path"))
-    if status["name"] is not None:
-        xs.rm(libxl_pci_path(bdf, "name"))
     return steps

@@ -59,6 +59,7 @@ LIBXL_DEFAULTS = {"permissive": False, "msitranslate": False, "seize": False,
 
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 _VSLOT = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)\Z")
+_QMP_ID = re.compile(r"pci-pt-([0-9a-f]{2})_([0-9a-f]{2})\.([0-7])\Z")
 _XS_KEY = re.compile(r"([0-9a-fA-F]{4})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})-([0-7])\Z")
 _NAME_BAD = re.compile(r"[\s,]")
 _TRUE = ("1", "true", "yes", "on")
@@ -150,6 +151,17 @@ class Bdf:
         if slot > SLOT_MAX:
             raise _fail("libxl PCI key", text, match.group(3), 8, "slot is out of range (max 1f)")
         return cls(domain, bus, slot, func)
+
+    @classmethod
+    def from_qmp_id(cls, text):
+        """Inverse of ``qmp_id`` (``pci-pt-BB_DD.F``; QEMU's id has no segment: 0)."""
+        match = _QMP_ID.match(text) if isinstance(text, str) else None
+        if not match:
+            raise _fail("QEMU device id", text, text, 0, "expected pci-pt-BB_DD.F")
+        bus, slot, func = (int(g, 16) for g in match.groups())
+        if slot > SLOT_MAX:
+            raise _fail("QEMU device id", text, match.group(2), 10, "slot is out of range (max 1f)")
+        return cls(0, bus, slot, func)
 
     @classmethod
     def from_sbdf(cls, sbdf):
@@ -571,6 +583,14 @@ class PciFunction:
         return {"bdf": str(self.bdf), "vdevfn": self.vdevfn, "vslot": self.vslot, "vfunc": self.vfunc if self.vdevfn else None,
                 "permissive": self.permissive, "msitranslate": self.msitranslate, "seize": self.seize,
                 "power_mgmt": self.power_mgmt, "rdm_policy": self.rdm_policy, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, data):
+        """Inverse of ``to_dict`` (the journal's form of a function)."""
+        return cls(bdf=Bdf.parse(data["bdf"]), vdevfn=data.get("vdevfn") or 0,
+                   permissive=bool(data.get("permissive")), msitranslate=bool(data.get("msitranslate")),
+                   seize=bool(data.get("seize")), power_mgmt=bool(data.get("power_mgmt")),
+                   rdm_policy=data.get("rdm_policy") or "strict", name=data.get("name"))
 
     @classmethod
     def from_backend(cls, dev, opts=None, vdevfn=None, name=None):

@@ -10,6 +10,8 @@ readable facts, so the module can return them unchanged.
 
 from __future__ import annotations
 
+import copy
+
 
 class XenPciError(Exception):
     """Root of every error the core raises on purpose."""
@@ -80,3 +82,15 @@ class DomainError(XenPciError):
 
 class HotplugError(XenPciError):
     """An attach or detach step failed; ``left`` says what state remains."""
+
+
+def with_context(exc, prefix="", suffix="", **details):
+    """A copy of ``exc`` (same class, same details) whose message gains
+    ``prefix``/``suffix`` and whose details gain ``details``; the original
+    stays its cause (``raise with_context(exc, ...) from exc``)."""
+    new = copy.copy(exc)
+    new.msg = prefix + exc.msg + suffix
+    new.args = (new.msg,)
+    new.details = dict(exc.details)
+    new.details.update((k, v) for k, v in details.items() if v is not None)
+    return new

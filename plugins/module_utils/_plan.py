@@ -2,9 +2,10 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Desired versus actual: what to detach, attach or re-attach, per domain.
 
-Pure: takes a HostState and the declared devices, returns a Plan. The plan
-is what check mode reports and what the engine executes, so check mode
-predicts the real run by construction.
+Pure: takes a HostState and the validated, resolved declaration, returns a
+Plan. The plan is what check mode reports and what the engine turns into
+steps, so check mode predicts the real run by construction. Every refusal
+happened before, in ``_validate``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec
-from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError
+from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
+from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
 
 STATES = ("present", "absent", "exact")
 COMPARED = ("permissive", "msitranslate", "power_mgmt", "rdm_policy")
@@ -27,10 +28,12 @@ class DomainPlan:
     attach: list = field(default_factory=list)        # PciFunction
     detach: List[str] = field(default_factory=list)   # bdf
     reattach: List[dict] = field(default_factory=list)  # {bdf, differs: {key: [have, want]}}
+    repair: List[str] = field(default_factory=list)   # in xenstore, missing from QEMU
+    stray: List[str] = field(default_factory=list)    # QEMU ids of devices only QEMU has, to remove
 
     @property
     def changed(self):
-        return bool(self.attach or self.detach)
+        return bool(self.attach or self.detach or self.stray)
 
     @property
     def after(self):
@@ -41,6 +44,8 @@ class DomainPlan:
 
     def actions(self):
         out = []
+        if self.stray:
+            out.append("remove %s from the QEMU of %s (not in xenstore)" % (", ".join(self.stray), self.label))
         if self.detach:
             out.append("detach %s from %s" % (", ".join(self.detach), self.label))
         if self.attach:
@@ -58,7 +63,7 @@ class Plan:
 
     def actions(self):
         # Detaches first: a device moving between domains leaves before it arrives.
-        return [a for d in self.domains for a in d.actions() if a.startswith("detach")] + \
+        return [a for d in self.domains for a in d.actions() if not a.startswith("attach")] + \
             [a for d in self.domains for a in d.actions() if a.startswith("attach")]
 
     def diff(self):
@@ -100,84 +105,63 @@ def _differs(have, want):
     return out
 
 
-def resolve_functions(host, specs, present_bdfs):
-    """PciSpec list -> PciFunction list (names resolved, ``*`` expanded)."""
-    out = []
-    for spec in specs:
-        bdf = host.bdf_for_name(spec.name) if spec.bdf is None else None
-        out.extend(spec.expand(present=present_bdfs, bdf=bdf))
-    return out
+def plan(host, resolved, state="present", qemu=None):
+    """Desired versus actual, for validated input.
 
-
-def plan(host, desired, state="present", present_bdfs=()):
-    """``desired``: {domain ref: [PciSpec or str or dict]}; ``state``: present | absent | exact."""
+    ``resolved``: {domid: [PciFunction]} (present, exact) or {domid: [bdf]}
+    (absent), as ``_validate`` leaves them; ``qemu``: {domid: [QmpPciDevice]}
+    of a HVM guest, when its QEMU was asked (query-pci
+    decides what is true: a device xenstore lists but QEMU lacks is
+    re-attached, a passthrough device only QEMU has is removed).
+    """
     if state not in STATES:
         raise SpecError("state must be one of %s, got %r" % (", ".join(STATES), state))
-    wanted: Dict[int, list] = {}
-    labels = {}
-    for ref, specs in desired.items():
-        dom = host.resolve(ref)
-        if dom.domid in wanted:
-            raise SpecError("%s is listed twice (as %r and another reference)" % (dom.label(), ref), domain=ref)
-        parsed = [PciSpec.coerce(s) for s in specs]
-        wanted[dom.domid] = resolve_functions(host, parsed, present_bdfs) if state != "absent" else parsed
-        labels[dom.domid] = dom.label()
-
-    claimed = {}
-    if state != "absent":
-        for domid, funcs in wanted.items():
-            for func in funcs:
-                bdf = str(func.bdf)
-                if bdf in claimed and claimed[bdf] != domid:
-                    raise SpecError("%s is claimed by both %s and %s" % (bdf, labels[claimed[bdf]], labels[domid]), device=bdf)
-                claimed[bdf] = domid
-
+    qemu = qemu or {}
     plans = []
-    for domid, funcs in wanted.items():
+    for domid, wanted in resolved.items():
         dom = host.domains[domid]
         current = {d.bdf: d for d in dom.devices}
-        dp = DomainPlan(domid=domid, label=labels[domid], before=[describe_backend(d) for d in dom.devices])
+        in_qemu = qemu.get(domid)
+        if in_qemu is not None:
+            in_qemu = {d.qdev_id for d in in_qemu if is_pt_id(d.qdev_id)}
+        dp = DomainPlan(domid=domid, label=dom.label(), before=[describe_backend(d) for d in dom.devices])
+        if in_qemu is not None:
+            listed = {Bdf.parse(b).qmp_id for b in current}
+            dp.repair = [b for b in current if Bdf.parse(b).qmp_id not in in_qemu]
+            dp.stray = sorted(q for q in in_qemu if q not in listed)
         if state == "absent":
-            for spec in funcs:
-                bdfs = _absent_bdfs(host, spec, current)
-                dp.detach.extend(b for b in bdfs if b in current and b not in dp.detach)
+            gone = set(wanted)
+            dp.detach = [b for b in current if b in gone]
+            dp.stray = [q for q in dp.stray if str(Bdf.from_qmp_id(q)) in gone]
         else:
-            for func in funcs:
+            for func in wanted:
                 bdf = str(func.bdf)
                 have = current.get(bdf)
                 if have is None:
-                    holder = host.holder_of(bdf)
-                    if holder is not None and holder != domid and not _leaving(holder, bdf, wanted, state, host):
-                        other = host.domains.get(holder)
-                        raise RefusedError("%s is assigned to %s, not to %s" % (bdf, other.label() if other else "domid %d" % holder, dom.label()),
-                                           device=bdf, holder=holder, domain=domid)
                     dp.attach.append(func)
                     continue
                 differs = _differs(have, func)
+                if bdf in dp.repair:
+                    differs = dict(differs, qemu=["absent", "present"])
                 if differs:
                     dp.reattach.append({"bdf": bdf, "differs": differs})
                     dp.detach.append(bdf)
                     dp.attach.append(func)
+            keep = {str(f.bdf) for f in wanted}
+            # An id QEMU has that a declared device will take is adopted by its device_add.
+            dp.stray = [q for q in dp.stray if str(Bdf.from_qmp_id(q)) not in keep]
             if state == "exact":
-                keep = {str(f.bdf) for f in funcs}
                 dp.detach.extend(b for b in current if b not in keep and b not in dp.detach)
+            else:
+                dp.stray = []
         plans.append(dp)
     return Plan(domains=plans)
 
 
-def _absent_bdfs(host, spec, current):
-    if spec.bdf is None:
-        try:
-            return [host.bdf_for_name(spec.name)]
-        except SpecError:
-            return []
-    if spec.all_functions:
-        return [b for b in current if b.rsplit(".", 1)[0] == spec.bdf.slot_address]
-    return [str(spec.bdf)]
-
-
-def _leaving(holder, bdf, wanted, state, host):
-    """The holder is in this same call with state exact and does not keep ``bdf``."""
-    if state != "exact" or holder not in wanted:
+def is_pt_id(qdev_id):
+    """A QEMU id of the form libxl gives passed-through devices."""
+    try:
+        Bdf.from_qmp_id(qdev_id)
+    except SpecError:
         return False
-    return bdf not in {str(f.bdf) for f in wanted[holder]}
+    return True

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciFunction, parse_opts
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, SpecError
+from ansible_collections.xen.pci.plugins.module_utils._journal import JOURNAL_ROOT, read_journals
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import XenStore
 
 BACKEND_ROOT = "/local/domain/0/backend/pci"
@@ -29,7 +30,9 @@ STATE_NAMES = {0: "Unknown", 1: "Initialising", 2: "InitWait", 3: "Initialised",
                5: "Closing", 6: "Closed", 7: "Reconfiguring", 8: "Reconfigured"}
 
 PER_INDEX_KEYS = ("state", "key", "dev", "vdev", "opts", "vdevfn", "name")
-_INDEXED = re.compile(r"^(state|key|dev|vdev|opts|vdevfn|name|root)-(\d+)$")
+_INDEXED = re.compile(r"^(state|key|dev|vdev|opts|vdevfn|name|root)-([0-9]+)$")
+# Domain ids are ASCII digits only: str.isdigit() also takes "\u0661" and "\u00b9".
+_DOMID = re.compile(r"[0-9]+\Z")
 
 
 DOMID_IO = 0x7FF1   # the quarantine domain of assignable devices
@@ -59,11 +62,19 @@ def state_name(value):
     return "%d (%s)" % (value, STATE_NAMES.get(value, "?"))
 
 
-def _int(value, base=10):
-    try:
-        return int(value, base) if value is not None else None
-    except ValueError:
+_DEC = re.compile(r"-?[0-9]+\Z")
+_HEXNUM = re.compile(r"[0-9a-fA-F]+\Z")
+
+
+def xs_int(value, base=10):
+    """A number read from xenstore, or None if absent or not a plain ASCII
+    number (int() would also take other scripts' digits and blanks)."""
+    if value is None or not (_DEC if base == 10 else _HEXNUM).match(value):
         return None
+    return int(value, base)
+
+
+_int = xs_int
 
 
 @dataclass
@@ -194,10 +205,14 @@ class HostState:
     domains: Dict[int, DomainState]
     libxl_pci: Dict[str, Dict[str, str]]          # bdf -> {domid, name, driver_path}
     round_trips: int = 0
+    journals: List[object] = field(default_factory=list)   # _journal.JournalRecord of unfinished requests
 
     def resolve(self, ref):
-        """A domain by id (int or digits) or by name; DomainError if unknown."""
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        """A domain by id (an int, or a string of ASCII digits) or by its
+        exact name; DomainError if unknown, SpecError for anything else."""
+        if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+            raise SpecError("a domain is a name or a domain id, got %s %r" % (type(ref).__name__, ref), domain=repr(ref))
+        if isinstance(ref, int) or _DOMID.match(ref):
             dom = self.domains.get(int(ref))
             if dom is None:
                 raise DomainError("domain %s does not exist on this host" % ref, domain=ref)
@@ -240,10 +255,10 @@ def xs_key_to_bdf(key):
 def read_host(xs, deadline, domids=None):
     """Read every domain (or just ``domids``) and its PCI state."""
     rt0 = xs.stats.round_trips
-    listing = xs.directory_many(["/local/domain", BACKEND_ROOT, LIBXL_PCI], deadline=deadline)
-    all_ids = sorted(int(d) for d in (listing["/local/domain"] or []) if d.isdigit())
+    listing = xs.directory_many(["/local/domain", BACKEND_ROOT, LIBXL_PCI, JOURNAL_ROOT], deadline=deadline)
+    all_ids = sorted(int(d) for d in (listing["/local/domain"] or []) if _DOMID.match(d))
     wanted = all_ids if domids is None else [d for d in all_ids if d in set(domids)]
-    with_backend = {int(d) for d in (listing[BACKEND_ROOT] or []) if d.isdigit()}
+    with_backend = {int(d) for d in (listing[BACKEND_ROOT] or []) if _DOMID.match(d)}
     pci_keys = listing[LIBXL_PCI] or []
 
     # Round trip 2: domain facts, backend key lists, libxl bookkeeping.
@@ -303,7 +318,14 @@ def read_host(xs, deadline, domids=None):
             if value is not None:
                 rec[leaf] = value
         libxl_pci[bdf] = rec
-    return HostState(domains=domains, libxl_pci=libxl_pci, round_trips=xs.stats.round_trips - rt0)
+    journals = read_journals(xs, listing[JOURNAL_ROOT] or [], deadline)
+    return HostState(domains=domains, libxl_pci=libxl_pci, round_trips=xs.stats.round_trips - rt0, journals=journals)
+
+
+def untrusted_warnings(xs):
+    """What the xenstore client could not decode (a guest's own nodes may hold anything)."""
+    return ["xenstore node %s holds bytes that are not UTF-8 (%s); read as escaped text" % (u["path"], u["raw"])
+            for u in getattr(xs, "undecodable", [])]
 
 
 def read_backend(xs, domid, deadline, tx=0):

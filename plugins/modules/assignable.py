@@ -160,8 +160,8 @@ warnings_detail:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
-from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS
-from ansible_collections.xen.pci.plugins.module_utils._module_pool import run_assignable
+from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
+from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
 
 
 def main():

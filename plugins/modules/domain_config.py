@@ -168,8 +168,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._module_config import run_domain_config
+from ansible_collections.xen.pci.plugins.module_utils._edge import finish
+from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_config
 
 
 def main():
@@ -187,18 +187,16 @@ def main():
         create=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True)
-    try:
-        result = run_domain_config(module.params, check_mode=module.check_mode,
-                                   atomic_move=module.atomic_move, backup_local=module.backup_local)
-    except XenPciError as exc:
-        module.fail_json(**exc.to_dict())
-    if os.path.exists(module.params["path"]):
-        # owner, group, mode, SELinux context of the file options (in check mode, only reported)
-        file_args = module.load_file_common_arguments(module.params)
-        result["changed"] = module.set_fs_attributes_if_different(file_args, result["changed"])
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+
+    def file_attributes(result):
+        if os.path.exists(module.params["path"]):
+            # owner, group, mode, SELinux context of the file options (in check mode, only reported)
+            file_args = module.load_file_common_arguments(module.params)
+            result["changed"] = module.set_fs_attributes_if_different(file_args, result["changed"])
+
+    finish(module, lambda: run_domain_config(module.params, check_mode=module.check_mode, atomic_move=module.atomic_move,
+                                             backup_local=module.backup_local),
+           needs_pyxs=False, then=file_attributes)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ domains:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
-from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, run_info
+from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
+from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info
 
 
 def main():

@@ -143,7 +143,8 @@ warnings_detail:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
-from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, run_passthrough
+from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
+from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
 
 
 def main():

@@ -39,3 +39,21 @@ def sim(tmp_path):
     yield start
     for host in reversed(hosts):
         host.stop()
+
+
+def sim_params(host, **extra):
+    """Module parameters (host options and the passthrough/assignable
+    defaults) that point the runners at a simulated host."""
+    from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults  # pylint: disable=import-outside-toplevel
+    p = host_defaults(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
+                      hypervisor="xensim:" + host.paths["hypervisor"], userdata_dir=host.paths["userdata_dir"],
+                      qmp_dir=host.paths["qmp_dir"], timeout=30.0)
+    p.update(state="present", make_assignable=False, force=False, take_from_driver=False, rebind=True, names="keep")
+    p.update(extra)
+    return p
+
+
+@pytest.fixture
+def params_of():
+    """``params_of(host, **extra)``: runner parameters for a simulated host."""
+    return sim_params

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
-from ansible_collections.xen.pci.plugins.module_utils._module_config import run_domain_config
+from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_config
 from ansible_collections.xen.pci.plugins.module_utils._xlconfig import XlConfigError
 
 CONFIG = """\

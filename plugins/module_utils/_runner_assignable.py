@@ -1,0 +1,216 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The runner of xen.pci.assignable: the devices bound to pciback (the
+pool), given in (present) or taken back out (absent).
+
+The same pipeline as the passthrough runner: validate the input, read the
+host, check every device (exists, may be taken from its driver, is not
+attached to a guest, its name is free) before the first write, then under
+the host's pool lock read again, recover what a killed request left,
+execute the steps with their journal, and report the devices as read back.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.xen.pci.plugins.module_utils._assignable import (
+    device_status, plan_add, plan_remove, pool_view, predict_add, predict_remove)
+from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
+from ansible_collections.xen.pci.plugins.module_utils._engine import Context, execute
+from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError, XenPciError, with_context
+from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
+from ansible_collections.xen.pci.plugins.module_utils._journal import POOL_KEY
+from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
+from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
+from ansible_collections.xen.pci.plugins.module_utils._steps_device import GiveBack, Seize, SetName
+from ansible_collections.xen.pci.plugins.module_utils._validate import Problem, check_bool, common_options, raise_problems
+
+NAMES_MODES = ("keep", "exact")
+STATES = ("present", "absent")
+
+
+def parse_pool_devices(devices, problems=None):
+    """``devices`` (BDF strings or {bdf, name} dicts) -> [(bdf or None, name or None)].
+
+    Addresses are normalised; duplicates (same address or same name) are
+    refused. With ``problems`` (a list) every problem is appended there;
+    without, the first is raised."""
+    collect = problems is not None
+    problems = problems if collect else []
+    out = []
+    seen = {}
+    if not isinstance(devices, list):
+        problems.append(Problem("devices must be a list of PCI addresses or {bdf, name} mappings, got %s %r" % (
+            "null" if devices is None else type(devices).__name__, devices), "devices"))
+        devices = []
+    for index, item in enumerate(devices):
+        where = "devices[%d]" % index
+        bdf = name = None
+        if isinstance(item, str):
+            bdf = item
+        elif isinstance(item, dict):
+            unknown = sorted(str(k) for k in item if k not in ("bdf", "name"))
+            if unknown:
+                problems.append(Problem("%s: unknown key(s) %s (known: bdf, name)" % (where, ", ".join(unknown)), where))
+                continue
+            bdf, name = item.get("bdf"), item.get("name")
+            if bdf is None and name is None:
+                problems.append(Problem("%s: give bdf, name or both" % where, where))
+                continue
+        else:
+            problems.append(Problem("%s: expected a PCI address or a dict with bdf and/or name, got %s %r" % (
+                where, type(item).__name__, item), where, device=repr(item)[:64]))
+            continue
+        try:
+            if bdf is not None:
+                bdf = str(Bdf.parse(bdf))
+            if name is not None:
+                name = PciSpec(name=name).name   # the spec layer's rules for names
+        except SpecError as exc:
+            problems.append(Problem("%s: %s" % (where, exc.msg), where, device=str(item)[:64]))
+            continue
+        clash = False
+        for key in (("bdf", bdf), ("name", name)):
+            if key[1] is None:
+                continue
+            if key in seen:
+                problems.append(Problem("%s: %s %s is already given by device #%d" % (where, key[0], key[1], seen[key]),
+                                        where, device=bdf or name))
+                clash = True
+            seen.setdefault(key, index)
+        if not clash:
+            out.append((bdf, name))
+    if not collect:
+        raise_problems(problems)
+    return out
+
+
+def _input(params):
+    problems = []
+    common_options(params, problems)
+    if params.get("state") not in STATES:
+        problems.append(Problem("state must be present or absent, got %r" % (params.get("state"),), "state"))
+    if params.get("names", "keep") not in NAMES_MODES:
+        problems.append(Problem("names must be keep or exact, got %r" % (params.get("names"),), "names"))
+    for name in ("rebind", "take_from_driver"):
+        check_bool(params, name, problems)
+    wanted = parse_pool_devices(params.get("devices"), problems)
+    raise_problems(problems)
+    return wanted
+
+
+def _resolve(host, wanted, state, problems):
+    """Give every entry an address; a name alone must be known (except when removing)."""
+    out = []
+    for bdf, name in wanted:
+        if bdf is None:
+            try:
+                bdf = host.bdf_for_name(name)
+            except SpecError as exc:
+                if state != "absent":
+                    problems.append(Problem(exc.msg, "devices", device="name=%s" % name))
+                continue    # removing: nothing carries that name, nothing to give back
+        out.append((bdf, name))
+    return out
+
+
+def _plan(platform, host, wanted, params):
+    """Statuses, steps and predictions of every device; every refusal at once."""
+    state = params["state"]
+    rebind = params.get("rebind", True)
+    clear_name = params.get("names", "keep") == "exact"
+    take = params.get("take_from_driver", False)
+    problems = []
+    resolved = _resolve(host, wanted, state, problems)
+    if state == "present":
+        for bdf, name in resolved:
+            if name is None:
+                continue
+            for other, rec in host.libxl_pci.items():
+                if other != bdf and rec.get("name") == name:
+                    problems.append(Problem("the name %r is already given to %s; rename or forget it there first" % (
+                        name, other), "devices", device=bdf, kind=RefusedError))
+    todo, before, after, warnings, steps = [], {}, {}, [], []
+    for bdf, name in resolved:
+        status = device_status(platform, host, bdf)
+        try:
+            if state == "present":
+                actions = plan_add(status, name, take, clear_name)
+                predicted = predict_add(status, name, clear_name)
+            else:
+                actions = plan_remove(status, rebind)
+                predicted = predict_remove(status, rebind)
+        except XenPciError as exc:
+            problems.append(Problem(exc.msg, "devices", device=bdf, kind=type(exc)))
+            continue
+        if state == "absent" and actions and rebind and status["driver"] == "pciback" and not status["driver_path"]:
+            warnings.append("%s had no dom0 driver before it was made assignable (no driver_path is remembered); "
+                            "it is left bound to no driver" % bdf)
+        before[bdf] = pool_view(status)
+        after[bdf] = predicted
+        if actions:
+            todo.append(actions)
+            steps += _steps(platform, status, state, name, rebind, clear_name)
+    raise_problems(problems)
+    return resolved, todo, before, after, warnings, steps
+
+
+def _steps(platform, status, state, name, rebind, clear_name):
+    bdf = status["bdf"]
+    out = []
+    if state == "present":
+        if status["driver"] != "pciback":
+            out.append(Seize(bdf=bdf, driver=status["driver"],
+                             driver_path=platform.sysfs.driver_path(bdf) if status["driver"] else None,
+                             domid=None, label=None))
+        if name is not None and status["name"] != name:
+            out.append(SetName(bdf=bdf, name=name, old=status["name"]))
+        elif name is None and clear_name and status["name"] is not None:
+            out.append(SetName(bdf=bdf, name=None, old=status["name"]))
+        return out
+    if status["driver"] == "pciback" or status["in_slots"]:
+        out.append(GiveBack(bdf=bdf, rebind=rebind, driver_path=status["driver_path"], driver=status["driver"]))
+    if status["name"] is not None:
+        out.append(SetName(bdf=bdf, name=None, old=status["name"]))
+    return out
+
+
+def run_assignable(params, check_mode=False, platform=None, hook=None):
+    """Bring the listed devices into (present) or out of (absent) the pool."""
+    wanted = _input(params)
+    budget = Budget(params["timeout"], "xen.pci.assignable")
+    platform = platform or platform_from(params)
+    if platform.sysfs is None:
+        raise SpecError("xen.pci.assignable needs sysfs (sysfs_root)", input="sysfs_root")
+    ctx = Context(platform, budget, hook=hook)
+    host = read_host(platform.xs, budget.work)
+    resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
+    result = {
+        "changed": bool(todo),
+        "actions": [a for actions in todo for a in actions],
+        "diff": {"before": before, "after": after},
+        "warnings_detail": warnings + untrusted_warnings(platform.xs),
+        "interrupted": [j.summary() for j in host.journals],
+        "recovered": [],
+    }
+    if check_mode or (not todo and not host.journals):
+        result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
+        return result
+    try:
+        with platform.pool_lock(budget.work):
+            host = read_host(platform.xs, budget.work)
+            if host.journals:
+                recover_journals(ctx, host, required={"pool"})
+                host = read_host(platform.xs, budget.work)
+            resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
+            execute(ctx, steps, POOL_KEY, {"op": "assignable %s" % params["state"], "label": "the assignable pool"})
+    except XenPciError as exc:
+        raise with_context(exc, actions=list(ctx.report.actions), changed=bool(ctx.report.actions or ctx.report.left),
+                           left=list(ctx.report.left) or None, recovered=list(ctx.report.recovered) or None) from exc
+    host = read_host(platform.xs, budget.final())
+    result.update(changed=bool(todo) or bool(ctx.report.recovered), actions=list(ctx.report.actions),
+                  diff={"before": before, "after": after}, recovered=list(ctx.report.recovered),
+                  interrupted=[j.summary() for j in host.journals],
+                  warnings_detail=warnings + list(ctx.report.warnings) + untrusted_warnings(platform.xs))
+    result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
+    return result

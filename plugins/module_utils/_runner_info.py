@@ -1,0 +1,57 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The runner of xen.pci.info: the host's PCI inventory, every guest's
+devices, and the requests a killed run left unfinished (reported, not
+acted on: info changes nothing)."""
+
+from __future__ import annotations
+
+from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
+from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
+from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
+from ansible_collections.xen.pci.plugins.module_utils._validate import common_options, raise_problems
+
+
+def run_info(params, platform=None):
+    """Inventory of the host's PCI devices and every domain's assignments."""
+    problems = []
+    common_options(params, problems)
+    raise_problems(problems)
+    budget = Budget(params["timeout"], "xen.pci.info")
+    platform = platform or platform_from(params)
+    host = read_host(platform.xs, budget.work)
+    devices = []
+    sysfs = platform.sysfs
+    if sysfs is not None:
+        slots = set(sysfs.pciback_slots()) if sysfs.pciback_loaded() else set()
+        for bdf in sysfs.devices():
+            dev = sysfs.device(bdf).to_dict()
+            rec = host.libxl_pci.get(bdf, {})
+            holder = host.holder_of(bdf)
+            dev.update({
+                "pciback_slot": bdf in slots,
+                "assignable": dev["driver"] == "pciback" and holder is None,
+                "assigned_to": holder,
+                "assigned_to_name": host.domains[holder].name if holder in host.domains else None,
+                "name": rec.get("name"),
+                "remembered_driver": rec.get("driver_path"),
+            })
+            devices.append(dev)
+    domains = {}
+    for dom in host.domains.values():
+        if dom.domid == 0:
+            continue
+        domains[dom.name or str(dom.domid)] = {
+            "domid": dom.domid, "type": dom.type, "stubdom": dom.stubdom_id, "stubdom_of": dom.target,
+            "device_model_state": dom.dm_state,
+            "backend": dom.backend.as_dict() if dom.backend else None,
+            "devices": [d.as_dict() for d in dom.devices]}
+    warnings = untrusted_warnings(platform.xs)
+    warnings += ["a request was interrupted and is unfinished (journal %s, %s of %s); the next passthrough or assignable "
+                 "run finishes or rolls it back" % (j.path, (j.meta or {}).get("op"), (j.meta or {}).get("label"))
+                 for j in host.journals]
+    return {"changed": False, "devices": devices, "domains": domains,
+            "assignable": sorted(d["bdf"] for d in devices if d["assignable"]),
+            "pciback_loaded": sysfs.pciback_loaded() if sysfs is not None else None,
+            "interrupted": [j.summary() for j in host.journals],
+            "warnings_detail": warnings}

@@ -1,0 +1,201 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The runner of xen.pci.passthrough: one pipeline for every request.
+
+    validate the input            (no host needed: types, ranges, specs, duplicates)
+    read the host                 (one read; journals of killed requests with it)
+    validate against the host     (every problem at once, also in check mode)
+    plan                          (pure: desired vs actual; check mode stops here)
+    lock the domains              (libxl's per-domain locks, in domid order)
+    read again, recover journals  (finish or roll back what a killed request left)
+    validate and plan again       (what is true under the lock)
+    steps, execute                (detaches of every domain first, then attaches)
+    read back                     (what the host shows is what is reported)
+
+Kept free of Ansible imports, so tests and benchmarks drive it directly.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
+from ansible_collections.xen.pci.plugins.module_utils._engine import Context, execute
+from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError, XenPciError, with_context
+from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
+from ansible_collections.xen.pci.plugins.module_utils._journal import domain_key
+from ansible_collections.xen.pci.plugins.module_utils._plan import describe_bdf, plan
+from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
+from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
+from ansible_collections.xen.pci.plugins.module_utils._steps import attach_steps, detach_steps
+from ansible_collections.xen.pci.plugins.module_utils._validate import (
+    Problem, passthrough_host, passthrough_input, raise_problems)
+
+
+def domain_summary(host, domids):
+    out = {}
+    for domid in domids:
+        dom = host.domains.get(domid)
+        if dom is None:
+            continue
+        backend = dom.backend
+        out[dom.name or str(domid)] = {
+            "domid": domid, "type": dom.type,
+            "backend_state": backend.state if backend else None,
+            "frontend_state": backend.fe_state if backend else None,
+            "error": backend.error if backend else None,
+            "devices": [d.as_dict() for d in dom.devices]}
+    return out
+
+
+def _qemu(platform, host, resolved, deadline):
+    """query-pci of every HVM guest of the request whose QEMU runs:
+    ({domid: [QmpPciDevice]}, {domid: error})."""
+    # Imported here: only a request with a HVM guest needs the QMP client.
+    from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import qemu_devices  # pylint: disable=import-outside-toplevel
+    seen, errors = {}, {}
+    for domid in resolved:
+        dom = host.domains[domid]
+        if dom.type != "hvm" or dom.dm_state != "running":
+            continue
+        try:
+            seen[domid] = qemu_devices(platform, domid, dom.uuid, dom.label(), deadline.sub(10.0, "query-pci"))
+        except XenPciError as exc:
+            errors[domid] = exc
+    return seen, errors
+
+
+def _check(platform, host, parsed, params, deadline):
+    """Validate against the host and plan; raise every problem at once."""
+    state = params["state"]
+    make_assignable = params.get("make_assignable", False)
+    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable)
+    qemu, qemu_errors = ({}, {})
+    if not problems:
+        qemu, qemu_errors = _qemu(platform, host, resolved, deadline)
+        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu)
+    raise_problems(problems)
+    the_plan = plan(host, resolved, state, qemu)
+    for dp in the_plan.domains:
+        exc = qemu_errors.get(dp.domid)
+        if exc is not None and dp.changed and (dp.attach or not params.get("force")):
+            problems.append(Problem("%s: %s" % (dp.label, exc.msg), "domain %s" % dp.label, domain=dp.label,
+                                    kind=type(exc) if isinstance(exc, QmpConnectionError) else HotplugError))
+    raise_problems(problems)
+    return the_plan
+
+
+def _result(the_plan, host, domids):
+    return {
+        "changed": the_plan.changed,
+        "actions": the_plan.actions(),
+        "diff": the_plan.diff(),
+        "reattached": [dict(domain=d.label, **r) for d in the_plan.domains for r in d.reattach],
+        "domains": domain_summary(host, domids),
+        "recovered": [],
+        "interrupted": [j.summary() for j in host.journals],
+        "left": [],
+        "warnings_detail": [],
+    }
+
+
+def run_passthrough(params, desired, check_mode=False, platform=None, hook=None):
+    """Read, plan, and (unless checking) execute; returns the module result.
+    ``hook(point)``: called at every step boundary (tests stop a run there)."""
+    parsed, problems = passthrough_input(params, desired)
+    raise_problems(problems)
+    budget = Budget(params["timeout"], "xen.pci.passthrough")
+    platform = platform or platform_from(params)
+    ctx = Context(platform, budget, hook=hook, force=params.get("force", False))
+    host = read_host(platform.xs, budget.work)
+    the_plan = _check(platform, host, parsed, params, budget.work)
+    domids = [d.domid for d in the_plan.domains]
+    result = _result(the_plan, host, domids)
+    if check_mode or (not the_plan.changed and not host.journals):
+        result["warnings_detail"] = untrusted_warnings(platform.xs)
+        return result
+
+    locks = []
+    before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
+    try:
+        for domid in sorted(domids):
+            locks.append(platform.domain_lock(host.domains[domid], budget.work))
+        host = read_host(platform.xs, budget.work)
+        if host.journals:
+            recover_journals(ctx, host, held=set(domids), required=set(domids))
+            host = read_host(platform.xs, budget.work)
+        the_plan = _check(platform, host, parsed, params, budget.work)
+        before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
+        _run(ctx, platform, host, the_plan, params)
+    except XenPciError as exc:
+        raise _failed(ctx, platform, budget, exc, the_plan, before, result) from exc
+    finally:
+        for lock in reversed(locks):
+            if lock:
+                lock.release()
+    after = read_host(platform.xs, budget.final(), domids)
+    result.update(_outcome(ctx, platform, the_plan, after, domids))
+    mismatch = _mismatch(the_plan, after)
+    if mismatch:
+        raise HotplugError("after the request the host shows %s" % "; ".join(mismatch), **dict(result, changed=True))
+    return result
+
+
+def _run(ctx, platform, host, the_plan, params):
+    make_assignable = params.get("make_assignable", False)
+    force = params.get("force", False)
+    for dp in the_plan.domains:
+        dom = host.domains[dp.domid]
+        steps = detach_steps(host, dom, dp.detach, force, dp.stray)
+        execute(ctx, steps, domain_key(dom.domid), _meta("detach", dom))
+    for dp in the_plan.domains:
+        dom = host.domains[dp.domid]
+        steps = attach_steps(host, dom, dp.attach, platform, make_assignable)
+        execute(ctx, steps, domain_key(dom.domid), _meta("attach", dom))
+
+
+def _meta(op, dom):
+    return {"op": op, "domid": dom.domid, "uuid": dom.uuid, "label": dom.label()}
+
+
+def _outcome(ctx, platform, the_plan, after, domids):
+    return {
+        "changed": True,
+        "actions": list(ctx.report.actions),
+        "domains": domain_summary(after, domids),
+        "recovered": list(ctx.report.recovered),
+        "interrupted": [j.summary() for j in after.journals],
+        "left": list(ctx.report.left),
+        "devices": dict(ctx.report.devices),
+        "warnings_detail": list(ctx.report.warnings) + untrusted_warnings(platform.xs),
+    }
+
+
+def _mismatch(the_plan, after):
+    """Where the host, read back, is not what the plan said it would be."""
+    out = []
+    for dp in the_plan.domains:
+        dom = after.domains.get(dp.domid)
+        have = sorted(d.bdf for d in dom.devices) if dom is not None else []
+        want = sorted(describe_bdf(b) for b in dp.after)
+        if have != want:
+            out.append("%s with %s, not %s" % (dp.label, ", ".join(have) or "no device", ", ".join(want) or "no device"))
+    return out
+
+
+def _failed(ctx, platform, budget, exc, the_plan, before, result):
+    """The error of a failed request, with the host as read back."""
+    domids = [d.domid for d in the_plan.domains]
+    try:
+        if not platform.xs.connected:
+            platform.xs.reconnect(budget.final())
+        after = read_host(platform.xs, budget.final(), domids)
+    except XenPciError as again:
+        return with_context(exc, suffix="; the host could not be read back (%s)" % again.msg, changed=True,
+                            actions=list(ctx.report.actions), left=list(ctx.report.left) or None)
+    now = {d: [x.bdf for x in after.domains[d].devices] if d in after.domains else [] for d in domids}
+    changed = bool(exc.details.get("changed")) or any(sorted(now[d]) != sorted(before.get(d, [])) for d in domids) \
+        or bool(ctx.report.left)
+    return with_context(exc, changed=changed, actions=list(ctx.report.actions), left=list(ctx.report.left) or None,
+                        domains=domain_summary(after, domids), recovered=list(ctx.report.recovered) or None,
+                        interrupted=[j.summary() for j in after.journals] or None,
+                        warnings_detail=list(ctx.report.warnings) + untrusted_warnings(platform.xs),
+                        reattached=result["reattached"] or None)

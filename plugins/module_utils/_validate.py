@@ -1,0 +1,349 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One validation pass over a whole request, before anything is written.
+
+Two stages: ``passthrough_input`` needs no host (option types and ranges,
+the device specs, duplicates and vslot collisions inside the request);
+``passthrough_host`` checks the request against the host as read (the
+domains exist and can take PCI devices, names resolve, every device exists,
+is free or may be taken, no vslot is already used in the guest). Each stage
+collects every problem it finds; ``raise_problems`` turns them into one
+error whose message is the first problem and whose details list them all.
+Check mode runs both stages too, so it refuses what the real run refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
+from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
+
+# Longest domain name we take (xl's own limit is xenstore's: 4096 bytes).
+NAME_MAX = 256
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a request: which input, domain, device, and why."""
+
+    msg: str
+    input: str
+    domain: Optional[str] = None
+    device: Optional[str] = None
+    kind: type = SpecError
+
+    def as_dict(self):
+        return {"msg": self.msg, "input": self.input, "domain": self.domain, "device": self.device,
+                "error": self.kind.__name__}
+
+
+def raise_problems(problems):
+    """Raise the first problem's error class, every problem in ``problems``."""
+    if not problems:
+        return
+    first = problems[0]
+    more = len(problems) - 1
+    msg = first.msg + (" (and %d more problem%s, listed in 'problems')" % (more, "s" if more > 1 else "") if more else "")
+    raise first.kind(msg, input=first.input, domain=first.domain, device=first.device,
+                     problems=[p.as_dict() for p in problems])
+
+
+def check_bool(params, name, problems):
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        problems.append(Problem("%s must be true or false, got %s %r" % (name, type(value).__name__, value), name))
+
+
+def check_domain_ref(ref, where, problems):
+    """A domain reference is a name or an id: never a bool, float or list."""
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        problems.append(Problem("%s: a domain is a name or a domain id, got %s %r" % (where, type(ref).__name__, ref),
+                                where, domain=repr(ref)))
+        return False
+    if isinstance(ref, int) and ref < 0:
+        problems.append(Problem("%s: domain id %d is negative" % (where, ref), where, domain=str(ref)))
+        return False
+    if isinstance(ref, str):
+        if not ref:
+            problems.append(Problem("%s: the domain name is empty" % where, where, domain=ref))
+            return False
+        if len(ref) > NAME_MAX or not ref.isprintable():
+            problems.append(Problem("%s: %r is not a domain name (printable, at most %d characters)" % (
+                where, ref[:64], NAME_MAX), where, domain=ref[:64]))
+            return False
+    return True
+
+
+def common_options(params, problems):
+    timeout = params.get("timeout")
+    problem = check_timeout(timeout)
+    if problem:
+        problems.append(Problem(problem, "timeout"))
+
+
+def passthrough_input(params, desired):
+    """Stage 1. ``desired``: {domain ref: list of specs}. Returns
+    ({domain ref: [PciSpec]}, problems)."""
+    problems: List[Problem] = []
+    common_options(params, problems)
+    state = params.get("state", "present")
+    if state not in STATES:
+        problems.append(Problem("state must be one of %s, got %r" % (", ".join(STATES), state), "state"))
+    for name in ("make_assignable", "force"):
+        check_bool(params, name, problems)
+    where_of = "assignments" if params.get("assignments") is not None else "devices"
+    if not isinstance(desired, dict):
+        problems.append(Problem("assignments must be a mapping of guest to its devices, got %s" % type(desired).__name__,
+                                "assignments"))
+        return {}, problems
+    parsed: Dict[object, List[PciSpec]] = {}
+    for ref, specs in desired.items():
+        where = "%s[%s]" % (where_of, ref) if where_of == "assignments" else "domain %s" % (ref,)
+        if not check_domain_ref(ref, where, problems):
+            continue
+        label = str(ref)
+        if not isinstance(specs, list):
+            problems.append(Problem("%s: the devices of %s must be a list of PCI specs, got %s %r" % (
+                where, label, "null" if specs is None else type(specs).__name__, specs), where, domain=label))
+            continue
+        out = []
+        for index, spec in enumerate(specs):
+            item = "%s[%d]" % (where_of if where_of == "devices" else where, index)
+            try:
+                out.append(PciSpec.coerce(spec))
+            except SpecError as exc:
+                problems.append(Problem("%s (device #%d of %s): %s" % (item, index, label, exc.msg), item, domain=label,
+                                        device=str(spec)[:64]))
+        parsed[ref] = out
+        if state != "absent":
+            problems += _duplicates(out, where, label)
+    if state != "absent":
+        problems += _declared_twice(parsed, where_of)
+    return parsed, problems
+
+
+def _duplicates(specs, where, label):
+    """The same device, or the same virtual slot, twice in one guest's list."""
+    out = []
+    seen, slots = {}, {}
+    for index, spec in enumerate(specs):
+        key = spec.address or "name=%s" % spec.name
+        if key in seen:
+            out.append(Problem("%s: %s is listed twice for %s (devices #%d and #%d)" % (where, key, label, seen[key], index),
+                               where, domain=label, device=key))
+        seen.setdefault(key, index)
+        if spec.vslot:
+            if spec.vslot in slots:
+                out.append(Problem("%s: virtual slot %02x is asked for twice for %s (devices #%d and #%d)" % (
+                    where, spec.vslot, label, slots[spec.vslot], index), where, domain=label, device=key))
+            slots.setdefault(spec.vslot, index)
+    return out
+
+
+def _declared_twice(parsed, where_of):
+    out, owner = [], {}
+    for ref, specs in parsed.items():
+        for spec in specs:
+            key = spec.address or "name=%s" % spec.name
+            if key in owner and owner[key] != ref:
+                out.append(Problem("%s: %s is declared for both %s and %s" % (where_of, key, owner[key], ref),
+                                   where_of, domain=str(ref), device=key))
+            owner.setdefault(key, ref)
+    return out
+
+
+def check_domain(dom, platform, problems, where):
+    """Can ``dom`` take PCI devices at all? (problems appended)."""
+    label = dom.label()
+
+    def refuse(msg, kind=RefusedError):
+        problems.append(Problem(msg, where, domain=label, kind=kind))
+
+    if dom.domid == 0:
+        return refuse("domid 0 is the control domain; PCI devices are passed through to guests")
+    if dom.is_stubdom:
+        return refuse("%s is the stub domain of domid %d; give the devices to that guest" % (label, dom.target))
+    if dom.type is None:
+        return refuse("%s has no /libxl/%d/type: it was not created by libxl (or is being destroyed)" % (label, dom.domid),
+                      DomainError)
+    if dom.type == "pvh":
+        return refuse("%s is a PVH guest: Xen does not support PCI passthrough to PVH domains" % label)
+    if dom.type not in ("pv", "hvm"):
+        return refuse("%s has the unknown domain type %r" % (label, dom.type[:32]), DomainError)
+    if platform.passthrough_mode(dom.domid, dom.uuid) == "disabled":
+        return refuse("%s was created with passthrough disabled (no pci= and no passthrough= in its config); "
+                      "recreate it with passthrough = \"enabled\"" % label)
+    if dom.type == "hvm":
+        if dom.dm_version not in (None, "qemu_xen"):
+            return refuse("%s uses device model %s; only qemu_xen (QEMU upstream) takes hotplugged PCI devices" % (
+                label, dom.dm_version), DomainError)
+        if dom.dm_state != "running":
+            return refuse("the device model of %s is %s, not running: hotplug needs a running QEMU "
+                          "(devices for a guest being created belong in its config's pci = [...])" % (
+                              label, dom.dm_state or "absent"))
+    return None
+
+
+def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None):
+    """Stage 2: ``parsed`` against the host. Returns ({domid: [PciFunction]
+    or [bdf]}, problems)."""
+    problems: List[Problem] = []
+    resolved: Dict[int, list] = {}
+    labels = {}
+    present = _present(platform, problems)
+    for ref, specs in parsed.items():
+        where = "domain %s" % (ref,)
+        try:
+            dom = host.resolve(ref)
+        except XenPciError as exc:
+            problems.append(Problem(exc.msg, where, domain=str(ref), kind=type(exc)))
+            continue
+        if dom.domid in resolved:
+            problems.append(Problem("%s is listed twice (as %r and as %r)" % (dom.label(), labels[dom.domid], ref), where,
+                                    domain=dom.label()))
+            continue
+        labels[dom.domid] = ref
+        if state == "absent":
+            resolved[dom.domid] = _absent_bdfs(host, dom, specs)
+            continue
+        if dom.stubdom_id is not None and host.domains.get(dom.stubdom_id) is None:
+            problems.append(Problem("%s has stub domain %d, which does not exist" % (dom.label(), dom.stubdom_id), where,
+                                    domain=dom.label(), kind=DomainError))
+            continue
+        funcs = []
+        for spec in specs:
+            try:
+                bdf = host.bdf_for_name(spec.name) if spec.bdf is None else None
+                funcs.extend(spec.expand(present=present, bdf=bdf))
+            except SpecError as exc:
+                problems.append(Problem("%s: %s" % (dom.label(), exc.msg), where, domain=dom.label(), device=spec.format()))
+        resolved[dom.domid] = funcs
+        if funcs:
+            check_domain(dom, platform, problems, where)
+    if state != "absent":
+        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {})
+    return resolved, problems
+
+
+def _present(platform, problems):
+    if platform.sysfs is None:
+        return []
+    try:
+        return platform.sysfs.devices()
+    except XenPciError as exc:
+        problems.append(Problem("cannot list the host's PCI devices: %s" % exc.msg, "sysfs_root", kind=type(exc)))
+        return []
+
+
+def _absent_bdfs(host, dom, specs):
+    current = [d.bdf for d in dom.devices]
+    out = []
+    for spec in specs:
+        if spec.bdf is None:
+            try:
+                out.append(host.bdf_for_name(spec.name))
+            except SpecError:
+                continue      # nothing carries that name: nothing to detach
+        elif spec.all_functions:
+            out.extend(b for b in current if b.rsplit(".", 1)[0] == spec.bdf.slot_address)
+        else:
+            out.append(str(spec.bdf))
+    return out
+
+
+def _devices(host, resolved, state, platform, make_assignable, present, qemu):
+    """Every device exists, belongs to nobody else, is (or may be made)
+    assignable, is declared once, and its vslot is free in the guest."""
+    problems: List[Problem] = []
+    owner = {}
+    leaving = set()
+    if state == "exact":
+        for domid, funcs in resolved.items():
+            keep = {str(f.bdf) for f in funcs}
+            leaving |= {(d.bdf, domid) for d in host.domains[domid].devices if d.bdf not in keep}
+    sysfs = platform.sysfs
+    for domid, funcs in resolved.items():
+        dom = host.domains[domid]
+        label = dom.label()
+        where = "domain %s" % label
+        current = {d.bdf: d for d in dom.devices}
+        for func in funcs:
+            bdf = str(func.bdf)
+            if bdf in owner and owner[bdf] != domid:
+                problems.append(Problem("%s is declared for both %s and %s" % (bdf, host.domains[owner[bdf]].label(), label),
+                                        where, domain=label, device=bdf))
+                continue
+            if bdf in owner:
+                problems.append(Problem("%s is declared twice for %s" % (bdf, label), where, domain=label, device=bdf))
+                continue
+            owner[bdf] = domid
+            if bdf in current:
+                continue
+            holder = host.holder_of(bdf)
+            if holder is not None and holder != domid and (bdf, holder) not in leaving:
+                other = host.domains.get(holder)
+                problems.append(Problem("%s is assigned to %s, not to %s; detach it there first" % (
+                    bdf, other.label() if other else "domid %d" % holder, label), where, domain=label, device=bdf,
+                    kind=RefusedError))
+                continue
+            if sysfs is None:
+                continue
+            if bdf not in present:
+                problems.append(Problem("PCI device %s does not exist on this host (declared for %s)" % (bdf, label), where,
+                                        domain=label, device=bdf, kind=RefusedError))
+                continue
+            try:
+                driver = sysfs.driver_name(bdf)
+            except XenPciError as exc:
+                problems.append(Problem("%s (declared for %s): %s" % (bdf, label, exc.msg), where, domain=label, device=bdf,
+                                        kind=type(exc)))
+                continue
+            if driver not in (None, "pciback") and not func.seize:
+                problems.append(Problem("%s is in use by the dom0 driver %s; make it assignable first, or ask to seize it "
+                                        "(declared for %s)" % (bdf, driver, label), where, domain=label, device=bdf,
+                                        kind=RefusedError))
+            elif driver is None and not (func.seize or make_assignable):
+                problems.append(Problem("%s is not assignable (bound to no driver, not to pciback); make it assignable "
+                                        "first (declared for %s)" % (bdf, label), where, domain=label, device=bdf,
+                                        kind=RefusedError))
+            elif driver != "pciback" and not sysfs.pciback_loaded():
+                problems.append(Problem("xen-pciback is not loaded: %s cannot be made assignable for %s" % (bdf, label),
+                                        where, domain=label, device=bdf, kind=RefusedError))
+        problems += _slots(dom, funcs, current, resolved, state, qemu.get(domid))
+    return problems
+
+
+def _slots(dom, funcs, current, resolved, state, in_qemu):
+    """A requested virtual slot must be free: not another kept device's, not
+    one QEMU already uses for something else."""
+    out = []
+    label = dom.label()
+    keep = {str(f.bdf) for f in funcs} if state == "exact" else None
+    taken = {}
+    for dev in current.values():
+        if keep is not None and dev.bdf not in keep:
+            continue
+        if dev.vdevfn:
+            taken[dev.vdevfn >> 3] = dev.bdf
+    for func in funcs:
+        bdf = str(func.bdf)
+        if not func.vslot or bdf in current:
+            continue
+        holder = taken.get(func.vslot)
+        if holder is not None and holder != bdf and not _same_slot(holder, bdf):
+            out.append(Problem("virtual slot %02x asked for %s is already used by %s in %s" % (func.vslot, bdf, holder, label),
+                               "domain %s" % label, domain=label, device=bdf, kind=RefusedError))
+        for dev in in_qemu or ():
+            if dev.bus == 0 and dev.slot == func.vslot and dev.function == func.vfunc and dev.qdev_id != func.bdf.qmp_id:
+                out.append(Problem("virtual slot %02x.%x asked for %s is already used by %s in the QEMU of %s" % (
+                    func.vslot, func.vfunc, bdf, dev.qdev_id or "an emulated device (%s)" % (dev.class_desc or "?"), label),
+                    "domain %s" % label, domain=label, device=bdf, kind=RefusedError))
+    return out
+
+
+def _same_slot(a, b):
+    return a.rsplit(".", 1)[0] == b.rsplit(".", 1)[0]
