@@ -39,6 +39,12 @@ OP_ERROR = 16
 OP_WATCH_EVENT = 15
 DEFAULT_SOCKET = "/var/run/xenstored/socket"
 
+# Values come from guests too (a guest writes its own frontend nodes), so
+# they are untrusted text: at most this many undecodable nodes are recorded
+# per connection, each with at most this many bytes of its raw value.
+UNDECODABLE_KEEP = 32
+UNDECODABLE_RAW = 48
+
 # How often a transaction is retried when xenstored answers EAGAIN (another
 # writer touched what we read). libxl retries forever; we stop and say so.
 TRANSACTION_RETRIES = 32
@@ -46,6 +52,28 @@ TRANSACTION_RETRIES = 32
 
 def _b(value):
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+def decode_text(raw):
+    """xenstore bytes as str: valid UTF-8 unchanged, other bytes as ``\\xNN``.
+
+    Never raises: what a guest wrote must not stop us reading the host.
+    """
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(raw):
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _raw_repr(raw):
+    if len(raw) <= UNDECODABLE_RAW:
+        return repr(raw)
+    return "%r... (%d bytes)" % (raw[:UNDECODABLE_RAW], len(raw))
 
 
 class Stats:
@@ -81,6 +109,11 @@ class XenStore:
             raise XenstoreConnectionError("the pyxs Python library is required to talk to xenstored")
         self.timeout = timeout
         self.stats = Stats()
+        # Nodes whose bytes are not UTF-8, for the caller to report:
+        # [{"op", "path", "raw"}], one per path, at most UNDECODABLE_KEEP;
+        # undecodable_dropped counts the records not kept.
+        self.undecodable = []
+        self.undecodable_dropped = 0
         self._events = deque()
         self._next_rq = 1
         self._next_token = 1
@@ -171,7 +204,10 @@ class XenStore:
         if op == OP_WATCH_EVENT:
             parts = payload.split(b"\0")
             if len(parts) >= 2:
-                self._events.append((parts[0].decode(), parts[1].decode()))
+                path, token = decode_text(parts[0]), decode_text(parts[1])
+                if not (_is_utf8(parts[0]) and _is_utf8(parts[1])):
+                    self._note_undecodable("WATCH_EVENT", path, payload)
+                self._events.append((path, token))
             return None
         return op, rq, payload
 
@@ -189,7 +225,29 @@ class XenStore:
         if op == OP_ERROR:
             name = payload.rstrip(b"\0").decode(errors="replace")
             return XenstoreError("xenstore %s %s failed: %s" % (op_name, path, name), name, path=path, op=op_name)
+        if op_name in self.TEXT_OPS and not _is_utf8(payload):
+            # Recorded here, where the path is known: pipelined callers
+            # decode with the static decode_reply.
+            self._note_undecodable(op_name, path, payload)
         return payload
+
+    TEXT_OPS = ("READ", "DIRECTORY", "GET_PERMS")
+
+    def _note_undecodable(self, op_name, path, raw):
+        path = path if isinstance(path, str) else decode_text(_b(path))
+        if any(rec["path"] == path for rec in self.undecodable):
+            return
+        if len(self.undecodable) >= UNDECODABLE_KEEP:
+            self.undecodable_dropped += 1
+            return
+        self.undecodable.append({"op": op_name, "path": path, "raw": _raw_repr(raw)})
+
+    def undecodable_warnings(self):
+        """One operator message per recorded node (and one for those not kept)."""
+        out = ["xenstore node %s holds bytes that are not UTF-8: %s" % (rec["path"], rec["raw"]) for rec in self.undecodable]
+        if self.undecodable_dropped:
+            out.append("%d more xenstore reads got bytes that are not UTF-8 (not recorded)" % self.undecodable_dropped)
+        return out
 
     def pipeline(self, requests, tx=0, deadline=None):
         """Send every ``(op, path, payload)`` at once, then read the replies.
@@ -224,10 +282,14 @@ class XenStore:
 
     @staticmethod
     def decode_reply(op, reply):
-        """A READ value (str) or DIRECTORY listing (list of names) from its payload."""
+        """A READ value (str) or DIRECTORY listing (list of names) from its payload.
+
+        Never raises on bytes that are not UTF-8 (see ``decode_text``); the
+        connection that got the reply has recorded them in ``undecodable``.
+        """
         if op == "READ":
-            return reply.decode()
-        return [name.decode() for name in reply.split(b"\0") if name]
+            return decode_text(reply)
+        return [decode_text(name) for name in reply.split(b"\0") if name]
 
     def _query_many(self, op, paths, tx, deadline):
         """{path: decoded reply, or None where the node does not exist}, one round trip."""
@@ -264,7 +326,7 @@ class XenStore:
         reply = self._one("GET_PERMS", path, self._path(path) + b"\0", tx, deadline, allow=("ENOENT",))
         if reply is None:
             return None
-        return [p.decode() for p in reply.split(b"\0") if p]
+        return [decode_text(p) for p in reply.split(b"\0") if p]
 
     @classmethod
     def read_request(cls, path):

@@ -14,7 +14,17 @@ import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExceeded, XenstoreConnectionError, XenstoreError
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes, XenStore
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import UNDECODABLE_KEEP, UNDECODABLE_RAW, Changes, XenStore
+
+GUEST = """
+name: guest-bytes
+devices:
+  - {bdf: "0000:00:10.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: pciback, irq: 10,
+     resources: [[0xfe000000, 0xfe0fffff, 0x40200]]}
+domains:
+  - {domid: 1, name: domu1, type: pv, state: running, passthrough: enabled, pcifront: true, devices: ["0000:00:10.0"]}
+"""
+FE = "/local/domain/1/device/pci/0"
 
 
 @pytest.fixture
@@ -169,3 +179,64 @@ def test_wait_until_times_out_with_what_it_saw(xenstored):
         assert info.value.details["seen"] == {"/t/state": "7"}
         # The connection is still usable after a wait timed out.
         assert xs.read("/t/state") == "7"
+
+
+def test_bytes_a_guest_wrote_that_are_not_utf8_are_read_escaped_and_recorded(sim):
+    host = sim(GUEST, mount_sysfs=False)
+    with XenStore(host.paths["xenstored_as"]["1"], timeout=5) as guest:
+        # The guest owns its frontend directory: it may write any bytes there.
+        guest.write(FE + "/x-note", b"ok\xff\xfe\x80end")
+        guest.write(FE + "/x-text", "caf\u00e9".encode())
+    with XenStore(host.paths["xenstored"], timeout=5) as xs:
+        assert xs.read(FE + "/x-note") == "ok\\xff\\xfe\\x80end"
+        # Valid UTF-8 is unchanged and not recorded.
+        assert xs.read(FE + "/x-text") == "caf\u00e9"
+        values = xs.read_many([FE + "/x-note", FE + "/x-text", FE + "/state"])
+        assert values[FE + "/x-note"] == "ok\\xff\\xfe\\x80end" and values[FE + "/state"] == "4"
+        assert "x-note" in xs.directory(FE)
+        # The decode used by pipelined reads (read_host's way) does not raise either.
+        replies = xs.pipeline([xs.read_request(FE + "/x-note"), xs.directory_request(FE)])
+        assert XenStore.decode_reply("READ", replies[0]) == "ok\\xff\\xfe\\x80end"
+        # One record per node however often it was read.
+        assert xs.undecodable == [{"op": "READ", "path": FE + "/x-note", "raw": repr(b"ok\xff\xfe\x80end")}]
+        assert xs.undecodable_warnings() == [
+            "xenstore node %s/x-note holds bytes that are not UTF-8: %r" % (FE, b"ok\xff\xfe\x80end")]
+
+
+def test_a_wait_on_a_node_with_bad_bytes_returns_and_records_it(sim):
+    host = sim(GUEST, mount_sysfs=False)
+    with XenStore(host.paths["xenstored_as"]["1"], timeout=5) as guest, \
+            XenStore(host.paths["xenstored"], timeout=5) as xs:
+        guest.write(FE + "/x-note", b"\xff")
+
+        def later():
+            time.sleep(0.2)
+            guest.write(FE + "/x-note", b"done\xc3")
+
+        thread = threading.Thread(target=later)
+        thread.start()
+        try:
+            seen = xs.wait_until([FE + "/x-note"], lambda v: v[FE + "/x-note"] if v[FE + "/x-note"].startswith("done") else None,
+                                 Deadline(10), "waiting for the guest's note")
+        finally:
+            thread.join()
+        assert seen == "done\\xc3"
+        assert [rec["path"] for rec in xs.undecodable] == [FE + "/x-note"]
+
+
+def test_what_is_kept_about_undecodable_nodes_is_bounded(sim):
+    host = sim(GUEST, mount_sysfs=False)
+    count = UNDECODABLE_KEEP + 8
+    paths = ["%s/x-junk-%d" % (FE, i) for i in range(count)]
+    with XenStore(host.paths["xenstored_as"]["1"], timeout=5) as guest:
+        changes = Changes()
+        for path in paths:
+            changes.write(path, b"\xff" * 2000)
+        guest.apply(changes)
+    with XenStore(host.paths["xenstored"], timeout=5) as xs:
+        values = xs.read_many(paths)
+        assert all(v == "\\xff" * 2000 for v in values.values())
+        assert len(xs.undecodable) == UNDECODABLE_KEEP
+        assert xs.undecodable_dropped == count - UNDECODABLE_KEEP
+        assert all(len(rec["raw"]) < 4 * UNDECODABLE_RAW + 40 and "(2000 bytes)" in rec["raw"] for rec in xs.undecodable)
+        assert xs.undecodable_warnings()[-1] == "8 more xenstore reads got bytes that are not UTF-8 (not recorded)"
