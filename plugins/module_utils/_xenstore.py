@@ -35,9 +35,12 @@ except ImportError:  # reported by the modules with missing_required_lib
     PYXS_IMPORT_ERROR = traceback.format_exc()
 
 HEADER = struct.Struct("<IIII")
+PAYLOAD_MAX = 4096
 OP_ERROR = 16
 OP_WATCH_EVENT = 15
 DEFAULT_SOCKET = "/var/run/xenstored/socket"
+# Wire ops that pyxs's Op may not know (xs_wire.h numbers).
+RAW_OPS = {"DIRECTORY_PART": 22}
 
 # Values come from guests too (a guest writes its own frontend nodes), so
 # they are untrusted text: at most this many undecodable nodes are recorded
@@ -114,29 +117,52 @@ class XenStore:
         # undecodable_dropped counts the records not kept.
         self.undecodable = []
         self.undecodable_dropped = 0
+        # Why the connection was last lost (kept after reconnect() for the
+        # report), None if it never was.
+        self.lost = None
         self._events = deque()
+        self._pending = deque()      # (rq, op, path) sent and not yet answered
+        self._rbuf = b""
         self._next_rq = 1
         self._next_token = 1
-        if xenbus:
-            self._conn = XenBusConnection(path)
-        else:
-            self._conn = UnixSocketConnection(path or os.environ.get("XENSTORED_PATH") or DEFAULT_SOCKET)
-        self.where = self._conn.path
+        self._xenbus = xenbus
+        self._conn = None
+        self._fd = None
+        self.where = self._transport(path).path
         try:
-            self._conn.connect()
+            self._open()
         except PyXSError as exc:
-            raise XenstoreConnectionError("cannot connect to xenstored at %s: %s" % (self.where, exc), path=self.where) from None
-        self._fd = self._conn.fileno()
-        self._rbuf = b""
+            raise XenstoreConnectionError("cannot connect to xenstored at %s: %s" % (self.where, exc), path=self.where) from exc
 
     # -- lifecycle ---------------------------------------------------------
 
+    def _transport(self, path):
+        if self._xenbus:
+            return XenBusConnection(path)
+        return UnixSocketConnection(path or os.environ.get("XENSTORED_PATH") or DEFAULT_SOCKET)
+
+    def _open(self):
+        conn = self._transport(self.where)
+        conn.connect()
+        self._conn = conn
+        self._fd = conn.fileno()
+        self._rbuf = b""
+        self._pending.clear()
+
+    @property
+    def connected(self):
+        """True while the connection is open (False once lost or closed)."""
+        return self._conn is not None
+
     def close(self):
+        self._pending.clear()
+        self._rbuf = b""
         if self._conn is not None:
             try:
                 self._conn.close()
             finally:
                 self._conn = None
+                self._fd = None
 
     def __enter__(self):
         return self
@@ -149,58 +175,112 @@ class XenStore:
 
     # -- wire --------------------------------------------------------------
 
-    def _broken(self, why):
-        where = self.where
-        self.close()
-        return XenstoreConnectionError("connection to xenstored at %s lost: %s" % (where, why), path=where)
+    def _waiting(self):
+        """Details and words for errors: which request still awaits its reply."""
+        if not self._pending:
+            return {"pending": False}, "no request was waiting for a reply"
+        _rq, op, path = self._pending[0]
+        details = {"pending": True, "op": op, "node": path, "unanswered": len(self._pending)}
+        words = "no reply yet to %s %s" % (op, path)
+        if len(self._pending) > 1:
+            words += " (%d requests unanswered)" % len(self._pending)
+        return details, words
 
-    def _send(self, op_name, payload, tx):
-        if self._conn is None:
-            raise XenstoreConnectionError("connection to xenstored is closed", path=self.where)
+    def _broken(self, why):
+        """Close after a wire failure; the error says what was left unanswered."""
+        details, words = self._waiting()
+        where = self.where
+        self.lost = "%s (%s)" % (why, words)
+        self.close()
+        return XenstoreConnectionError("connection to xenstored at %s lost: %s; %s" % (where, why, words),
+                                       path=where, **details)
+
+    def _closed_error(self):
+        if self.lost:
+            msg = "connection to xenstored at %s was lost (%s); reconnect() to go on" % (self.where, self.lost)
+        else:
+            msg = "connection to xenstored at %s is closed" % self.where
+        return XenstoreConnectionError(msg, path=self.where, pending=False, lost=self.lost)
+
+    def _encode(self, op_name, payload, tx):
+        """One request on the wire; nothing is sent yet."""
+        if len(payload) > PAYLOAD_MAX:
+            raise XenstoreError("xenstore %s request of %d bytes is over the %d-byte limit" % (op_name, len(payload), PAYLOAD_MAX),
+                                "E2BIG", op=op_name)
         rq = self._next_rq
         self._next_rq = (self._next_rq + 1) & 0x7FFFFFFF or 1
-        packet = Packet(getattr(Op, op_name), payload, rq, tx)
-        data = HEADER.pack(packet.op, packet.rq_id, packet.tx_id, packet.size) + packet.payload
-        view = memoryview(data)
+        op = getattr(Op, op_name, None) if op_name not in RAW_OPS else None
+        op = RAW_OPS[op_name] if op is None else op
+        return rq, HEADER.pack(op, rq, tx, len(payload)) + payload
+
+    def _send_all(self, batch, tx, deadline):
+        """Write every ``(op, path, payload)``; returns [(rq, op, path)].
+
+        Every request is encoded before the first byte is written, so a bad
+        one cannot leave others unanswered on the wire.
+        """
+        if self._conn is None:
+            raise self._closed_error()
+        if deadline.expired:
+            # Nothing sent: the connection stays in step.
+            first = ("%s %s" % (batch[0][0], batch[0][1])) if batch else "a request"
+            raise deadline.exceeded("before sending %s to xenstored" % first, path=self.where, pending=False)
+        encoded = [(self._encode(op, payload, tx), op, path) for op, path, payload in batch]
+        sent = []
+        for (rq, _data), op, path in encoded:
+            sent.append((rq, op, path))
+            self._pending.append((rq, op, path))
+            self.stats.requests += 1
+            self.stats.by_op[op] = self.stats.by_op.get(op, 0) + 1
+        view = memoryview(b"".join(data for (_rq, data), _op, _path in encoded))
         try:
             while view:
-                sent = os.write(self._fd, view)
-                view = view[sent:]
+                written = os.write(self._fd, view)
+                view = view[written:]
         except OSError as exc:
-            raise self._broken(os.strerror(exc.errno)) from None
-        self.stats.requests += 1
-        self.stats.by_op[op_name] = self.stats.by_op.get(op_name, 0) + 1
-        return rq
+            raise self._broken(os.strerror(exc.errno)) from exc
+        return sent
 
-    def _read_exact(self, size, deadline, doing, pending=True):
+    def _fill(self, size, deadline, doing):
+        """Read until ``size`` bytes are buffered, bounded by the deadline."""
         while len(self._rbuf) < size:
             remaining = deadline.remaining()
             if remaining <= 0:
-                if pending:
+                details, words = self._waiting()
+                if self._pending:
                     # A reply still on its way would put the stream out of
                     # step with our next request: drop the connection.
+                    self.lost = "a deadline expired with a reply outstanding (%s); dropped so that a late " \
+                                "reply cannot be taken for the answer to a later request" % words
                     self.close()
-                raise deadline.exceeded(doing, path=self.where)
+                raise deadline.exceeded(doing, path=self.where, **details)
             try:
                 ready, _w, _x = select.select([self._fd], [], [], remaining)
             except (OSError, ValueError) as exc:
-                raise self._broken(str(exc)) from None
+                raise self._broken(str(exc)) from exc
             if not ready:
                 continue
             try:
                 chunk = os.read(self._fd, 65536)
             except OSError as exc:
-                raise self._broken(os.strerror(exc.errno)) from None
+                raise self._broken(os.strerror(exc.errno)) from exc
             if not chunk:
                 raise self._broken("xenstored closed the connection")
             self._rbuf += chunk
-        data, self._rbuf = self._rbuf[:size], self._rbuf[size:]
-        return data
 
-    def _packet(self, deadline, doing, pending=True):
-        """Next packet off the wire; watch events are queued and give None."""
-        op, rq, _tx, size = HEADER.unpack(self._read_exact(HEADER.size, deadline, doing, pending))
-        payload = self._read_exact(size, deadline, doing, pending) if size else b""
+    def _packet(self, deadline, doing):
+        """Next packet off the wire; watch events are queued and give None.
+
+        Nothing is taken from the buffer until the whole packet is there, so
+        a deadline that expires mid-packet leaves the stream in step.
+        """
+        if self._conn is None:
+            raise self._closed_error()
+        self._fill(HEADER.size, deadline, doing)
+        op, rq, _tx, size = HEADER.unpack(self._rbuf[:HEADER.size])
+        self._fill(HEADER.size + size, deadline, doing)
+        payload = self._rbuf[HEADER.size:HEADER.size + size]
+        self._rbuf = self._rbuf[HEADER.size + size:]
         if op == OP_WATCH_EVENT:
             parts = payload.split(b"\0")
             if len(parts) >= 2:
@@ -222,6 +302,7 @@ class XenStore:
         op, got_rq, payload = self._recv(deadline, "waiting for xenstored to answer %s %s" % (op_name, path))
         if got_rq != rq:
             raise self._broken("reply out of order (request %d, got %d)" % (rq, got_rq))
+        self._pending.popleft()
         if op == OP_ERROR:
             name = payload.rstrip(b"\0").decode(errors="replace")
             return XenstoreError("xenstore %s %s failed: %s" % (op_name, path, name), name, path=path, op=op_name)
@@ -256,9 +337,11 @@ class XenStore:
         request gives its XenstoreError in its place instead of raising.
         """
         deadline = self._deadline(deadline, "xenstore")
-        sent = [(self._send(op, payload, tx), op, path) for op, path, payload in requests]
-        if sent:
-            self.stats.round_trips += 1
+        requests = list(requests)
+        if not requests:
+            return []
+        sent = self._send_all(requests, tx, deadline)
+        self.stats.round_trips += 1
         return [self._reply(rq, op, path, deadline) for rq, op, path in sent]
 
     def _one(self, op, path, payload, tx, deadline, allow=()):
@@ -274,8 +357,8 @@ class XenStore:
         raw = _b(path)
         try:
             check_path(raw)
-        except (PyXSError, ValueError):
-            raise XenstoreError("invalid xenstore path %r" % path, "EINVAL", path=path) from None
+        except (PyXSError, ValueError) as exc:
+            raise XenstoreError("invalid xenstore path %r" % path, "EINVAL", path=path) from exc
         return raw
 
     # -- operations --------------------------------------------------------
@@ -430,8 +513,8 @@ class XenStore:
         raw = _b(path)
         try:
             check_watch_path(raw)
-        except (PyXSError, ValueError):
-            raise XenstoreError("invalid watch path %r" % path, "EINVAL", path=path) from None
+        except (PyXSError, ValueError) as exc:
+            raise XenstoreError("invalid watch path %r" % path, "EINVAL", path=path) from exc
         return raw + b"\0" + _b(token) + b"\0"
 
     def watch(self, path, token=None, deadline=None):
@@ -459,7 +542,7 @@ class XenStore:
     def next_event(self, deadline):
         """Next queued or arriving watch event (path, token), bounded."""
         while not self._events:
-            packet = self._packet(deadline, "waiting for a xenstore watch event", pending=False)
+            packet = self._packet(deadline, "waiting for a xenstore watch event")
             if packet is not None:
                 # No request is outstanding here, so any reply is a protocol error.
                 raise self._broken("unexpected reply op %d while waiting for events: %r" % (packet[0], packet[2][:64]))
@@ -487,8 +570,8 @@ class XenStore:
                 while True:
                     try:
                         _path, token = self.next_event(deadline)
-                    except DeadlineExceeded:
-                        raise deadline.exceeded(doing, seen=values) from None
+                    except DeadlineExceeded as exc:
+                        raise deadline.exceeded(doing, seen=values, pending=False) from exc
                     if token in mine:
                         break
         finally:

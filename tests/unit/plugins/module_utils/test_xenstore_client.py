@@ -133,23 +133,72 @@ def test_a_hung_xenstored_is_a_bounded_error_and_the_connection_is_dropped(xenst
     xs = XenStore(xenstored.path, timeout=5)
     xenstored.faults.add("xenstore.request", "hang", op="READ", path="/t/slow")
     start = time.monotonic()
-    with pytest.raises(DeadlineExceeded, match="waiting for xenstored to answer READ /t/slow"):
+    with pytest.raises(DeadlineExceeded, match="waiting for xenstored to answer READ /t/slow") as info:
         xs.read("/t/slow", deadline=Deadline(0.5))
     assert 0.4 < time.monotonic() - start < 2.0
-    with pytest.raises(XenstoreConnectionError):
+    # A reply that never came, not a missing node: the caller can tell.
+    assert info.value.details["pending"] is True
+    assert info.value.details["op"] == "READ" and info.value.details["node"] == "/t/slow"
+    assert not xs.connected and "reply outstanding (no reply yet to READ /t/slow)" in xs.lost
+    with pytest.raises(XenstoreConnectionError, match="was lost .*READ /t/slow.*reconnect") as info:
         xs.read("/t/other")
+    assert info.value.details["pending"] is False
+
+
+def test_a_deadline_spent_before_sending_leaves_the_connection_usable(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.write("/t/a", "1")
+        spent = Deadline(0.01)
+        time.sleep(0.05)
+        with pytest.raises(DeadlineExceeded, match="before sending READ /t/a") as info:
+            xs.read("/t/a", deadline=spent)
+        assert info.value.details["pending"] is False
+        assert xs.connected and xs.lost is None
+        assert xs.read("/t/a") == "1"
 
 
 def test_xenstored_closing_mid_request_is_a_connection_error(xenstored):
     xs = XenStore(xenstored.path, timeout=5)
     xenstored.faults.add("xenstore.request", "close", op="WRITE")
-    with pytest.raises(XenstoreConnectionError, match="lost"):
+    with pytest.raises(XenstoreConnectionError, match="lost: xenstored closed the connection; no reply yet to WRITE /t/x") as info:
         xs.write("/t/x", "1")
+    assert info.value.details["pending"] is True
+    assert info.value.details["op"] == "WRITE" and info.value.details["node"] == "/t/x"
+    assert info.value.details["path"] == xenstored.path
+    assert not xs.connected and xs.lost.startswith("xenstored closed the connection")
+
+
+def test_a_lost_connection_names_the_first_unanswered_request_of_a_pipeline(xenstored):
+    xs = XenStore(xenstored.path, timeout=5)
+    xenstored.faults.add("xenstore.request", "close", op="READ", path="/t/b")
+    with pytest.raises(XenstoreConnectionError, match=r"no reply yet to READ /t/b \(2 requests unanswered\)") as info:
+        xs.read_many(["/t/a", "/t/b", "/t/c"])
+    assert info.value.details["unanswered"] == 2
+
+
+def test_an_oversized_request_sends_nothing_of_its_batch(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        with pytest.raises(XenstoreError, match="over the 4096-byte limit") as info:
+            xs.apply(Changes().write("/t/small", "1").write("/t/big", "x" * 5000))
+        assert info.value.errno == "E2BIG"
+        assert xs.stats.requests == 0
+        assert xs.read("/t/small") is None
+
+
+def test_an_idle_wait_that_times_out_had_no_request_pending(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.watch("/t/quiet")
+        assert xs.next_event(Deadline(2)) == ("/t/quiet", "xen.pci-1")    # the initial event
+        with pytest.raises(DeadlineExceeded, match="waiting for a xenstore watch event") as info:
+            xs.next_event(Deadline(0.2))
+        assert info.value.details["pending"] is False
+        assert xs.connected
 
 
 def test_missing_socket_is_a_connection_error():
-    with pytest.raises(XenstoreConnectionError, match="cannot connect"):
+    with pytest.raises(XenstoreConnectionError, match="cannot connect") as info:
         XenStore("/nonexistent/xenstored.sock")
+    assert info.value.__cause__ is not None
 
 
 def test_wait_until_wakes_on_a_watch_event_not_by_polling(xenstored):
@@ -177,6 +226,8 @@ def test_wait_until_times_out_with_what_it_saw(xenstored):
         with pytest.raises(DeadlineExceeded, match="waiting for state 4") as info:
             xs.wait_until(["/t/state"], lambda v: None, Deadline(0.3), "waiting for state 4")
         assert info.value.details["seen"] == {"/t/state": "7"}
+        assert info.value.details["pending"] is False
+        assert isinstance(info.value.__cause__, DeadlineExceeded)
         # The connection is still usable after a wait timed out.
         assert xs.read("/t/state") == "7"
 
