@@ -48,6 +48,10 @@ RAW_OPS = {"DIRECTORY_PART": 22}
 UNDECODABLE_KEEP = 32
 UNDECODABLE_RAW = 48
 
+# How often a listing read in parts (DIRECTORY_PART) is started again
+# because the directory changed between parts.
+DIRECTORY_PART_RESTARTS = 8
+
 # How often a transaction is retried when xenstored answers EAGAIN (another
 # writer touched what we read). libxl retries forever; we stop and say so.
 TRANSACTION_RETRIES = 32
@@ -312,7 +316,7 @@ class XenStore:
             self._note_undecodable(op_name, path, payload)
         return payload
 
-    TEXT_OPS = ("READ", "DIRECTORY", "GET_PERMS")
+    TEXT_OPS = ("READ", "DIRECTORY", "DIRECTORY_PART", "GET_PERMS")
 
     def _note_undecodable(self, op_name, path, raw):
         path = path if isinstance(path, str) else decode_text(_b(path))
@@ -342,7 +346,53 @@ class XenStore:
             return []
         sent = self._send_all(requests, tx, deadline)
         self.stats.round_trips += 1
-        return [self._reply(rq, op, path, deadline) for rq, op, path in sent]
+        replies = [self._reply(rq, op, path, deadline) for rq, op, path in sent]
+        for i, ((op, path, payload), reply) in enumerate(zip(requests, replies)):
+            if op == "DIRECTORY" and isinstance(reply, XenstoreError) and reply.errno == "E2BIG":
+                # Over 4096 bytes of names: read that one in parts, as
+                # libxenstore does; the others keep their single round trip.
+                replies[i] = self._directory_in_parts(payload.rstrip(b"\0"), path, tx, deadline)
+        return replies
+
+    def _directory_in_parts(self, raw_path, path, tx, deadline):
+        """A listing too big for one reply, in DIRECTORY's reply format.
+
+        XS_DIRECTORY_PART takes ``path\\0offset\\0`` (a byte offset into the
+        NUL-separated child list) and answers the directory's generation
+        ``\\0``-terminated, then as many whole names as fit, each
+        ``\\0``-terminated, with one more ``\\0`` after the last name. A
+        generation that changes between parts means the list moved under
+        us: start again, at most DIRECTORY_PART_RESTARTS times.
+        """
+        restarts = 0
+        while True:
+            names, gen, offset = [], None, 0
+            while True:
+                request = ("DIRECTORY_PART", path, raw_path + b"\0" + str(offset).encode() + b"\0")
+                reply = self.pipeline([request], tx, deadline)[0]
+                if isinstance(reply, XenstoreError):
+                    if reply.errno == "ENOSYS":
+                        return XenstoreError("xenstore DIRECTORY %s failed: the listing is over %d bytes and xenstored does not "
+                                             "support DIRECTORY_PART" % (path, PAYLOAD_MAX), "E2BIG", path=path, op="DIRECTORY")
+                    return reply        # e.g. ENOENT: removed in the meantime
+                end = reply.find(b"\0")
+                chunk = reply[end + 1:]
+                if end <= 0 or not chunk.endswith(b"\0"):
+                    return XenstoreError("xenstore DIRECTORY_PART %s: malformed reply %r" % (path, reply[:64]), "EIO",
+                                         path=path, op="DIRECTORY_PART")
+                if gen is None:
+                    gen = reply[:end]
+                elif reply[:end] != gen:
+                    break
+                if chunk == b"\0" or chunk.endswith(b"\0\0"):
+                    names.append(chunk[:-1])
+                    return b"".join(names)
+                names.append(chunk)
+                offset += len(chunk)
+            restarts += 1
+            if restarts > DIRECTORY_PART_RESTARTS:
+                return XenstoreError("xenstore DIRECTORY %s failed: the directory changed while it was read in parts, %d times"
+                                     % (path, restarts), "EAGAIN", path=path, op="DIRECTORY", attempts=restarts)
 
     def _one(self, op, path, payload, tx, deadline, allow=()):
         reply = self.pipeline([(op, path, payload)], tx, deadline)[0]
@@ -398,11 +448,14 @@ class XenStore:
         return self._query_many("READ", paths, tx, deadline)
 
     def directory(self, path, tx=0, deadline=None):
-        """Child names, or None if the node does not exist."""
+        """Child names, or None if the node does not exist.
+
+        A listing over 4096 bytes is read in parts (XS_DIRECTORY_PART).
+        """
         return self._query_many("DIRECTORY", [path], tx, deadline)[path]
 
     def directory_many(self, paths, tx=0, deadline=None):
-        """{path: child names or None} in one round trip."""
+        """{path: child names or None} in one round trip (more for listings over 4096 bytes)."""
         return self._query_many("DIRECTORY", paths, tx, deadline)
 
     def get_perms(self, path, tx=0, deadline=None):

@@ -33,12 +33,27 @@ def xenstored():
     store_mod = pytest.importorskip("xensim.xenstore.store")
     faults_mod = pytest.importorskip("xensim.faults")
     sockdir = tempfile.mkdtemp(prefix="xsc-", dir="/tmp")
-    faults = faults_mod.Faults()
+
+    class HookedFaults(faults_mod.Faults):
+        """The simulator's fault rules, plus hooks run on the loop thread as
+        each request is matched, just before xenstored executes it."""
+
+        def __init__(self):
+            super().__init__()
+            self.hooks = []
+
+        def match(self, point, **ctx):
+            for hook in list(self.hooks):
+                hook(point, ctx)
+            return super().match(point, **ctx)
+
+    faults = HookedFaults()
     store = store_mod.Store(faults=faults)
     handle = server.run_in_thread(store, os.path.join(sockdir, "socket"), faults=faults,
                                   extra={1: os.path.join(sockdir, "socket-dom1")})
     handle.path = os.path.join(sockdir, "socket")
     handle.faults = faults
+    handle.server_store = store
     try:
         yield handle
     finally:
@@ -291,3 +306,118 @@ def test_what_is_kept_about_undecodable_nodes_is_bounded(sim):
         assert xs.undecodable_dropped == count - UNDECODABLE_KEEP
         assert all(len(rec["raw"]) < 4 * UNDECODABLE_RAW + 40 and "(2000 bytes)" in rec["raw"] for rec in xs.undecodable)
         assert xs.undecodable_warnings()[-1] == "8 more xenstore reads got bytes that are not UTF-8 (not recorded)"
+
+
+BIG = "/t/big"
+BIG_NAMES = ["child-%04d-%s" % (i, "n" * 40) for i in range(600)]     # about 31 KB of names
+
+
+def fill_big(xs):
+    changes = Changes()
+    for name in BIG_NAMES:
+        changes.write("%s/%s" % (BIG, name), "")
+    xs.apply(changes)
+
+
+def parts_of_one_pass():
+    return -(-sum(len(n) + 1 for n in BIG_NAMES) // 4000) + 1
+
+
+def test_a_listing_over_4096_bytes_is_read_in_parts(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+        rt0 = xs.stats.round_trips
+        names = xs.directory(BIG)
+        assert names == xenstored.call(xenstored.server_store.ls, BIG) and sorted(names) == sorted(BIG_NAMES)
+        # One E2BIG answer, then as many parts as 4096-byte replies need.
+        parts = xs.stats.by_op["DIRECTORY_PART"]
+        assert 8 <= parts <= parts_of_one_pass() and xs.stats.round_trips - rt0 == 1 + parts
+        # Same in a transaction (the generation is the transaction's view).
+        assert xs.transaction(lambda tx: xs.directory(BIG, tx=tx)) == names
+
+
+def test_directory_many_falls_back_only_for_the_big_listing(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+        xs.write("/t/small/a", "1")
+        rt0 = xs.stats.round_trips
+        out = xs.directory_many([BIG, "/t/small", "/t/missing"])
+        assert sorted(out[BIG]) == sorted(BIG_NAMES)
+        assert out["/t/small"] == ["a"] and out["/t/missing"] is None
+        assert xs.stats.round_trips - rt0 == 1 + xs.stats.by_op["DIRECTORY_PART"]
+        # The raw pipeline (read_host's way) gets the whole listing in DIRECTORY's format.
+        reply = xs.pipeline([xs.directory_request(BIG), xs.read_request("/t/small/a")])
+        assert XenStore.decode_reply("DIRECTORY", reply[0]) == out[BIG] and reply[1] == b"1"
+
+
+def test_a_directory_that_changes_between_parts_is_read_again(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+        seen = []
+
+        def add_a_child_before_the_second_part(point, ctx):
+            if point == "xenstore.request" and ctx.get("op") == "DIRECTORY_PART":
+                seen.append(ctx)
+                if len(seen) == 2:
+                    xenstored.server_store.seed(BIG + "/zz-late", b"")
+
+        xenstored.faults.hooks.append(add_a_child_before_the_second_part)
+        names = xs.directory(BIG)
+        assert "zz-late" in names and len(names) == len(BIG_NAMES) + 1
+        # The first pass stopped at its second part; the second pass read
+        # them all, in as many parts as a pass with nothing changing.
+        with_change = xs.stats.by_op["DIRECTORY_PART"]
+        xenstored.faults.hooks.clear()
+        assert xs.directory(BIG) == names
+        assert with_change == 2 + (xs.stats.by_op["DIRECTORY_PART"] - with_change)
+
+
+def test_a_directory_that_keeps_changing_is_a_bounded_error(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+        added = []
+
+        def add_a_child_before_every_part(point, ctx):
+            if point == "xenstore.request" and ctx.get("op") == "DIRECTORY_PART":
+                added.append(BIG + "/zz-%d" % len(added))
+                xenstored.server_store.seed(added[-1], b"")
+
+        xenstored.faults.hooks.append(add_a_child_before_every_part)
+        with pytest.raises(XenstoreError, match="changed while it was read in parts, 9 times") as info:
+            xs.directory(BIG)
+        assert info.value.errno == "EAGAIN" and info.value.details["attempts"] == 9
+        assert xs.stats.by_op["DIRECTORY_PART"] == 2 * 9
+        xenstored.faults.hooks.clear()
+        assert len(xs.directory(BIG)) == len(BIG_NAMES) + len(added)
+
+
+def test_reading_in_parts_is_bounded_by_the_callers_deadline(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+        xenstored.faults.add("xenstore.request", "hang", op="DIRECTORY_PART", path=BIG)
+        with pytest.raises(DeadlineExceeded, match="waiting for xenstored to answer DIRECTORY_PART /t/big") as info:
+            xs.directory(BIG, deadline=Deadline(0.5))
+        assert info.value.details["pending"] is True
+
+
+def test_a_xenstored_without_directory_part_gives_e2big_that_says_so(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+        xenstored.faults.add("xenstore.request", "error", op="DIRECTORY_PART", errno="ENOSYS")
+        with pytest.raises(XenstoreError, match="does not support DIRECTORY_PART") as info:
+            xs.directory(BIG)
+        assert info.value.errno == "E2BIG"
+        assert xs.directory("/t") == ["big"]
+
+
+def test_a_big_directory_removed_before_its_parts_are_read_is_missing(xenstored):
+    with XenStore(xenstored.path, timeout=10) as xs:
+        fill_big(xs)
+
+        def remove_it(point, ctx):
+            if point == "xenstore.request" and ctx.get("op") == "DIRECTORY_PART":
+                xenstored.server_store.purge(BIG)
+
+        xenstored.faults.hooks.append(remove_it)
+        assert xs.directory(BIG) is None
+        assert xs.directory_many([BIG, "/t"]) == {BIG: None, "/t": []}
