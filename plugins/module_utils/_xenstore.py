@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import struct
+import time
 import traceback
 from collections import deque
 
@@ -47,6 +48,10 @@ RAW_OPS = {"DIRECTORY_PART": 22}
 # per connection, each with at most this many bytes of its raw value.
 UNDECODABLE_KEEP = 32
 UNDECODABLE_RAW = 48
+
+# Pauses between attempts to reconnect while xenstored is not accepting
+# (restarting): short at first, growing to at most the second.
+RECONNECT_PAUSE = (0.05, 1.0)
 
 # How often a listing read in parts (DIRECTORY_PART) is started again
 # because the directory changed between parts.
@@ -91,6 +96,7 @@ class Stats:
     def __init__(self):
         self.requests = 0
         self.round_trips = 0
+        self.reconnects = 0
         self.by_op = {}
 
     @property
@@ -98,8 +104,8 @@ class Stats:
         return sum(self.by_op.get(op, 0) for op in self.WRITE_OPS)
 
     def as_dict(self):
-        return {"requests": self.requests, "round_trips": self.round_trips,
-                "writes": self.writes, "by_op": dict(self.by_op)}
+        return {"requests": self.requests, "round_trips": self.round_trips, "writes": self.writes,
+                "reconnects": self.reconnects, "by_op": dict(self.by_op)}
 
 
 class XenStore:
@@ -167,6 +173,36 @@ class XenStore:
             finally:
                 self._conn = None
                 self._fd = None
+
+    def reconnect(self, deadline=None):
+        """Open a new connection to the same socket or xenbus device.
+
+        For after the connection was lost (``lost`` says why): what is left
+        of the old one is closed, its queued watch events dropped (its
+        watches and transactions died with it). While xenstored does not
+        accept (restarting), tries again after a short, growing pause until
+        the deadline. Returns the number of attempts; ``stats`` carry on.
+        """
+        deadline = self._deadline(deadline, "reconnecting to xenstored")
+        self.close()
+        self._events.clear()
+        pause, attempts = RECONNECT_PAUSE[0], 0
+        while True:
+            attempts += 1
+            try:
+                self._open()
+            except PyXSError as exc:
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    raise XenstoreConnectionError(
+                        "cannot reconnect to xenstored at %s: %d attempts in %.1f s, the last: %s"
+                        % (self.where, attempts, deadline.elapsed(), exc),
+                        path=self.where, attempts=attempts, waited=round(deadline.elapsed(), 3), lost=self.lost) from exc
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, RECONNECT_PAUSE[1])
+                continue
+            self.stats.reconnects += 1
+            return attempts
 
     def __enter__(self):
         return self

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -421,3 +422,73 @@ def test_a_big_directory_removed_before_its_parts_are_read_is_missing(xenstored)
         xenstored.faults.hooks.append(remove_it)
         assert xs.directory(BIG) is None
         assert xs.directory_many([BIG, "/t"]) == {BIG: None, "/t": []}
+
+
+def run_on_loop(handle, coro):
+    return asyncio.run_coroutine_threadsafe(coro, handle.loop).result(10)
+
+
+def test_reconnect_after_xenstored_closed_the_connection_keeps_stats(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.write("/t/a", "1")
+        xenstored.faults.add("xenstore.request", "close", op="WRITE", path="/t/b", times=1)
+        with pytest.raises(XenstoreConnectionError):
+            xs.write("/t/b", "2")
+        requests = xs.stats.requests
+        assert not xs.connected
+        assert xs.reconnect(Deadline(5)) == 1
+        assert xs.connected and xs.stats.reconnects == 1
+        assert xs.read("/t/a") == "1" and xs.read("/t/b") is None
+        assert xs.stats.requests == requests + 2
+        # Why the last connection went is kept for the report.
+        assert xs.lost.startswith("xenstored closed the connection (no reply yet to WRITE /t/b)")
+
+
+def test_reconnect_after_a_deadline_dropped_the_connection(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xenstored.faults.add("xenstore.request", "hang", op="READ", path="/t/slow", times=1)
+        with pytest.raises(DeadlineExceeded):
+            xs.read("/t/slow", deadline=Deadline(0.3))
+        xs.reconnect(Deadline(5))
+        xs.write("/t/slow", "here")
+        assert xs.read("/t/slow") == "here"
+
+
+def test_watch_events_of_the_old_connection_are_dropped(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        pairs = xs.watch_many(["/t/w1", "/t/w2"])
+        # xenstored sends each watch's first event before answering the
+        # next request: after this read both are queued here.
+        xs.read("/t/w1")
+        assert xs.next_event(Deadline(5)) == pairs[0]
+        xenstored.call(xenstored.server.kill_connections)
+        with pytest.raises(XenstoreConnectionError, match="lost"):
+            xs.read("/t/w1")
+        xs.reconnect(Deadline(5))
+        # w2's first event belonged to the old connection: gone.
+        with pytest.raises(DeadlineExceeded):
+            xs.next_event(Deadline(0.3))
+        token = xs.watch("/t/w2")
+        assert xs.next_event(Deadline(5)) == ("/t/w2", token)
+
+
+def test_reconnect_waits_for_a_restarting_xenstored_within_its_deadline(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xs.write("/t/a", "1")
+        run_on_loop(xenstored, xenstored.server.stop())
+        with pytest.raises(XenstoreConnectionError, match="cannot reconnect to xenstored at %s: .* attempts in" % xenstored.path) as info:
+            xs.reconnect(Deadline(0.5))
+        assert info.value.details["attempts"] >= 1 and info.value.details["waited"] >= 0.5
+        assert info.value.__cause__ is not None and not xs.connected
+
+        def restart():
+            time.sleep(0.3)
+            run_on_loop(xenstored, xenstored.server.start())
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        try:
+            assert xs.reconnect(Deadline(20)) >= 1
+        finally:
+            thread.join()
+        assert xs.read("/t/a") == "1"
