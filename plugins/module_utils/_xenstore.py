@@ -57,6 +57,10 @@ RECONNECT_PAUSE = (0.05, 1.0)
 # because the directory changed between parts.
 DIRECTORY_PART_RESTARTS = 8
 
+# Budget of clean-up requests (aborting a transaction, removing watches)
+# made after the caller's deadline may be spent.
+CLEANUP_GRACE = 2.0
+
 # How often a transaction is retried when xenstored answers EAGAIN (another
 # writer touched what we read). libxl retries forever; we stop and say so.
 TRANSACTION_RETRIES = 32
@@ -80,6 +84,10 @@ def _is_utf8(raw):
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _request_words(op_name, path):
+    return ("%s %s" % (op_name, path)) if path else op_name
 
 
 def _raw_repr(raw):
@@ -221,7 +229,7 @@ class XenStore:
             return {"pending": False}, "no request was waiting for a reply"
         _rq, op, path = self._pending[0]
         details = {"pending": True, "op": op, "node": path, "unanswered": len(self._pending)}
-        words = "no reply yet to %s %s" % (op, path)
+        words = "no reply yet to " + _request_words(op, path)
         if len(self._pending) > 1:
             words += " (%d requests unanswered)" % len(self._pending)
         return details, words
@@ -263,7 +271,7 @@ class XenStore:
             raise self._closed_error()
         if deadline.expired:
             # Nothing sent: the connection stays in step.
-            first = ("%s %s" % (batch[0][0], batch[0][1])) if batch else "a request"
+            first = _request_words(batch[0][0], batch[0][1]) if batch else "a request"
             raise deadline.exceeded("before sending %s to xenstored" % first, path=self.where, pending=False)
         encoded = [(self._encode(op, payload, tx), op, path) for op, path, payload in batch]
         sent = []
@@ -339,7 +347,7 @@ class XenStore:
                 return packet
 
     def _reply(self, rq, op_name, path, deadline):
-        op, got_rq, payload = self._recv(deadline, "waiting for xenstored to answer %s %s" % (op_name, path))
+        op, got_rq, payload = self._recv(deadline, "waiting for xenstored to answer " + _request_words(op_name, path))
         if got_rq != rq:
             raise self._broken("reply out of order (request %d, got %d)" % (rq, got_rq))
         self._pending.popleft()
@@ -563,32 +571,52 @@ class XenStore:
     def transaction_end(self, tx, commit=True, deadline=None):
         self._one("TRANSACTION_END", "", b"T\0" if commit else b"F\0", tx, deadline)
 
-    def transaction(self, body, deadline=None, retries=TRANSACTION_RETRIES):
+    def transaction(self, body, deadline=None, retries=TRANSACTION_RETRIES, what=None):
         """Run ``body(tx)`` in a transaction, again on EAGAIN, at most ``retries`` times.
 
         ``body`` reads and writes with ``tx=tx`` and returns a result; it may
-        raise to abort (nothing it wrote is committed).
+        raise to abort (nothing it wrote is committed). ``what`` names the
+        work for errors ("attaching 0000:00:10.0 to domu1 (domid 1)"): when
+        the retries run out, the deadline expires or the connection is lost,
+        the error says it and the attempt, with details ``what`` and
+        ``attempts``.
         """
-        deadline = self._deadline(deadline, "xenstore transaction")
-        for _attempt in range(retries):
-            tx = self.transaction_start(deadline)
-            try:
-                result = body(tx)
-            except BaseException:
-                if self._conn is not None:
-                    try:
-                        self.transaction_end(tx, False, deadline)
-                    except (XenstoreError, XenstoreConnectionError):
-                        pass
-                raise
-            try:
-                self.transaction_end(tx, True, deadline)
-                return result
-            except XenstoreError as exc:
-                if exc.errno != "EAGAIN":
+        deadline = self._deadline(deadline, what or "xenstore transaction")
+        attempts, conflict = 0, None
+        try:
+            for attempts in range(1, retries + 1):
+                tx = self.transaction_start(deadline)
+                try:
+                    result = body(tx)
+                except BaseException:
+                    self._abort(tx)
                     raise
-            deadline.check("retrying a conflicting xenstore transaction")
-        raise XenstoreError("xenstore transaction still conflicting after %d attempts" % retries, "EAGAIN")
+                try:
+                    self.transaction_end(tx, True, deadline)
+                    return result
+                except XenstoreError as exc:
+                    if exc.errno != "EAGAIN":
+                        raise
+                    conflict = exc
+                if attempts < retries:
+                    deadline.check("retrying a conflicting xenstore transaction")
+        except (DeadlineExceeded, XenstoreConnectionError) as exc:
+            words = "xenstore transaction, attempt %d of %d" % (attempts, retries)
+            msg = "%s: %s (%s)" % (what, exc.msg, words) if what else "%s (%s)" % (exc.msg, words)
+            details = dict(exc.details, attempts=attempts, what=what)
+            raise type(exc)(msg, **details) from exc
+        msg = "xenstore transaction still conflicting after %d attempts" % retries
+        raise XenstoreError("%s: %s" % (what, msg) if what else msg, "EAGAIN", attempts=retries, what=what) from conflict
+
+    def _abort(self, tx):
+        """End ``tx`` without committing, on a short budget of its own: the
+        caller's may be spent, and a lost connection has ended it already."""
+        if self._conn is None:
+            return
+        try:
+            self.transaction_end(tx, False, Deadline(CLEANUP_GRACE, "aborting a xenstore transaction"))
+        except (XenstoreError, XenstoreConnectionError, DeadlineExceeded):
+            pass
 
     # -- watches -----------------------------------------------------------
 
@@ -666,7 +694,7 @@ class XenStore:
         finally:
             if self._conn is not None and tokens:
                 try:
-                    self.unwatch_many(tokens, deadline=Deadline(2.0, "unwatch"))
+                    self.unwatch_many(tokens, deadline=Deadline(CLEANUP_GRACE, "unwatch"))
                 except (XenstoreConnectionError, DeadlineExceeded):
                     pass
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -492,3 +493,75 @@ def test_reconnect_waits_for_a_restarting_xenstored_within_its_deadline(xenstore
         finally:
             thread.join()
         assert xs.read("/t/a") == "1"
+
+
+WHAT = "attaching 0000:00:10.0 to domu1 (domid 1)"
+
+
+def bump(xs, path="/t/num"):
+    def body(tx):
+        num = int(xs.read(path, tx=tx, default="0"))
+        xs.write(path, str(num + 1), tx=tx)
+        return num + 1
+    return body
+
+
+def test_a_transaction_out_of_retries_says_what_it_was_doing(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xenstored.faults.add("xenstore.commit", "eagain", times=1000)
+        with pytest.raises(XenstoreError) as info:
+            xs.transaction(bump(xs), retries=5, what=WHAT)
+        assert info.value.msg == WHAT + ": xenstore transaction still conflicting after 5 attempts"
+        assert info.value.errno == "EAGAIN"
+        assert info.value.details["attempts"] == 5 and info.value.details["what"] == WHAT
+        assert isinstance(info.value.__cause__, XenstoreError) and info.value.__cause__.errno == "EAGAIN"
+
+
+def test_a_transaction_whose_deadline_expires_while_retrying_says_what_and_attempts(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xenstored.faults.add("xenstore.commit", "eagain")
+        with pytest.raises(DeadlineExceeded) as info:
+            xs.transaction(bump(xs), Deadline(0.3), retries=10 ** 6, what=WHAT)
+        attempts = info.value.details["attempts"]
+        assert attempts >= 1 and info.value.details["what"] == WHAT
+        assert info.value.msg.startswith(WHAT + ": timed out after ")
+        assert info.value.msg.endswith("(xenstore transaction, attempt %d of 1000000)" % attempts)
+        assert isinstance(info.value.__cause__, DeadlineExceeded)
+
+
+def test_a_transaction_stuck_on_a_reply_says_which_request_and_that_it_was_pending(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xenstored.faults.add("xenstore.request", "hang", op="READ", path="/t/hang")
+        deadline = Deadline(0.3)
+        with pytest.raises(DeadlineExceeded, match="waiting for xenstored to answer READ /t/hang") as info:
+            xs.transaction(lambda tx: xs.read("/t/hang", tx=tx, deadline=deadline), deadline, what=WHAT)
+        details = info.value.details
+        assert details["pending"] is True and details["op"] == "READ" and details["node"] == "/t/hang"
+        assert details["attempts"] == 1 and details["what"] == WHAT and WHAT in info.value.msg
+        assert not xs.connected
+
+
+def test_a_transaction_that_loses_its_connection_says_what_and_attempts(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        xenstored.faults.add("xenstore.request", "close", op="TRANSACTION_END")
+        with pytest.raises(XenstoreConnectionError, match="^%s: connection to xenstored .* lost: xenstored closed the connection; "
+                           "no reply yet to TRANSACTION_END \\(xenstore" % re.escape(WHAT)) as info:
+            xs.transaction(bump(xs), what=WHAT)
+        details = info.value.details
+        assert details["pending"] is True and details["op"] == "TRANSACTION_END"
+        assert details["attempts"] == 1 and details["what"] == WHAT
+        assert isinstance(info.value.__cause__, XenstoreConnectionError)
+
+
+def test_an_aborted_transaction_is_ended_even_when_the_deadline_is_spent(xenstored):
+    with XenStore(xenstored.path, timeout=5) as xs:
+        def body(tx):
+            xs.write("/t/a", "1", tx=tx)
+            time.sleep(0.4)
+            raise RuntimeError("abort")
+
+        # The body's own error comes out, not a deadline error of the abort.
+        with pytest.raises(RuntimeError, match="abort"):
+            xs.transaction(body, Deadline(0.2), what=WHAT)
+        assert xs.connected and xs.read("/t/a") is None
+        assert xenstored.call(lambda: [len(c.transactions) for c in xenstored.server.conns]) == [0]
