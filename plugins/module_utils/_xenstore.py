@@ -3,13 +3,19 @@
 """xenstore access with deadlines, pipelining, transactions and watch waits.
 
 pyxs gives us the transport (Unix socket or xenbus device, with libxenstore's
-path defaults), the packet codec and path checks. Its Client is not used:
+path defaults), the op numbers and path checks. Its Client is not used:
 it waits for replies without any timeout (a xenstored that dies mid-request
 blocks the caller forever), allows one outstanding request per thread, and
 its Monitor can spin. Here every request is written to the transport and its
 reply read back with ``select`` bounded by the caller's deadline, several
 requests can be in flight at once (xenstored answers them in order, matched
 by request id), and watch events that arrive meanwhile are queued.
+
+Values are untrusted text (guests write their own nodes): bytes that are not
+UTF-8 are decoded with backslash escapes and recorded, never raised. A
+listing over 4096 bytes is read in parts (XS_DIRECTORY_PART), as libxenstore
+does. A connection lost mid-request says which request had no reply yet, and
+``reconnect`` opens a new one.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExceeded, XenstoreConnectionError, XenstoreError
 
 try:
-    from pyxs._internal import Op, Packet
+    from pyxs._internal import Op
     from pyxs.connection import UnixSocketConnection, XenBusConnection
     from pyxs.exceptions import PyXSError
     from pyxs.helpers import check_path, check_watch_path
@@ -146,6 +152,7 @@ class XenStore:
         self._xenbus = xenbus
         self._conn = None
         self._fd = None
+        self._why_closed = None      # set when we lost it, not when closed on purpose
         self.where = self._transport(path).path
         try:
             self._open()
@@ -166,6 +173,7 @@ class XenStore:
         self._fd = conn.fileno()
         self._rbuf = b""
         self._pending.clear()
+        self._why_closed = None
 
     @property
     def connected(self):
@@ -173,6 +181,10 @@ class XenStore:
         return self._conn is not None
 
     def close(self):
+        self._shut()
+        self._why_closed = None
+
+    def _shut(self):
         self._pending.clear()
         self._rbuf = b""
         if self._conn is not None:
@@ -181,6 +193,11 @@ class XenStore:
             finally:
                 self._conn = None
                 self._fd = None
+
+    def _drop(self, why):
+        """Close a connection we can no longer use; ``lost`` says why."""
+        self.lost = self._why_closed = why
+        self._shut()
 
     def reconnect(self, deadline=None):
         """Open a new connection to the same socket or xenbus device.
@@ -192,7 +209,7 @@ class XenStore:
         the deadline. Returns the number of attempts; ``stats`` carry on.
         """
         deadline = self._deadline(deadline, "reconnecting to xenstored")
-        self.close()
+        self._shut()
         self._events.clear()
         pause, attempts = RECONNECT_PAUSE[0], 0
         while True:
@@ -238,17 +255,16 @@ class XenStore:
         """Close after a wire failure; the error says what was left unanswered."""
         details, words = self._waiting()
         where = self.where
-        self.lost = "%s (%s)" % (why, words)
-        self.close()
+        self._drop("%s (%s)" % (why, words))
         return XenstoreConnectionError("connection to xenstored at %s lost: %s; %s" % (where, why, words),
                                        path=where, **details)
 
     def _closed_error(self):
-        if self.lost:
-            msg = "connection to xenstored at %s was lost (%s); reconnect() to go on" % (self.where, self.lost)
+        if self._why_closed:
+            msg = "connection to xenstored at %s was lost (%s); reconnect() to go on" % (self.where, self._why_closed)
         else:
             msg = "connection to xenstored at %s is closed" % self.where
-        return XenstoreConnectionError(msg, path=self.where, pending=False, lost=self.lost)
+        return XenstoreConnectionError(msg, path=self.where, pending=False, lost=self._why_closed)
 
     def _encode(self, op_name, payload, tx):
         """One request on the wire; nothing is sent yet."""
@@ -298,9 +314,8 @@ class XenStore:
                 if self._pending:
                     # A reply still on its way would put the stream out of
                     # step with our next request: drop the connection.
-                    self.lost = "a deadline expired with a reply outstanding (%s); dropped so that a late " \
-                                "reply cannot be taken for the answer to a later request" % words
-                    self.close()
+                    self._drop("a deadline expired with a reply outstanding (%s); dropped so that a late "
+                               "reply cannot be taken for the answer to a later request" % words)
                 raise deadline.exceeded(doing, path=self.where, **details)
             try:
                 ready, _w, _x = select.select([self._fd], [], [], remaining)

@@ -443,6 +443,9 @@ def test_reconnect_after_xenstored_closed_the_connection_keeps_stats(xenstored):
         assert xs.stats.requests == requests + 2
         # Why the last connection went is kept for the report.
         assert xs.lost.startswith("xenstored closed the connection (no reply yet to WRITE /t/b)")
+        xs.close()
+        with pytest.raises(XenstoreConnectionError, match="is closed$"):
+            xs.read("/t/a")
 
 
 def test_reconnect_after_a_deadline_dropped_the_connection(xenstored):
