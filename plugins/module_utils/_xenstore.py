@@ -430,9 +430,12 @@ class XenStore:
                 request = ("DIRECTORY_PART", path, raw_path + b"\0" + str(offset).encode() + b"\0")
                 reply = self.pipeline([request], tx, deadline)[0]
                 if isinstance(reply, XenstoreError):
-                    if reply.errno == "ENOSYS":
+                    # A daemon without the op says ENOSYS (oxenstored) or
+                    # EINVAL to a path it has just listed.
+                    if reply.errno == "ENOSYS" or (reply.errno == "EINVAL" and gen is None):
                         return XenstoreError("xenstore DIRECTORY %s failed: the listing is over %d bytes and xenstored does not "
-                                             "support DIRECTORY_PART" % (path, PAYLOAD_MAX), "E2BIG", path=path, op="DIRECTORY")
+                                             "support DIRECTORY_PART (it answered %s)" % (path, PAYLOAD_MAX, reply.errno),
+                                             "E2BIG", path=path, op="DIRECTORY")
                     return reply        # e.g. ENOENT: removed in the meantime
                 end = reply.find(b"\0")
                 chunk = reply[end + 1:]
