@@ -62,8 +62,8 @@ class HvmHotplug:
 
     def open_qmp(self, deadline):
         """QMP session under libxl's lock; a missing socket or dead QEMU fails here, before any write."""
-        return QmpSession.open(self.dom.domid, self.dom.uuid, qmp_dir=self.qmp_dir, userdata_dir=self.platform.userdata_dir,
-                               timeout=max(deadline.remaining(), 0.1), command_timeout=min(10.0, max(deadline.remaining(), 0.1)))
+        return QmpSession.open(self.dom.domid, self.dom.uuid, deadline, qmp_dir=self.qmp_dir, userdata_dir=self.platform.userdata_dir,
+                               label=self.dom.label(), command_timeout=min(10.0, max(deadline.remaining(), 0.1)))
 
     # -- attach --------------------------------------------------------------
 
@@ -71,7 +71,7 @@ class HvmHotplug:
         bdfs = [str(f.bdf) for f in funcs]
         qmp = self.open_qmp(deadline)
         try:
-            qmp.query_status(timeout=min(5.0, max(deadline.remaining(), 0.1)))
+            qmp.query_status(deadline=deadline.sub(5.0))
             if self.stub is not None:
                 self._into_stubdom(funcs, deadline, undo)
             else:
@@ -82,7 +82,7 @@ class HvmHotplug:
             for func in funcs:
                 self._device_add(qmp, func, deadline)
                 added.append(pt_qdev_id(str(func.bdf)))
-            placed = {d.qdev_id: d for d in qmp.query_pci(timeout=min(10.0, max(deadline.remaining(), 0.1)))}
+            placed = {d.qdev_id: d for d in qmp.query_pci(deadline=deadline.sub(10.0))}
             for func in funcs:
                 dev = placed.get(pt_qdev_id(str(func.bdf)))
                 if dev is None:
@@ -140,7 +140,7 @@ class HvmHotplug:
         for attempt in range(1, tries + 1):
             try:
                 qmp.device_add_passthrough(str(func.bdf), vslot=func.vslot, vfunc=func.vfunc if func.vslot else 0,
-                                           permissive=func.permissive, timeout=min(10.0, max(deadline.remaining(), 0.1)))
+                                           permissive=func.permissive, deadline=deadline.sub(10.0))
                 if attempt > 1:
                     self.report.step("device_add of %s into %s succeeded at try %d" % (func.bdf, self.dom.label(), attempt))
                 return
@@ -160,7 +160,7 @@ class HvmHotplug:
                 qmp2 = self.open_qmp(Deadline(UNPLUG_WAIT + 5, "undo"))
                 try:
                     for qdev in reversed(added):
-                        qmp2.remove_device(qdev, timeout=UNPLUG_WAIT)
+                        qmp2.remove_device(qdev, Deadline(UNPLUG_WAIT, "undo"))
                 finally:
                     qmp2.close()
         elif kind == "stubdom-pv":
@@ -187,7 +187,7 @@ class HvmHotplug:
                 for bdf in bdfs:
                     qdev = pt_qdev_id(bdf)
                     try:
-                        how = qmp.remove_device(qdev, timeout=min(UNPLUG_WAIT, max(deadline.remaining(), 0.1)))
+                        how = qmp.remove_device(qdev, deadline.sub(UNPLUG_WAIT))
                         self.report.step("QEMU of %s released %s (%s)" % (self.dom.label(), bdf, how))
                     except (DeadlineExceeded, QmpError) as exc:
                         if not force:
