@@ -22,6 +22,7 @@ Unlike libxl, a missing ``irq`` file does not skip ``permissive``.
 
 from __future__ import annotations
 
+from ._bdf import Bdf
 from ._errors import HypervisorError, SpecError, SysfsError, XenPciError
 from ._sysfs import PCI_BAR_IO, PROC_PCI_NUM_RESOURCES, normalise_bdf, sbdf_of
 from ._xenctrl import XEN_DOMCTL_DEV_RDM_RELAXED
@@ -96,11 +97,11 @@ class Grants(object):
                         continue
                 entry["result"] = exc.errno
                 self._rollback(domid, bdf, record)
-                raise self._wrap(exc, "granting %s to domain %s" % (bdf, domid), record) from None
+                raise self._wrap(exc, "granting %s to domain %s" % (bdf, domid), record) from exc
             except SysfsError as exc:
                 entry["result"] = exc.details.get("errno") or "error"
                 self._rollback(domid, bdf, record)
-                raise self._wrap(exc, "granting %s to domain %s" % (bdf, domid), record) from None
+                raise self._wrap(exc, "granting %s to domain %s" % (bdf, domid), record) from exc
         return record
 
     def _do(self, domid, bdf, entry, record):
@@ -196,7 +197,7 @@ class Grants(object):
                         lambda p=the_pirq: self.xc.physdev_unmap_pirq(domid, p), tolerated=("EINVAL",))
                 attempt({"op": "irq_permission", "pirq": the_pirq, "allow": False},
                         lambda p=the_pirq: self.xc.irq_permission(domid, p, False))
-        if reset and bdf.endswith(".0"):
+        if reset and Bdf.parse(bdf).func == 0:
             entry = {"op": "reset"}
             record["steps"].append(entry)
             try:

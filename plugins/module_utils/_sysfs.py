@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import re
 import threading
 
-from ._errors import SysfsError
+from ._bdf import Bdf
+from ._errors import SpecError, SysfsError
 
 LOGICAL_ROOT = "/sys"
 PCI_DEVICES = "bus/pci/devices"
@@ -38,23 +38,34 @@ PCI_BAR_IO = 0x1
 PROC_PCI_NUM_RESOURCES = 7
 DEFAULT_TIMEOUT = 10.0
 
-_BDF_RE = re.compile(r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
+
+def _address(bdf):
+    """``bdf`` (a Bdf or a string) as a Bdf; not an address: SysfsError, as
+    every bad input of this module is."""
+    try:
+        return Bdf.parse(bdf)
+    except SpecError as exc:
+        raise SysfsError("not a PCI address: %r (%s)" % (bdf, exc.msg), device=str(bdf)) from exc
 
 
 def normalise_bdf(bdf):
-    """``00:10.0`` or ``0000:00:10.0`` -> ``0000:00:10.0`` (sysfs's form)."""
-    m = _BDF_RE.match(str(bdf).strip())
-    if not m:
-        raise SysfsError("not a PCI address: %r" % (bdf,), device=str(bdf))
-    dom, bus, slot, func = m.groups()
-    return "%04x:%02x:%02x.%d" % (int(dom or "0", 16), int(bus, 16), int(slot, 16), int(func))
+    """``00:10.0``, ``0000:00:10.0`` or a Bdf -> ``0000:00:10.0`` (sysfs's form)."""
+    return str(_address(bdf))
 
 
 def sbdf_of(bdf):
-    """Machine SBDF for hypercalls: seg<<16 | bus<<8 | dev<<3 | func."""
-    dom, bus, rest = normalise_bdf(bdf).split(":")
-    slot, func = rest.split(".")
-    return int(dom, 16) << 16 | int(bus, 16) << 8 | (int(slot, 16) & 0x1F) << 3 | (int(func) & 7)
+    """Machine SBDF for hypercalls (``Bdf.sbdf``)."""
+    return _address(bdf).sbdf
+
+
+def _is_address(name):
+    """A directory entry that names a PCI function (pciback's directory also
+    holds its control files)."""
+    try:
+        Bdf.parse(name)
+    except SpecError:
+        return False
+    return True
 
 
 # errno.errorcode picks one name for aliased numbers (ENOTSUP for 95);
@@ -139,7 +150,7 @@ class Sysfs(object):
             with open(path, "rb") as f:
                 return f.read().decode("ascii", "replace")
         except OSError as exc:
-            raise self._error("read of %s failed" % path, exc.errno, bdf, path) from None
+            raise self._error("read of %s failed" % path, exc.errno, bdf, path) from exc
 
     def _error(self, what, err, bdf, path):
         name = _errno_name(err)
@@ -191,8 +202,8 @@ class Sysfs(object):
         try:
             names = os.listdir(self.path(PCI_DEVICES))
         except OSError as exc:
-            raise self._error("cannot list PCI devices", exc.errno, None, self.path(PCI_DEVICES)) from None
-        return sorted(n for n in names if _BDF_RE.match(n))
+            raise self._error("cannot list PCI devices", exc.errno, None, self.path(PCI_DEVICES)) from exc
+        return sorted(n for n in names if _is_address(n))
 
     def _require(self, bdf):
         bdf = normalise_bdf(bdf)
@@ -208,7 +219,7 @@ class Sysfs(object):
         except OSError as exc:
             if exc.errno == _errno.ENOENT:
                 return None
-            raise self._error("readlink %s failed" % link, exc.errno, bdf, link) from None
+            raise self._error("readlink %s failed" % link, exc.errno, bdf, link) from exc
 
     def driver_path(self, bdf):
         """libxl's driver_path: the driver's canonical path, under /sys."""
@@ -223,8 +234,8 @@ class Sysfs(object):
         text = self._read(path, bdf).strip()
         try:
             return int(text, 16)
-        except ValueError:
-            raise SysfsError("%s: %s holds %r, not a number" % (bdf, path, text), device=bdf, file=path) from None
+        except ValueError as exc:
+            raise SysfsError("%s: %s holds %r, not a number" % (bdf, path, text), device=bdf, file=path) from exc
 
     def resources(self, bdf):
         """(start, end, flags) for each line of ``resource``."""
@@ -237,8 +248,8 @@ class Sysfs(object):
                 continue
             try:
                 out.append(tuple(int(x, 16) for x in fields))
-            except ValueError:
-                raise SysfsError("%s: bad line %r in %s" % (bdf, line, path), device=bdf, file=path) from None
+            except ValueError as exc:
+                raise SysfsError("%s: bad line %r in %s" % (bdf, line, path), device=bdf, file=path) from exc
         return out
 
     def irq(self, bdf):
@@ -246,8 +257,8 @@ class Sysfs(object):
         text = self._read(path, bdf).strip()
         try:
             return int(text, 10)
-        except ValueError:
-            raise SysfsError("%s: %s holds %r" % (bdf, path, text), device=bdf, file=path) from None
+        except ValueError as exc:
+            raise SysfsError("%s: %s holds %r" % (bdf, path, text), device=bdf, file=path) from exc
 
     def reset_method(self, bdf):
         """``do_flr`` (pciback's), ``reset`` (the device's file) or None, in libxl's order."""
@@ -297,7 +308,7 @@ class Sysfs(object):
     def pciback_devices(self):
         """Devices bound to pciback (its per-device links)."""
         self._require_pciback()
-        return sorted(n for n in os.listdir(self.pciback_path()) if _BDF_RE.match(n))
+        return sorted(n for n in os.listdir(self.pciback_path()) if _is_address(n))
 
     def permissive_devices(self):
         self._require_pciback()

@@ -24,7 +24,8 @@ import os
 import socket
 import time
 
-from ._errors import HypervisorError
+from ._bdf import Bdf
+from ._errors import HypervisorError, SpecError
 
 DOMID_IO = 0x7FF1
 DOMID_INVALID = 0x7FF4
@@ -46,7 +47,8 @@ _INFO_BUF = 1024
 
 
 def format_sbdf(sbdf):
-    return "%04x:%02x:%02x.%d" % (sbdf >> 16, (sbdf >> 8) & 0xFF, (sbdf >> 3) & 0x1F, sbdf & 7)
+    """``0000:03:00.0`` for a machine SBDF (``Bdf.from_sbdf``; SpecError if not one)."""
+    return str(Bdf.from_sbdf(sbdf))
 
 
 # errno.errorcode picks one name for aliased numbers (ENOTSUP for 95);
@@ -62,7 +64,10 @@ def _describe(op, args):
     shown = []
     for key, val in args.items():
         if key == "sbdf":
-            val = format_sbdf(val)
+            try:
+                val = format_sbdf(val)
+            except SpecError:
+                pass       # an error message must not fail on the value it reports
         shown.append("%s=%s" % (key, val))
     return "%s(%s)" % (op, ", ".join(shown))
 
@@ -173,8 +178,8 @@ class LibXenCtrl(XenCtrl):
         for name, (restype, argtypes) in proto.items():
             try:
                 fn = getattr(lib, name)
-            except AttributeError:
-                raise HypervisorError("libxenctrl has no %s" % name, errno_name="ENOSYS", op=name) from None
+            except AttributeError as exc:
+                raise HypervisorError("libxenctrl has no %s" % name, errno_name="ENOSYS", op=name) from exc
             fn.restype = restype
             fn.argtypes = argtypes
 
@@ -253,7 +258,7 @@ class SimXenCtrl(XenCtrl):
         except OSError as exc:
             sock.close()
             raise HypervisorError("cannot reach the simulated hypervisor at %s: %s" % (self.socket_path, exc),
-                                  errno_name=_errno_name(exc.errno), op="connect") from None
+                                  errno_name=_errno_name(exc.errno), op="connect") from exc
         self.sock = sock
 
     def _request(self, op, args):
@@ -278,7 +283,7 @@ class SimXenCtrl(XenCtrl):
             self.close()
             name = "ETIMEDOUT" if isinstance(exc, socket.timeout) else _errno_name(getattr(exc, "errno", None))
             raise HypervisorError("%s: no reply from %s: %s" % (_describe(op, args), self.socket_path, str(exc) or name),
-                                  errno_name=name, op=op, args=dict(args)) from None
+                                  errno_name=name, op=op, args=dict(args)) from exc
         line, self._buf = self._buf.split(b"\n", 1)
         reply = json.loads(line)
         if reply.get("id") != rid:

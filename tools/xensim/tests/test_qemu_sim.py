@@ -36,11 +36,12 @@ def _import_client():
     os.makedirs(os.path.join(tree, "ansible_collections", "xen"))
     os.symlink(ROOT, os.path.join(tree, "ansible_collections", "xen", "pci"))
     sys.path.insert(0, tree)
-    from ansible_collections.xen.pci.plugins.module_utils import _errors, _qmp  # pylint: disable=import-outside-toplevel
-    return _qmp, _errors
+    from ansible_collections.xen.pci.plugins.module_utils import _deadline, _errors, _qmp  # pylint: disable=import-outside-toplevel
+    return _qmp, _errors, _deadline
 
 
-_qmp, _errors = _import_client()
+_qmp, _errors, _deadline = _import_client()
+Deadline = _deadline.Deadline
 QmpClient, QmpSession = _qmp.QmpClient, _qmp.QmpSession
 QmpError, QmpConnectionError, DeadlineExceeded = _errors.QmpError, _errors.QmpConnectionError, _errors.DeadlineExceeded
 
@@ -86,8 +87,8 @@ class MiniHost:
         return self.scenario.domain(domid).uuid
 
     def session(self, domid, timeout=5):
-        return QmpSession.open(domid, self.uuid(domid), qmp_dir=self.paths["qmp_dir"],
-                               userdata_dir=self.paths["userdata_dir"], timeout=timeout)
+        return QmpSession.open(domid, self.uuid(domid), Deadline(timeout), qmp_dir=self.paths["qmp_dir"],
+                               userdata_dir=self.paths["userdata_dir"])
 
     def stop(self):
         try:
@@ -155,10 +156,10 @@ def test_our_client_attach_find_detach(sim):
         assert adds[1][2] == {"driver": "xen-pci-passthrough", "id": "pci-pt-04_00.0", "hostaddr": "0000:04:00.0",
                               "addr": "7.0", "permissive": True}
 
-        assert qmp.remove_device("pci-pt-03_00.0", timeout=5) == "event"
+        assert qmp.remove_device("pci-pt-03_00.0", Deadline(5)) == "event"
         assert qmp.find_device("pci-pt-03_00.0") is None
         assert [d["id"] for d in host.qemu.devices(3)] == ["pci-pt-04_00.0"]
-        assert qmp.remove_device("pci-pt-03_00.0", timeout=5) == "absent"
+        assert qmp.remove_device("pci-pt-03_00.0", Deadline(5)) == "absent"
     lock = _qmp.qmp_lock_path(3, host.uuid(3), host.paths["userdata_dir"])
     assert not os.path.exists(lock)
 
@@ -172,7 +173,7 @@ def test_unplug_never_is_bounded_and_delay_completes(sim):
         qmp.device_del(qid)
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as exc:
-            qmp.wait_device_gone(qid, timeout=1.0, poll=0.2)
+            qmp.wait_device_gone(qid, Deadline(1.0), poll=0.2)
         assert 0.9 <= time.monotonic() - t0 < 3
         assert qid in exc.value.msg
         assert host.qemu.devices(3)[0]["unplug_pending"] is True
@@ -181,12 +182,12 @@ def test_unplug_never_is_bounded_and_delay_completes(sim):
         assert (exc2.value.error_class, exc2.value.desc) == err("unplug_pending", id=qid)
         # The guest finally ejects: the event reaches the connected client.
         host.on_loop(host.qemu.model(3).acknowledge_unplug, qid)
-        assert qmp.wait_device_gone(qid, timeout=2) == "event"
+        assert qmp.wait_device_gone(qid, Deadline(2)) == "event"
     with host.session(5) as qmp:
         qid = qmp.device_add_passthrough("0000:04:00.0")
         qmp.device_del(qid)
         t0 = time.monotonic()
-        assert qmp.wait_device_gone(qid, timeout=5, poll=2) == "event"
+        assert qmp.wait_device_gone(qid, Deadline(5), poll=2) == "event"
         assert 0.45 <= time.monotonic() - t0 < 2
 
 
@@ -240,8 +241,8 @@ def test_dead_qemu_and_missing_socket(sim):
         host.session(3)
     assert exc.value.details["errno"] == "ECONNREFUSED"
     with pytest.raises(QmpConnectionError):
-        QmpSession.open(9, "00000000-0000-0000-0000-000000000009", qmp_dir=host.paths["qmp_dir"],
-                        userdata_dir=host.paths["userdata_dir"], timeout=2)
+        QmpSession.open(9, "00000000-0000-0000-0000-000000000009", Deadline(2), qmp_dir=host.paths["qmp_dir"],
+                        userdata_dir=host.paths["userdata_dir"])
 
 
 def test_one_client_at_a_time(sim):
@@ -253,7 +254,7 @@ def test_one_client_at_a_time(sim):
         second.connect()
     assert "greeting" in exc.value.msg
     first.close()
-    second.connect(timeout=2)
+    second.connect(Deadline(2))
     assert second.query_status()["running"] is True
     second.close()
 
@@ -513,8 +514,8 @@ def test_farm_inside_simhost():
         assert host.qemu is not None, host.warnings
         path = host.qemu.socket_path(3)
         assert path == os.path.join(host.paths["qmp_dir"], "qmp-libxl-3")
-        with QmpSession.open(3, scen.domain(3).uuid, qmp_dir=host.paths["qmp_dir"],
-                             userdata_dir=host.paths["userdata_dir"], timeout=5) as qmp:
+        with QmpSession.open(3, scen.domain(3).uuid, Deadline(5), qmp_dir=host.paths["qmp_dir"],
+                             userdata_dir=host.paths["userdata_dir"]) as qmp:
             assert qmp.query_status()["running"] is True
             qmp.device_add_passthrough("0000:03:00.0", vslot=5)
             assert qmp.find_device("pci-pt-03_00.0").slot == 5

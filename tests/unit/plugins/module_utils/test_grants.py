@@ -119,6 +119,7 @@ def test_domain_without_passthrough_rolls_back(env):
         env.grants.grant(2, "00:10.0")
     err = ei.value
     assert err.errno == "EOPNOTSUPP"
+    assert isinstance(err.__cause__, HypervisorError) and err.__cause__.errno == "EOPNOTSUPP"   # the call's own error
     assert "0000:00:10.0" in err.msg and "domain 2" in err.msg
     steps = err.details["record"]["steps"]
     assert [(s["op"], s["result"], s.get("undone")) for s in steps] == [
@@ -164,5 +165,6 @@ def test_permissive_needs_pciback_and_rolls_back(env):
     with pytest.raises(SysfsError) as ei:
         env.grants.grant(1, "00:12.0", permissive=True)
     assert ei.value.details["errno"] == "ENODEV"
+    assert isinstance(ei.value.__cause__, SysfsError)
     assert env.hv.permissions(1)["iomem"] == []
     assert env.hv.owner("00:12.0") == 0

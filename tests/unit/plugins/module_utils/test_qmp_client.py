@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Edge cases of the QMP client against a real Unix-socket server in a thread
 that plays scripted QEMU behaviour (interleaved events, garbage, EOF mid-reply,
-silence), and libxl's QMP lock contended by another process."""
+silence, late replies), its Runstate, errors naming the domain, libxl's QMP
+lock contended by another process, and QEMU's duplicate-id refusal as xensim
+gives it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 
 import pytest
 
+from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
+from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import (
     DeadlineExceeded,
     QmpConnectionError,
@@ -28,6 +32,8 @@ from ansible_collections.xen.pci.plugins.module_utils._qmp import (
     QmpClient,
     QmpLock,
     QmpSession,
+    Runstate,
+    duplicate_id_of,
     parse_query_pci,
     pt_qdev_id,
     qmp_lock_path,
@@ -52,9 +58,9 @@ class FakeQemu:
     Return "close" from the handler to drop the connection.
     """
 
-    def __init__(self, handler, greeting=True):
+    def __init__(self, handler, greeting=True, name="qmp.sock"):
         self.dir = tempfile.mkdtemp(prefix="fq")
-        self.path = os.path.join(self.dir, "qmp.sock")
+        self.path = os.path.join(self.dir, name)
         self.handler = handler
         self.greeting = greeting
         self.requests = []
@@ -103,8 +109,11 @@ class FakeQemu:
                 if req.get("execute") == "qmp_capabilities":
                     send({"return": {}, "id": req["id"]})
                     continue
-                if self.handler(req, send) == "close":
-                    return
+                try:
+                    if self.handler(req, send) == "close":
+                        return
+                except OSError:
+                    return          # the client went away first
 
     def close(self):
         self.stop_flag.set()
@@ -117,8 +126,8 @@ class FakeQemu:
 def fake():
     servers = []
 
-    def start(handler, greeting=True):
-        srv = FakeQemu(handler, greeting)
+    def start(handler, greeting=True, name="qmp.sock"):
+        srv = FakeQemu(handler, greeting, name)
         servers.append(srv)
         return srv
 
@@ -137,7 +146,7 @@ def test_events_interleaved_with_replies_are_queued_in_order(fake):
     with QmpClient(srv.path, timeout=2) as cli:
         assert cli.execute("query-status") == {"cmd": "query-status"}
         assert cli.execute("query-pci") == {"cmd": "query-pci"}
-        assert cli.wait_event("B", lambda e: e["data"]["n"] == 1, timeout=1)["event"] == "B"
+        assert cli.wait_event("B", lambda e: e["data"]["n"] == 1, deadline=Deadline(1))["event"] == "B"
         assert [e["event"] for e in cli.pending_events()] == ["A", "A", "B"]
         ids = [r["id"] for r in srv.requests]
         assert len(set(ids)) == len(ids)           # unique ids
@@ -153,7 +162,7 @@ def test_reply_split_in_tiny_chunks_and_batched_messages(fake):
     srv = fake(handler)
     with QmpClient(srv.path, timeout=2) as cli:
         assert cli.execute("x") == {"x": "y" * 50}
-        assert cli.wait_event("E2", timeout=1)["event"] == "E2"
+        assert cli.wait_event("E2", deadline=Deadline(1))["event"] == "E2"
         assert [e["event"] for e in cli.pending_events()] == ["E1"]
 
 
@@ -172,7 +181,7 @@ def test_error_replies_are_typed(fake):
         with pytest.raises(QmpError) as exc:
             cli.execute("noid")
         assert exc.value.error_class == "GenericError"
-        assert cli.remove_device("x", timeout=1) == "absent"
+        assert cli.remove_device("x", Deadline(1)) == "absent"
 
 
 def test_garbage_from_qemu_is_a_connection_error(fake):
@@ -206,7 +215,7 @@ def test_command_timeout_names_command_and_seconds_and_connection_survives(fake)
     with QmpClient(srv.path, timeout=2) as cli:
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as exc:
-            cli.execute("slow", timeout=0.4)
+            cli.execute("slow", deadline=Deadline(0.4))
         assert 0.35 <= time.monotonic() - t0 < 1.5
         assert "'slow'" in exc.value.msg and "0.4 s" in exc.value.msg
         assert exc.value.details["command"] == "slow" and exc.value.details["waited"] >= 0.35
@@ -262,6 +271,14 @@ def test_passthrough_arguments_are_libxls():
             QmpClient.passthrough_args(bad)
     with pytest.raises(SpecError):
         QmpClient.passthrough_args("03:00.0", vslot=0x20)
+    # A Bdf is taken as is; a bad string is _bdf's SpecError, naming the token.
+    assert QmpClient.passthrough_args(Bdf(2, 0x81, 3, 1))["hostaddr"] == "0002:81:03.1"
+    assert pt_qdev_id(Bdf(2, 0x81, 3, 1)) == "pci-pt-81_03.1"
+    with pytest.raises(SpecError) as exc:
+        pt_qdev_id("03:20.0")
+    assert exc.value.details["token"] == "20" and "slot is out of range" in exc.value.msg
+    with pytest.raises(SpecError):
+        QmpClient.passthrough_args(("0", "3", "0", "0"))     # tuples are no address any more
 
 
 def test_wait_device_gone_polls_query_pci_without_events(fake):
@@ -277,7 +294,7 @@ def test_wait_device_gone_polls_query_pci_without_events(fake):
     srv = fake(handler)
     with QmpClient(srv.path, timeout=2) as cli:
         cli.device_del("pci-pt-03_00.0")
-        assert cli.wait_device_gone("pci-pt-03_00.0", timeout=5, poll=0.2) == "query-pci"
+        assert cli.wait_device_gone("pci-pt-03_00.0", Deadline(5), poll=0.2) == "query-pci"
         assert len(polls) == 3
 
 
@@ -293,7 +310,7 @@ def test_wait_device_gone_times_out_naming_the_device(fake):
         cli.device_del("pci-pt-03_00.0")
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as exc:
-            cli.wait_device_gone("pci-pt-03_00.0", timeout=0.8, poll=0.2)
+            cli.wait_device_gone("pci-pt-03_00.0", Deadline(0.8), poll=0.2)
         assert 0.75 <= time.monotonic() - t0 < 2.5
         assert exc.value.details["device"] == "pci-pt-03_00.0" and "pci-pt-03_00.0" in exc.value.msg
 
@@ -323,9 +340,9 @@ def test_lock_contention_with_another_process(tmp_path):
     try:
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as exc:
-            QmpLock(path).acquire(timeout=0.3)
+            QmpLock(path).acquire(Deadline(0.3))
         assert 0.25 <= time.monotonic() - t0 < 1.0 and exc.value.details["lock"] == path
-        lock = QmpLock(path).acquire(timeout=5)     # the holder lets go after 1 s
+        lock = QmpLock(path).acquire(Deadline(5))     # the holder lets go after 1 s
         assert lock.held
         lock.release()
         assert not os.path.exists(path)
@@ -337,7 +354,7 @@ def test_lock_holder_unlinking_makes_us_retry_on_the_new_file(tmp_path):
     path = str(tmp_path / "userdata-l.3.x.qmp-socket-lock")
     proc = _holder(path, 0.5, "unlink")
     try:
-        lock = QmpLock(path).acquire(timeout=5)
+        lock = QmpLock(path).acquire(Deadline(5))
         # We hold the file the path names now, not the unlinked one.
         assert os.stat(path).st_ino == os.fstat(lock._fd).st_ino   # pylint: disable=protected-access
         lock.release()
@@ -353,8 +370,320 @@ def test_session_lock_is_released_when_connect_fails(tmp_path):
         s.bind(sock_path)
         s.close()
         with pytest.raises(QmpConnectionError):
-            QmpSession.open(4, "u", qmp_dir=d, userdata_dir=str(tmp_path), timeout=2)
+            QmpSession.open(4, "u", Deadline(2), qmp_dir=d, userdata_dir=str(tmp_path))
         assert not os.path.exists(qmp_lock_path(4, "u", str(tmp_path)))
-        QmpLock(qmp_lock_path(4, "u", str(tmp_path))).acquire(timeout=0.1).release()
+        QmpLock(qmp_lock_path(4, "u", str(tmp_path))).acquire(Deadline(0.1)).release()
     finally:
         shutil.rmtree(d)
+
+
+def echo(req, send):
+    send({"return": {"cmd": req["execute"]}, "id": req["id"]})
+
+
+def record_runstates(monkeypatch, cli):
+    """The states ``cli`` goes through, from its one place of transition."""
+    seen = []
+    original = cli._set_runstate   # pylint: disable=protected-access
+
+    def spy(new):
+        original(new)
+        seen.append(new)
+    monkeypatch.setattr(cli, "_set_runstate", spy)
+    return seen
+
+
+# -- Runstate -------------------------------------------------------------------
+
+def test_runstate_of_a_client_from_idle_to_closed(fake, monkeypatch):
+    srv = fake(echo)
+    cli = QmpClient(srv.path, timeout=2)
+    seen = record_runstates(monkeypatch, cli)
+    assert cli.runstate is Runstate.IDLE and not cli.connected
+    cli.connect()
+    assert seen == [Runstate.CONNECTING, Runstate.RUNNING] and cli.connected
+    assert cli.execute("query-status") == {"cmd": "query-status"}
+    cli.close()
+    assert seen[2:] == [Runstate.DISCONNECTING, Runstate.CLOSED] and not cli.connected
+    cli.close()                                         # idempotent: no transition
+    assert len(seen) == 4
+
+
+def test_methods_refuse_on_a_client_that_is_not_running_naming_the_state(fake):
+    srv = fake(echo)
+    cli = QmpClient(srv.path, timeout=2)
+    with pytest.raises(QmpConnectionError) as exc:
+        cli.execute("query-status")
+    assert exc.value.details["state"] == "idle" and "not connected yet" in exc.value.msg
+    assert srv.requests == []
+    cli.connect()
+    with pytest.raises(QmpConnectionError) as exc:
+        cli.connect()
+    assert exc.value.details["state"] == "running"
+    cli.close()
+    for call in (lambda: cli.execute("query-status"), cli.query_pci, lambda: cli.device_del("x"),
+                 lambda: cli.wait_event("DEVICE_DELETED", deadline=Deadline(0.1)), cli.connect):
+        with pytest.raises(QmpConnectionError) as exc:
+            call()
+        assert exc.value.details["state"] == "closed" and "is closed" in exc.value.msg
+        assert exc.value.details["socket"] == srv.path
+    with pytest.raises(QmpConnectionError):
+        with cli:
+            pass
+    assert [r["execute"] for r in srv.requests] == ["qmp_capabilities"]
+
+
+def test_a_failed_connect_returns_to_idle_and_may_be_retried(fake, monkeypatch):
+    srv = fake(echo)
+    cli = QmpClient(srv.path, timeout=2)
+    seen = record_runstates(monkeypatch, cli)
+    os.rename(srv.path, srv.path + ".away")
+    with pytest.raises(QmpConnectionError) as exc:
+        cli.connect()
+    assert exc.value.details["errno"] == "ENOENT"
+    assert cli.runstate is Runstate.IDLE
+    assert seen == [Runstate.CONNECTING, Runstate.DISCONNECTING, Runstate.IDLE]
+    os.rename(srv.path + ".away", srv.path)
+    cli.connect()
+    assert cli.execute("x") == {"cmd": "x"}
+    cli.close()
+
+
+def test_eof_before_the_greeting_leaves_the_client_idle(fake):
+    srv = fake(echo)
+    srv._serve = lambda conn: None   # pylint: disable=protected-access  # accept, then hang up at once
+    cli = QmpClient(srv.path, timeout=2)
+    with pytest.raises(QmpConnectionError) as exc:
+        cli.connect()
+    assert "greeting" in exc.value.msg and cli.runstate is Runstate.IDLE
+
+
+def test_a_connection_that_breaks_while_running_ends_closed(fake):
+    def handler(req, send):
+        return "close" if req["execute"] == "die" else echo(req, send)
+    srv = fake(handler)
+    cli = QmpClient(srv.path, timeout=2)
+    cli.connect()
+    with pytest.raises(QmpConnectionError) as exc:
+        cli.execute("die")
+    assert "QEMU gone?" in exc.value.msg and exc.value.details["command"] == "die"
+    assert cli.runstate is Runstate.CLOSED
+    with pytest.raises(QmpConnectionError) as exc:
+        cli.execute("query-status")
+    assert exc.value.details["state"] == "closed"
+
+
+# -- deadlines ------------------------------------------------------------------
+
+def test_late_reply_is_dropped_and_the_connection_stays_usable(fake):
+    late_sent = threading.Event()
+
+    def handler(req, send):
+        if req["execute"] in ("slow", "slow-error"):
+            def answer():
+                time.sleep(0.5)
+                if req["execute"] == "slow":
+                    send({"return": {"cmd": "slow"}, "id": req["id"]})
+                else:
+                    send({"error": {"class": "GenericError", "desc": "too late"}, "id": req["id"]})
+                late_sent.set()
+            threading.Thread(target=answer, daemon=True).start()
+            return None
+        late_sent.wait(5)          # the late reply is on the wire before this one
+        late_sent.clear()
+        return echo(req, send)
+    srv = fake(handler)
+    with QmpClient(srv.path, timeout=2) as cli:
+        for slow in ("slow", "slow-error"):
+            with pytest.raises(DeadlineExceeded) as exc:
+                cli.execute(slow, deadline=Deadline(0.2))
+            assert exc.value.details["sent"] is True and exc.value.details["command"] == slow
+            assert cli.execute("fast") == {"cmd": "fast"}
+        assert cli.late_replies == 2 and cli.runstate is Runstate.RUNNING
+
+
+def test_a_command_past_its_deadline_is_not_sent(fake):
+    srv = fake(echo)
+    with QmpClient(srv.path, timeout=2) as cli:
+        spent = Deadline(0.01)
+        time.sleep(0.02)
+        with pytest.raises(DeadlineExceeded) as exc:
+            cli.device_add_passthrough("03:00.0", deadline=spent)
+        assert exc.value.details["sent"] is False and exc.value.details["command"] == "device_add"
+        assert [r["execute"] for r in srv.requests] == ["qmp_capabilities"]
+        assert cli.connected
+
+
+def test_one_deadline_bounds_several_commands(fake):
+    def handler(req, send):
+        time.sleep(0.3)
+        echo(req, send)
+    srv = fake(handler)
+    with QmpClient(srv.path, timeout=5) as cli:
+        budget = Deadline(0.5, "two commands")
+        t0 = time.monotonic()
+        assert cli.execute("one", deadline=budget) == {"cmd": "one"}
+        with pytest.raises(DeadlineExceeded) as exc:
+            cli.execute("two", deadline=budget)
+        assert time.monotonic() - t0 < 0.9
+        assert exc.value.details["timeout"] == 0.5 and 0.1 <= exc.value.details["waited"] < 0.4
+
+
+def test_a_deadline_must_be_a_deadline(fake):
+    srv = fake(echo)
+    with QmpClient(srv.path, timeout=2) as cli:
+        with pytest.raises(TypeError, match="Deadline"):
+            cli.execute("x", deadline=5)
+        with pytest.raises(TypeError):
+            QmpLock(qmp_lock_path(1, "u", srv.dir)).acquire(5)
+
+
+# -- errors name the domain ------------------------------------------------------
+
+def _session_handler(req, send):
+    if req["execute"] == "slow":
+        return None
+    if req["execute"] == "die":
+        return "close"
+    if req["execute"] == "bad":
+        send({"error": {"class": "GenericError", "desc": "no"}, "id": req["id"]})
+        return None
+    return echo(req, send)
+
+
+def test_session_errors_name_the_domain(fake, tmp_path):
+    srv = fake(_session_handler, name="qmp-libxl-4")
+    label = "win1 (domid 4)"
+
+    def session(**kw):
+        return QmpSession.open(4, "u", Deadline(2), qmp_dir=srv.dir, userdata_dir=str(tmp_path), label=label, **kw)
+
+    with session() as qmp:
+        assert qmp.label == label and qmp.who == "QEMU of win1 (domid 4)"
+        with pytest.raises(DeadlineExceeded) as exc:
+            qmp.execute("slow", deadline=Deadline(0.2))
+        assert label in exc.value.msg and "'slow'" in exc.value.msg
+        assert {k: exc.value.details[k] for k in ("domain", "socket", "command")} == {
+            "domain": 4, "socket": srv.path, "command": "slow"}
+        assert exc.value.details["waited"] >= 0.15
+        with pytest.raises(QmpError) as exc:
+            qmp.execute("bad", {"x": 1})
+        assert exc.value.msg == "QEMU of win1 (domid 4) refused 'bad': no (GenericError)"
+        assert exc.value.details["domain"] == 4 and exc.value.details["arguments"] == {"x": 1}
+        assert exc.value.details["waited"] >= 0 and not exc.value.is_duplicate_id
+        with pytest.raises(QmpConnectionError) as exc:
+            qmp.execute("die")                      # QEMU dies on the command
+        assert label in exc.value.msg and "QEMU gone?" in exc.value.msg
+        assert exc.value.details["domain"] == 4 and exc.value.details["command"] == "die"
+        assert not qmp.lock.held                    # a broken session lets the lock go
+    # Default label: the domid.
+    with QmpSession.open(4, "u", Deadline(2), qmp_dir=srv.dir, userdata_dir=str(tmp_path)) as qmp:
+        assert qmp.label == "domid 4"
+        with pytest.raises(QmpError, match=r"^QEMU of domid 4 refused"):
+            qmp.execute("bad")
+
+
+def test_session_missing_refused_and_locked_name_the_domain(fake, tmp_path):
+    d = tempfile.mkdtemp(prefix="sd")
+    try:
+        with pytest.raises(QmpConnectionError) as exc:
+            QmpSession.open(6, "u", Deadline(2), qmp_dir=d, userdata_dir=str(tmp_path), label="web (domid 6)")
+        assert "qmp-libxl-6 of web (domid 6) does not exist" in exc.value.msg
+        assert exc.value.details == {"domain": 6, "socket": os.path.join(d, "qmp-libxl-6"), "errno": "ENOENT"}
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(os.path.join(d, "qmp-libxl-6"))
+        s.close()                                   # QEMU killed: the socket file stays
+        with pytest.raises(QmpConnectionError) as exc:
+            QmpSession.open(6, "u", Deadline(2), qmp_dir=d, userdata_dir=str(tmp_path), label="web (domid 6)")
+        assert "web (domid 6)" in exc.value.msg and "QEMU dead?" in exc.value.msg
+        assert exc.value.details["errno"] == "ECONNREFUSED" and exc.value.details["domain"] == 6
+    finally:
+        shutil.rmtree(d)
+    srv = fake(echo, name="qmp-libxl-7")
+    proc = _holder(qmp_lock_path(7, "u", str(tmp_path)), 2.0)
+    try:
+        with pytest.raises(DeadlineExceeded) as exc:
+            QmpSession.open(7, "u", Deadline(0.3), qmp_dir=srv.dir, userdata_dir=str(tmp_path), label="db (domid 7)")
+        assert exc.value.msg.startswith("QMP lock of db (domid 7): lock ")
+        assert exc.value.details["domain"] == 7 and exc.value.details["lock"] == qmp_lock_path(7, "u", str(tmp_path))
+    finally:
+        proc.wait(timeout=10)
+
+
+def test_session_connect_needs_its_lock(fake, tmp_path):
+    srv = fake(echo, name="qmp-libxl-8")
+    session = QmpSession(srv.path, QmpLock(qmp_lock_path(8, "u", str(tmp_path))), domid=8)
+    with pytest.raises(QmpConnectionError, match="without its QMP lock"):
+        session.connect()
+    assert srv.requests == []
+
+
+# -- duplicate ids ----------------------------------------------------------------
+
+def test_is_duplicate_id_knows_both_qemu_texts(fake):
+    texts = {"new": ("GenericError", "Duplicate device ID 'pci-pt-03_00.0'"),
+             "old": ("GenericError", "Duplicate ID 'pci-pt-03_00.0' for device"),
+             "object": ("GenericError", "Duplicate ID 'pci-pt-03_00.0' for object"),
+             "class": ("DeviceNotFound", "Duplicate device ID 'pci-pt-03_00.0'"),
+             "other": ("GenericError", "PCI: slot 4 function 0 not available for xen-pci-passthrough")}
+
+    def handler(req, send):
+        klass, desc = texts[req["arguments"]["id"]]
+        send({"error": {"class": klass, "desc": desc}, "id": req["id"]})
+    srv = fake(handler)
+    with QmpClient(srv.path, timeout=2) as cli:
+        found = {}
+        for key in texts:
+            with pytest.raises(QmpError) as exc:
+                cli.execute("device_add", {"driver": "x", "id": key})
+            found[key] = (exc.value.is_duplicate_id, exc.value.duplicate_id)
+    assert found == {"new": (True, "pci-pt-03_00.0"), "old": (True, "pci-pt-03_00.0"), "object": (False, None),
+                     "class": (False, None), "other": (False, None)}
+    assert duplicate_id_of(ValueError("Duplicate device ID 'x'")) is None
+
+
+XENSIM_HVM = """
+name: qmp-client
+devices:
+  - {bdf: "0000:00:10.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: pciback}
+domains:
+  - {domid: 5, name: hvm1, type: hvm, state: running, device_model: dom0, qemu: {machine: pc, unplug: ack}}
+"""
+
+
+def _xensim_session(host, deadline=None):
+    return QmpSession.open(5, host.scenario.domain(5).uuid, deadline or Deadline(5), qmp_dir=host.paths["qmp_dir"],
+                           userdata_dir=host.paths["userdata_dir"], label="hvm1 (domid 5)")
+
+
+def test_is_duplicate_id_against_xensim(sim):
+    host = sim(XENSIM_HVM)
+    with _xensim_session(host) as qmp:
+        assert qmp.device_add_passthrough(Bdf.parse("00:10.0"), deadline=Deadline(2)) == "pci-pt-00_10.0"
+        with pytest.raises(QmpError) as exc:
+            qmp.device_add_passthrough("0000:00:10.0", vslot=9)
+        assert exc.value.is_duplicate_id and exc.value.duplicate_id == "pci-pt-00_10.0"
+        assert exc.value.desc == "Duplicate device ID 'pci-pt-00_10.0'"
+        assert "hvm1 (domid 5)" in exc.value.msg and exc.value.details["domain"] == 5
+        # Once unplugged, the id is free again.
+        assert qmp.remove_device("pci-pt-00_10.0", Deadline(5)) == "event"
+        qmp.device_add_passthrough("0000:00:10.0")
+
+
+def test_xensim_dead_qemu_and_timeout_name_the_domain(sim):
+    host = sim(XENSIM_HVM)
+    host.faults.add("qemu.command", "hang", domid=5, command="query-status")
+    with _xensim_session(host) as qmp:
+        with pytest.raises(DeadlineExceeded) as exc:
+            qmp.query_status(deadline=Deadline(0.3))
+        assert "hvm1 (domid 5)" in exc.value.msg and exc.value.details["command"] == "query-status"
+        assert exc.value.details["domain"] == 5
+    host.faults.add("qemu.dead", "close", domid=5, command="query-pci")
+    with _xensim_session(host) as qmp:
+        with pytest.raises(QmpConnectionError) as exc:
+            qmp.query_pci()
+        assert "hvm1 (domid 5)" in exc.value.msg and exc.value.details["command"] == "query-pci"
+        assert qmp.runstate is Runstate.CLOSED
+    with pytest.raises(QmpConnectionError) as exc:
+        _xensim_session(host)
+    assert exc.value.details["errno"] == "ECONNREFUSED" and "hvm1 (domid 5)" in exc.value.msg

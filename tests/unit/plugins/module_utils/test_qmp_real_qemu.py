@@ -14,6 +14,8 @@ Facts these tests rely on (observed with QEMU 7.2.22, see also DESIGN.md):
   guest that never comes.
 - A second client's connect succeeds but it is greeted only when the first
   disconnects.
+- A device_add whose id is taken, by a hotplugged device or one given with
+  ``-device``, is refused with GenericError "Duplicate device ID '<id>'".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import uuid as uuidlib
 
 import pytest
 
+from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import (
     DeadlineExceeded,
     QmpConnectionError,
@@ -37,6 +40,7 @@ from ansible_collections.xen.pci.plugins.module_utils._qmp import (
     QmpClient,
     QmpLock,
     QmpSession,
+    Runstate,
     qmp_lock_path,
     qmp_socket_path,
 )
@@ -187,6 +191,7 @@ def test_device_add_finds_slot_and_real_errors(qemu):
         with pytest.raises(QmpError) as exc:
             cli.execute("device_add", {"driver": "e1000", "id": "nic0"})
         assert (exc.value.error_class, exc.value.desc) == ("GenericError", "Duplicate device ID 'nic0'")
+        assert exc.value.is_duplicate_id and exc.value.duplicate_id == "nic0"
 
         with pytest.raises(QmpError) as exc:
             cli.execute("device_add", {"driver": "e1000", "id": "nic1", "addr": "5.0"})
@@ -230,19 +235,19 @@ def test_device_del_q35_native_pcie_sends_device_deleted(qemu):
         assert _wait_listed(cli, "t2").bus == 2
 
         cli.device_del("t1")
-        ev = cli.wait_event("DEVICE_DELETED", lambda e: e["data"].get("device") == "t1", timeout=5)
+        ev = cli.wait_event("DEVICE_DELETED", lambda e: e["data"].get("device") == "t1", deadline=Deadline(5))
         assert ev["data"] == {"device": "t1", "path": "/machine/peripheral/t1"}
         assert "seconds" in ev["timestamp"]
-        assert cli.wait_device_gone("t1", timeout=5) in ("event", "query-pci")
+        assert cli.wait_device_gone("t1", Deadline(5)) in ("event", "query-pci")
         with pytest.raises(QmpError) as exc:
             cli.device_del("t1")
         assert exc.value.error_class == "DeviceNotFound"
 
         t0 = time.monotonic()
-        assert cli.remove_device("t2", timeout=10) in ("event", "query-pci")
+        assert cli.remove_device("t2", Deadline(10)) in ("event", "query-pci")
         assert time.monotonic() - t0 < 5
         assert cli.find_device("t2") is None
-        assert cli.remove_device("t2", timeout=2) == "absent"   # idempotent
+        assert cli.remove_device("t2", Deadline(2)) == "absent"   # idempotent
 
 
 def test_unplug_never_completes_on_pc_times_out_naming_the_device(qemu):
@@ -252,7 +257,7 @@ def test_unplug_never_completes_on_pc_times_out_naming_the_device(qemu):
         cli.device_del("pci-pt-03_00.0")
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as exc:
-            cli.wait_device_gone("pci-pt-03_00.0", timeout=1.5, poll=0.3)
+            cli.wait_device_gone("pci-pt-03_00.0", Deadline(1.5), poll=0.3)
         waited = time.monotonic() - t0
         assert 1.4 <= waited < 4.0
         assert "pci-pt-03_00.0" in exc.value.msg and exc.value.details["device"] == "pci-pt-03_00.0"
@@ -261,7 +266,7 @@ def test_unplug_never_completes_on_pc_times_out_naming_the_device(qemu):
             cli.device_del("pci-pt-03_00.0")
         assert exc2.value.desc == "Device pci-pt-03_00.0 is already in the process of unplug"
         with pytest.raises(DeadlineExceeded):
-            cli.remove_device("pci-pt-03_00.0", timeout=0.8)
+            cli.remove_device("pci-pt-03_00.0", Deadline(0.8))
         assert cli.find_device("pci-pt-03_00.0") is not None
 
 
@@ -284,7 +289,7 @@ def test_missing_socket_fails_before_the_lock(tmp_path):
     uuid = str(uuidlib.uuid4())
     t0 = time.monotonic()
     with pytest.raises(QmpConnectionError) as exc:
-        QmpSession.open(7, uuid, qmp_dir=str(tmp_path), userdata_dir=str(tmp_path), timeout=5)
+        QmpSession.open(7, uuid, Deadline(5), qmp_dir=str(tmp_path), userdata_dir=str(tmp_path))
     assert time.monotonic() - t0 < 1
     assert exc.value.details["socket"] == str(tmp_path / "qmp-libxl-7")
     assert list(tmp_path.iterdir()) == []   # no lock file was created
@@ -296,10 +301,10 @@ def test_session_holds_libxl_lock_and_second_client_waits(qemu, tmp_path):
     lockfile = qmp_lock_path(9, uuid, str(tmp_path))
     assert os.path.basename(lockfile) == "userdata-l.9.%s.qmp-socket-lock" % uuid
     q.client().close()   # QEMU is listening
-    with QmpSession.open(9, uuid, qmp_dir=q.dir, userdata_dir=str(tmp_path), timeout=5) as qmp:
+    with QmpSession.open(9, uuid, Deadline(5), qmp_dir=q.dir, userdata_dir=str(tmp_path)) as qmp:
         assert os.path.exists(lockfile) and qmp.lock.held
         with pytest.raises(DeadlineExceeded):
-            QmpLock(lockfile).acquire(timeout=0.3)
+            QmpLock(lockfile).acquire(Deadline(0.3))
         # QEMU accepts a second connection but does not greet it while we are connected.
         other = QmpClient(q.path, timeout=0.5)
         with pytest.raises(DeadlineExceeded) as exc:
@@ -307,5 +312,46 @@ def test_session_holds_libxl_lock_and_second_client_waits(qemu, tmp_path):
         assert "greeting" in exc.value.msg
         assert qmp.query_status()["status"] == "prelaunch"
     assert not os.path.exists(lockfile)   # unlinked on release, as libxl does
-    with QmpSession.open(9, uuid, qmp_dir=q.dir, userdata_dir=str(tmp_path), timeout=5) as qmp:
+    with QmpSession.open(9, uuid, Deadline(5), qmp_dir=q.dir, userdata_dir=str(tmp_path)) as qmp:
         assert qmp.find_device("anything") is None
+
+
+def test_duplicate_id_is_recognised_whatever_made_the_first_device(qemu):
+    # Debian's QEMU has no xen-pci-passthrough: any device with an id shows the refusal.
+    q = qemu("pc", ["-device", "pci-testdev,id=cold"])
+    with q.client() as cli:
+        cli.execute("device_add", {"driver": "pci-testdev", "id": "x"})
+        for taken in ("x", "cold"):           # hotplugged, and given on the command line
+            with pytest.raises(QmpError) as exc:
+                cli.execute("device_add", {"driver": "pci-testdev", "id": taken})
+            assert exc.value.is_duplicate_id and exc.value.duplicate_id == taken, exc.value.desc
+        with pytest.raises(QmpError) as exc:
+            cli.execute("device_add", {"driver": "pci-testdev", "id": "y", "addr": "1.0"})
+        assert not exc.value.is_duplicate_id          # slot in use: another refusal
+        with pytest.raises(QmpError) as exc:
+            cli.device_add_passthrough("0000:00:10.0")
+        assert not exc.value.is_duplicate_id          # no such driver here
+        assert cli.find_device("x") is not None and cli.connected
+
+
+def test_session_errors_name_the_domain_on_real_qemu(qemu, tmp_path):
+    q = qemu("pc", domid=11)
+    uuid = str(uuidlib.uuid4())
+    q.client().close()   # QEMU is listening
+    qmp = QmpSession.open(11, uuid, Deadline(5), qmp_dir=q.dir, userdata_dir=str(tmp_path), label="win7 (domid 11)")
+    try:
+        with pytest.raises(QmpError) as exc:
+            qmp.device_del("nope")
+        assert exc.value.msg == "QEMU of win7 (domid 11) refused 'device_del': Device 'nope' not found (DeviceNotFound)"
+        assert exc.value.details["domain"] == 11 and exc.value.details["command"] == "device_del"
+        q.kill()
+        with pytest.raises(QmpConnectionError) as exc:
+            qmp.query_pci()
+        assert "win7 (domid 11)" in exc.value.msg and "QEMU gone?" in exc.value.msg
+        assert exc.value.details["domain"] == 11 and exc.value.details["socket"] == q.path
+        assert qmp.runstate is Runstate.CLOSED and not qmp.lock.held
+    finally:
+        qmp.close()
+    with pytest.raises(QmpConnectionError) as exc:
+        QmpSession.open(11, uuid, Deadline(2), qmp_dir=q.dir, userdata_dir=str(tmp_path), label="win7 (domid 11)")
+    assert "win7 (domid 11)" in exc.value.msg and exc.value.details["errno"] == "ECONNREFUSED"

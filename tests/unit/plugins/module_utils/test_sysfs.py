@@ -12,7 +12,8 @@ import types
 
 import pytest
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import SysfsError
+from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
+from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError, SysfsError
 from ansible_collections.xen.pci.plugins.module_utils._sysfs import Sysfs, normalise_bdf, sbdf_of
 
 _XENSIM = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "tools", "xensim"))
@@ -58,9 +59,18 @@ def sysfs(fs):
 def test_normalise_and_sbdf():
     assert normalise_bdf("00:10.0") == "0000:00:10.0"
     assert normalise_bdf("0001:0A:1f.7") == "0001:0a:1f.7"
-    assert sbdf_of("0001:03:01.2") == (1 << 16) | (3 << 8) | (1 << 3) | 2
+    assert normalise_bdf(Bdf(1, 0x0A, 0x1F, 7)) == "0001:0a:1f.7"
+    assert sbdf_of("0001:03:01.2") == (1 << 16) | (3 << 8) | (1 << 3) | 2 == Bdf.parse("0001:03:01.2").sbdf
+    assert sbdf_of(Bdf(0, 0, 0x10, 0)) == 0x80
     with pytest.raises(SysfsError):
         normalise_bdf("00:20")
+    # One grammar with _bdf: the slot is bounded (the old pattern let 00:20.0 through), no blanks.
+    for bad in ("00:20.0", " 00:10.0", "00:10.8", "new_slot", None):
+        with pytest.raises(SysfsError) as exc:
+            sbdf_of(bad)
+        assert isinstance(exc.value.__cause__, SpecError) and exc.value.details["device"] == str(bad)
+    with pytest.raises(SysfsError, match="slot is out of range"):
+        normalise_bdf("00:20.0")
 
 
 def test_reads_a_device(sysfs):

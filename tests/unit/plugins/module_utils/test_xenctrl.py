@@ -15,9 +15,10 @@ import types
 
 import pytest
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import HypervisorError
+from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
+from ansible_collections.xen.pci.plugins.module_utils._errors import HypervisorError, SpecError
 from ansible_collections.xen.pci.plugins.module_utils._xenctrl import (
-    DOMID_IO, LibXenCtrl, SimXenCtrl, open_xenctrl)
+    DOMID_IO, LibXenCtrl, SimXenCtrl, format_sbdf, open_xenctrl)
 
 _XENSIM = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "tools", "xensim"))
 if os.path.isdir(_XENSIM) and _XENSIM not in sys.path:
@@ -89,6 +90,24 @@ def test_sim_errors_carry_errno_names(hv):
     # the connection is still usable after errors
     xc.deassign_device(1, SBDF_10)
     xc.close()
+
+
+def test_format_sbdf_is_bdfs():
+    for text in ("0000:00:10.0", "0001:0a:1f.7", "ffff:ff:1f.7"):
+        assert format_sbdf(Bdf.parse(text).sbdf) == text
+    for bad in (-1, 1 << 32, "16", True):
+        with pytest.raises(SpecError):
+            format_sbdf(bad)
+
+
+def test_an_error_about_a_bad_sbdf_still_reports(hv):
+    xc = SimXenCtrl(hv.path, timeout=5)
+    try:
+        with pytest.raises(HypervisorError) as ei:
+            xc.assign_device(1, -1, 0)
+        assert "sbdf=-1" in ei.value.msg
+    finally:
+        xc.close()
 
 
 def test_sim_unreachable_and_bad_specs(tmp_path):
