@@ -114,6 +114,7 @@ class Context:
         self.force = force
         self.phase = "work"
         self.where = ""
+        self.host = None          # the HostState the request was planned on
 
     def checkpoint(self, name):
         """A named point inside a step (tests stop a request there)."""

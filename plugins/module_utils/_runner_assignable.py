@@ -141,7 +141,7 @@ def _plan(platform, host, wanted, params):
                 actions = plan_remove(status, rebind)
                 predicted = predict_remove(status, rebind)
         except XenPciError as exc:
-            problems.append(Problem(exc.msg, "devices", device=bdf, kind=type(exc)))
+            problems.append(Problem(exc.msg, "devices", device=bdf, kind=type(exc), details=exc.details))
             continue
         if state == "absent" and actions and rebind and status["driver"] == "pciback" and not status["driver_path"]:
             warnings.append("%s had no dom0 driver before it was made assignable (no driver_path is remembered); "
@@ -187,7 +187,7 @@ def run_assignable(params, check_mode=False, platform=None, hook=None):
     resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
     result = {
         "changed": bool(todo),
-        "actions": [a for actions in todo for a in actions],
+        "actions": [s.describe() for s in steps],
         "diff": {"before": before, "after": after},
         "warnings_detail": warnings + untrusted_warnings(platform.xs),
         "interrupted": [j.summary() for j in host.journals],

@@ -105,7 +105,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     budget = Budget(params["timeout"], "xen.pci.passthrough")
     platform = platform or platform_from(params)
     ctx = Context(platform, budget, hook=hook, force=params.get("force", False))
-    host = read_host(platform.xs, budget.work)
+    host = ctx.host = read_host(platform.xs, budget.work)
     the_plan = _check(platform, host, parsed, params, budget.work)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
@@ -118,10 +118,10 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     try:
         for domid in sorted(domids):
             locks.append(platform.domain_lock(host.domains[domid], budget.work))
-        host = read_host(platform.xs, budget.work)
+        host = ctx.host = read_host(platform.xs, budget.work)
         if host.journals:
             recover_journals(ctx, host, held=set(domids), required=set(domids))
-            host = read_host(platform.xs, budget.work)
+            host = ctx.host = read_host(platform.xs, budget.work)
         the_plan = _check(platform, host, parsed, params, budget.work)
         before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
         _run(ctx, platform, host, the_plan, params)
@@ -131,12 +131,22 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
         for lock in reversed(locks):
             if lock:
                 lock.release()
-    after = read_host(platform.xs, budget.final(), domids)
+    after = read_host(platform.xs, budget.final(), _with_stubdoms(host, domids))
     result.update(_outcome(ctx, platform, the_plan, after, domids))
     mismatch = _mismatch(the_plan, after)
     if mismatch:
         raise HotplugError("after the request the host shows %s" % "; ".join(mismatch), **dict(result, changed=True))
     return result
+
+
+def _with_stubdoms(host, domids):
+    """The domains to read back: those of the request and their stub domains."""
+    out = set(domids)
+    for domid in domids:
+        dom = host.domains.get(domid) if host is not None else None
+        if dom is not None and dom.stubdom_id is not None:
+            out.add(dom.stubdom_id)
+    return sorted(out)
 
 
 def _run(ctx, platform, host, the_plan, params):
@@ -165,6 +175,7 @@ def _outcome(ctx, platform, the_plan, after, domids):
         "interrupted": [j.summary() for j in after.journals],
         "left": list(ctx.report.left),
         "devices": dict(ctx.report.devices),
+        "waited": round(ctx.report.waited, 3),
         "warnings_detail": list(ctx.report.warnings) + untrusted_warnings(platform.xs),
     }
 
@@ -187,7 +198,7 @@ def _failed(ctx, platform, budget, exc, the_plan, before, result):
     try:
         if not platform.xs.connected:
             platform.xs.reconnect(budget.final())
-        after = read_host(platform.xs, budget.final(), domids)
+        after = read_host(platform.xs, budget.final(), _with_stubdoms(ctx.host, domids))
     except XenPciError as again:
         return with_context(exc, suffix="; the host could not be read back (%s)" % again.msg, changed=True,
                             actions=list(ctx.report.actions), left=list(ctx.report.left) or None)

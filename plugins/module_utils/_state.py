@@ -324,8 +324,7 @@ def read_host(xs, deadline, domids=None):
 
 def untrusted_warnings(xs):
     """What the xenstore client could not decode (a guest's own nodes may hold anything)."""
-    return ["xenstore node %s holds bytes that are not UTF-8 (%s); read as escaped text" % (u["path"], u["raw"])
-            for u in getattr(xs, "undecodable", [])]
+    return xs.undecodable_warnings()
 
 
 def read_backend(xs, domid, deadline, tx=0):

@@ -402,7 +402,12 @@ class AppendToBackend(Step):
             return True       # a stub domain runs even while its guest is being built
         if role == BOOKKEEPING:
             return False      # nobody connects to it
-        return not ctx.platform.domain_paused(self.data["domid"]) and current is not None and current.fe_state == CONNECTED
+        # A guest runs when it is not paused (nor being built); with a backend,
+        # only a connected pcifront can answer a cycle (a guest without the
+        # driver never will, so it counts as not running for the wait).
+        if ctx.platform.domain_paused(self.data["domid"]):
+            return False
+        return current is None or current.fe_state == CONNECTED
 
     def do(self, ctx):
         ops = self._ops(ctx)
@@ -422,7 +427,7 @@ class AppendToBackend(Step):
         domain_type = "hvm" if self.data["role"] == BOOKKEEPING else "pv"
         while True:
             running = self._running(ctx, current)
-            if backend_wait_needed(domain_type, running, current is not None) and current.state != CONNECTED:
+            if backend_wait_needed(domain_type, running, current is not None) and (current is None or current.state != CONNECTED):
                 ops.wait_connected("before attaching %s" % ", ".join(bdfs))
                 current = ops.read()
             if current is None:

@@ -14,8 +14,6 @@ claiming it never interleave.
 
 from __future__ import annotations
 
-import posixpath
-
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
 from ansible_collections.xen.pci.plugins.module_utils._engine import Step, register
 from ansible_collections.xen.pci.plugins.module_utils._errors import HypervisorError, RefusedError, XenPciError
@@ -191,9 +189,9 @@ class Seize(Step):
     host_wide = True
 
     def describe(self):
-        how = "take %s from %s" % (self.data["bdf"], self.data["driver"]) if self.data["driver"] else \
-            "bind %s to pciback" % self.data["bdf"]
-        return "%s%s" % (how, " for %s" % self.data["label"] if self.data.get("label") else "")
+        bdf, driver = self.data["bdf"], self.data["driver"]
+        how = "take %s from the dom0 driver %s into pciback" % (bdf, driver) if driver else "bind %s to pciback" % bdf
+        return "%s and quarantine it%s" % (how, " for %s" % self.data["label"] if self.data.get("label") else "")
 
     def touches(self):
         bdf = self.data["bdf"]
@@ -225,9 +223,10 @@ class GiveBack(Step):
     host_wide = True
 
     def describe(self):
-        back = self.data["rebind"] and self.data["driver_path"]
-        return "give %s back%s" % (self.data["bdf"], " to %s" % posixpath.basename(self.data["driver_path"]) if back else
-                                   " (to no driver)")
+        bdf = self.data["bdf"]
+        if self.data["rebind"] and self.data["driver_path"]:
+            return "take %s out of quarantine and pciback, rebind %s to %s" % (bdf, bdf, self.data["driver_path"])
+        return "take %s out of quarantine and pciback (left with no driver)" % bdf
 
     def touches(self):
         return ["the pciback binding of %s" % self.data["bdf"], libxl_pci_path(self.data["bdf"])]
@@ -261,7 +260,7 @@ class SetName(Step):
 
     def describe(self):
         if self.data["name"] is None:
-            return "forget the name %r of %s" % (self.data["old"], self.data["bdf"])
+            return "forget the name of %s" % self.data["bdf"]
         return "name %s %r" % (self.data["bdf"], self.data["name"])
 
     def touches(self):

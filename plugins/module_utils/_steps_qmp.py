@@ -71,7 +71,7 @@ class QmpAdd(Step):
                     ctx.report.step("device_add of %s into %s succeeded at try %d" % (func.bdf, self.data["label"], attempt))
                 return
             except QmpError as exc:
-                if exc.is_duplicate_id and qmp.find_device(func.bdf.qmp_id, deadline=_command(ctx)) is not None:
+                if getattr(exc, "is_duplicate_id", False) and qmp.find_device(func.bdf.qmp_id, deadline=_command(ctx)) is not None:
                     # Added by an earlier request that gave up on it: ours, keep it.
                     ctx.report.step("QEMU of %s already had %s (%s): adopted" % (self.data["label"], func.bdf, func.bdf.qmp_id))
                     self.result.setdefault("adopted", []).append(str(func.bdf))

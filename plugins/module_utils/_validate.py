@@ -35,6 +35,7 @@ class Problem:
     domain: Optional[str] = None
     device: Optional[str] = None
     kind: type = SpecError
+    details: Optional[dict] = None        # the refusing error's own facts (driver, holder...)
 
     def as_dict(self):
         return {"msg": self.msg, "input": self.input, "domain": self.domain, "device": self.device,
@@ -48,8 +49,9 @@ def raise_problems(problems):
     first = problems[0]
     more = len(problems) - 1
     msg = first.msg + (" (and %d more problem%s, listed in 'problems')" % (more, "s" if more > 1 else "") if more else "")
-    raise first.kind(msg, input=first.input, domain=first.domain, device=first.device,
-                     problems=[p.as_dict() for p in problems])
+    details = dict(first.details or {})
+    details.update(input=first.input, domain=first.domain, device=first.device, problems=[p.as_dict() for p in problems])
+    raise first.kind(msg, **details)
 
 
 def check_bool(params, name, problems):
@@ -200,7 +202,7 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
         try:
             dom = host.resolve(ref)
         except XenPciError as exc:
-            problems.append(Problem(exc.msg, where, domain=str(ref), kind=type(exc)))
+            problems.append(Problem(exc.msg, where, domain=str(ref), kind=type(exc), details=exc.details))
             continue
         if dom.domid in resolved:
             problems.append(Problem("%s is listed twice (as %r and as %r)" % (dom.label(), labels[dom.domid], ref), where,
@@ -288,7 +290,7 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu):
                 other = host.domains.get(holder)
                 problems.append(Problem("%s is assigned to %s, not to %s; detach it there first" % (
                     bdf, other.label() if other else "domid %d" % holder, label), where, domain=label, device=bdf,
-                    kind=RefusedError))
+                    kind=RefusedError, details={"holder": holder}))
                 continue
             if sysfs is None:
                 continue
@@ -305,7 +307,7 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu):
             if driver not in (None, "pciback") and not func.seize:
                 problems.append(Problem("%s is in use by the dom0 driver %s; make it assignable first, or ask to seize it "
                                         "(declared for %s)" % (bdf, driver, label), where, domain=label, device=bdf,
-                                        kind=RefusedError))
+                                        kind=RefusedError, details={"driver": driver}))
             elif driver is None and not (func.seize or make_assignable):
                 problems.append(Problem("%s is not assignable (bound to no driver, not to pciback); make it assignable "
                                         "first (declared for %s)" % (bdf, label), where, domain=label, device=bdf,

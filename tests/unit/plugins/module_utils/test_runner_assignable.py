@@ -10,8 +10,8 @@ import os
 import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError
-from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, platform_from
-from ansible_collections.xen.pci.plugins.module_utils._module_pool import parse_pool_devices, run_assignable
+from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS, platform_from
+from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import parse_pool_devices, run_assignable
 from ansible_collections.xen.pci.plugins.module_utils._state import libxl_pci_path
 
 HOST = """
@@ -177,7 +177,7 @@ def test_missing_device_and_bad_input(sim):
     with pytest.raises(RefusedError, match="0000:00:1e.0 does not exist"):
         run_assignable(params_for(host, devices=["00:1e.0"]))
     assert not run_assignable(params_for(host, devices=["00:1e.0"], state="absent"))["changed"]
-    with pytest.raises(SpecError, match="device #0"):
+    with pytest.raises(SpecError, match=r"devices\[0\]"):
         run_assignable(params_for(host, devices=["00:1g.0"]))
 
 

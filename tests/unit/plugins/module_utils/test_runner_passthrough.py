@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError
-from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, platform_from, run_info, run_passthrough
+from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS, platform_from
+from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info
+from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
 
 HOST = """
 name: runner-host
@@ -114,7 +116,7 @@ def test_make_assignable_binds_a_driverless_device_first(sim):
         run_passthrough(params_for(host), {"web": ["00:13.0"]})
     result = run_passthrough(params_for(host, make_assignable=True), {"web": ["00:13.0"]})
     assert result["changed"]
-    assert any("made 0000:00:13.0 assignable" in a for a in result["actions"])
+    assert any("bind 0000:00:13.0 to pciback" in a for a in result["actions"])
     info = run_info(params_for(host))
     dev = [d for d in info["devices"] if d["bdf"] == "0000:00:13.0"][0]
     assert dev["driver"] == "pciback" and dev["assigned_to"] == 1

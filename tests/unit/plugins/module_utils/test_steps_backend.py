@@ -249,9 +249,12 @@ domains:
                              ({"nopt": ["00:11.0"]}, "passthrough disabled")):
         with pytest.raises(RefusedError, match=pattern):
             run_passthrough(params, desired, platform=platform)
-    with pytest.raises(RefusedError, match="assigned to domu1") as info:
+    with pytest.raises(RefusedError, match=r"PVH.*and 3 more problems") as info:
         run_passthrough(params, {"domu2": ["00:10.0", "00:13.0", "00:1e.0"], "pvh1": ["00:11.0"]}, platform=platform)
-    assert len(info.value.details["problems"]) == 4
+    problems = info.value.details["problems"]
+    assert sorted((p["domain"], p["device"]) for p in problems) == [
+        ("domu2 (domid 2)", "0000:00:10.0"), ("domu2 (domid 2)", "0000:00:13.0"), ("domu2 (domid 2)", "0000:00:1e.0"),
+        ("pvh1 (domid 3)", None)]
     assert platform.xs.stats.writes == 0
 
 

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, xen.pci contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""HVM hotplug against xensim: dom0 QEMU, stubdom coldplug and hotplug, QMP failures."""
+"""The QEMU (QMP) steps against xensim: dom0 QEMU, stubdom coldplug and hotplug, QMP failures."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec
-from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError
-from ansible_collections.xen.pci.plugins.module_utils._hotplug import AttachItem, Hotplug, connect
-from ansible_collections.xen.pci.plugins.module_utils import _hotplug_hvm as hvm_mod
-from ansible_collections.xen.pci.plugins.module_utils._state import read_host
+from ansible_collections.xen.pci.plugins.module_utils import _steps_qmp
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
+from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError
+from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
+from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
+from ansible_collections.xen.pci.plugins.module_utils._state import read_host
 
 DEVICES = """
 devices:
@@ -47,14 +47,17 @@ domains:
 STUB_BE = "/local/domain/0/backend/pci/4/0"
 
 
-def items(*bdfs):
-    return [AttachItem(PciSpec.parse(b).expand()[0]) for b in bdfs]
+@pytest.fixture
+def run(params_of):
+    """``run(host, {domain: specs}, **params)``: the passthrough runner on a simulated host."""
+    def call(host, desired, platform=None, **extra):
+        extra.setdefault("timeout", 30.0)
+        return run_passthrough(params_of(host, **extra), desired, platform=platform)
+    return call
 
 
-def platform_of(host):
-    p = host.paths
-    return connect(xenstore_path=p["xenstored"], sysfs_root=p["sysfs_root"], hypervisor="xensim:" + p["hypervisor"],
-                   userdata_dir=p["userdata_dir"], qmp_dir=p["qmp_dir"])
+def devices_of(result, name):
+    return [d["bdf"] for d in result["domains"][name]["devices"]]
 
 
 def peek(host, path):
@@ -62,93 +65,91 @@ def peek(host, path):
     return value.decode() if value is not None else None
 
 
-def qmp_commands(host, domid, name):
-    return [c for c in host.qemu.commands(domid) if c.get("execute", c.get("command")) == name]
-
-
-def test_stubdom_coldplug_creates_the_stubdom_backend_without_a_wait_then_device_add(sim):
+def test_stubdom_coldplug_creates_the_stubdom_backend_without_a_wait_then_device_add(sim, run, params_of):
     host = sim(STUBDOM_COLDPLUG)
-    platform = platform_of(host)
-    outcome = Hotplug(platform, timeout=30).attach("win1", items("00:10.0"))
-    assert outcome.attached == ["0000:00:10.0"]
-    assert any("created the PCI backend of win1-dm (domid 4)" in a and "no wait" in a for a in outcome.report.actions)
+    result = run(host, {"win1": ["00:10.0"]})
+    assert devices_of(result, "win1") == ["0000:00:10.0"]
+    assert any("created the PCI backend of win1-dm (domid 4)" in a and "no wait" in a for a in result["actions"])
     assert peek(host, STUB_BE + "/state") == "4" and peek(host, STUB_BE + "/state-0") == "3"
     assert [d["id"] for d in host.qemu.devices(3)] == ["pci-pt-00_10.0"]
     # Listed by the guest's own name.
-    state = read_host(platform.xs, Deadline(5))
+    state = read_host(platform_from(params_of(host)).xs, Deadline(5))
     assert [d.bdf for d in state.resolve("win1").devices] == ["0000:00:10.0"]
     assert state.holder_of("0000:00:10.0") == 3
     # Nothing written for the guest's own domid.
     assert peek(host, "/local/domain/0/backend/pci/3/0/num_devs") is None
 
 
-def test_stubdom_hotplug_with_a_backend_waits_then_one_cycle_then_qmp(sim):
+def test_stubdom_hotplug_with_a_backend_waits_then_one_cycle_then_qmp(sim, run):
     host = sim(STUBDOM_HOTPLUG)
-    platform = platform_of(host)
-    outcome = Hotplug(platform, timeout=30).attach("win1", items("00:11.0"))
+    result = run(host, {"win1": ["00:11.0"]})
     assert any("appended 0000:00:11.0 to the PCI backend of win1-dm" in a and "one Reconfiguring cycle" in a
-               for a in outcome.report.actions)
+               for a in result["actions"])
     assert peek(host, STUB_BE + "/state-1") == "3"
     assert "pci-pt-00_11.0" in [d["id"] for d in host.qemu.devices(3)]
-    assert outcome.report.devices["0000:00:11.0"]["qdev_id"] == "pci-pt-00_11.0"
+    assert result["devices"]["0000:00:11.0"]["qdev_id"] == "pci-pt-00_11.0"
     # Detach by the guest's name: QEMU first, then the stubdom's backend.
-    out = Hotplug(platform, timeout=30).detach("win1", ["0000:00:11.0"])
-    assert out.detached == ["0000:00:11.0"]
+    out = run(host, {"win1": ["0000:00:11.0"]}, state="absent")
+    assert devices_of(out, "win1") == ["0000:00:10.0"]
     assert "pci-pt-00_11.0" not in [d["id"] for d in host.qemu.devices(3)]
     assert peek(host, STUB_BE + "/num_devs") == "1"
 
 
-def test_device_add_failing_twice_then_succeeding_is_retried(sim, monkeypatch):
-    monkeypatch.setattr(hvm_mod, "DEVICE_ADD_PAUSE", 0.1)
+def test_device_add_failing_twice_then_succeeding_is_retried(sim, run, monkeypatch):
+    monkeypatch.setattr(_steps_qmp, "DEVICE_ADD_PAUSE", 0.1)
     host = sim(STUBDOM_COLDPLUG)
     host.faults.add("qemu.device_add", "error", times=2)
-    outcome = Hotplug(platform_of(host), timeout=30).attach("win1", items("00:10.0"))
-    assert outcome.attached == ["0000:00:10.0"]
-    assert any("succeeded at try 3" in a for a in outcome.report.actions)
+    result = run(host, {"win1": ["00:10.0"]})
+    assert devices_of(result, "win1") == ["0000:00:10.0"]
+    assert any("succeeded at try 3" in a for a in result["actions"])
 
 
-def test_device_add_failing_always_is_a_clear_error_and_the_stubdom_attach_is_undone(sim, monkeypatch):
+def test_device_add_failing_always_is_a_clear_error_and_the_stubdom_attach_is_undone(sim, run, monkeypatch):
     # Same ten tries, a tenth of libxl's pause, to keep the suite fast.
-    monkeypatch.setattr(hvm_mod, "DEVICE_ADD_PAUSE", 0.1)
+    monkeypatch.setattr(_steps_qmp, "DEVICE_ADD_PAUSE", 0.1)
     host = sim(STUBDOM_HOTPLUG)
     host.faults.add("qemu.device_add", "error")
-    with pytest.raises(HotplugError, match=r"QEMU of win1 \(domid 3\) refused 0000:00:11.0 after 10 tries"):
-        Hotplug(platform_of(host), timeout=40).attach("win1", items("00:11.0"))
+    with pytest.raises(HotplugError, match=r"QEMU of win1 \(domid 3\) refused 0000:00:11.0 after 10 tries") as info:
+        run(host, {"win1": ["00:11.0"]}, timeout=40.0)
     assert peek(host, STUB_BE + "/num_devs") == "1" and peek(host, STUB_BE + "/dev-0") == "0000:00:10.0"
     assert peek(host, "/libxl/pci/0000-00-11-0/domid") is None
+    assert info.value.details["changed"] is False and info.value.details["step"] == "qmp-add"
 
 
-def test_unplug_never_acknowledged_is_bounded_and_force_completes_it(sim, monkeypatch):
-    monkeypatch.setattr(hvm_mod, "UNPLUG_WAIT", 2.0)
+def test_unplug_never_acknowledged_is_bounded_and_force_completes_it(sim, run, monkeypatch):
+    monkeypatch.setattr(_steps_qmp, "UNPLUG_WAIT", 2.0)
     host = sim(DOM0_QEMU)
-    platform = platform_of(host)
-    Hotplug(platform, timeout=30).attach("hvm1", items("00:10.0"))
+    run(host, {"hvm1": ["00:10.0"]})
     assert [d["id"] for d in host.qemu.devices(5)] == ["pci-pt-00_10.0"]
     start = time.monotonic()
-    with pytest.raises(HotplugError, match=r"did not release 0000:00:10.0.*use force"):
-        Hotplug(platform, timeout=30).detach("hvm1", ["0000:00:10.0"])
-    assert time.monotonic() - start < hvm_mod.UNPLUG_WAIT + 5
-    out = Hotplug(platform, timeout=30).detach("hvm1", ["0000:00:10.0"], force=True)
-    assert out.detached == ["0000:00:10.0"]
+    with pytest.raises(HotplugError, match=r"did not release 0000:00:10.0.*use force") as info:
+        run(host, {"hvm1": ["0000:00:10.0"]}, state="absent")
+    assert time.monotonic() - start < _steps_qmp.UNPLUG_WAIT + 5
+    assert info.value.details["changed"] is False
+    assert peek(host, "/libxl/pci/0000-00-10-0/domid") == "5"
+    out = run(host, {"hvm1": ["0000:00:10.0"]}, state="absent", force=True)
+    assert devices_of(out, "hvm1") == []
     assert peek(host, "/libxl/pci/0000-00-10-0/domid") is None
-    assert any("forced" in w for w in out.report.warnings)
+    assert any("forced" in w for w in out["warnings_detail"])
+    # QEMU still has it (the guest never let go): said, not hidden.
+    assert any("pci-pt-00_10.0" in left for left in out["left"])
 
 
-def test_qmp_socket_missing_is_a_clear_error_before_any_xenstore_write(sim):
+def test_qmp_socket_missing_is_a_clear_error_before_any_xenstore_write(sim, run, params_of):
     host = sim(DOM0_QEMU)
-    platform = platform_of(host)
+    platform = platform_from(params_of(host))
     os.unlink(os.path.join(host.paths["qmp_dir"], "qmp-libxl-5"))
     with pytest.raises(QmpConnectionError, match=r"qmp-libxl-5 of hvm1 \(domid 5\) does not exist"):
-        Hotplug(platform, timeout=10).attach("hvm1", items("00:10.0"))
+        run(host, {"hvm1": ["00:10.0"]}, platform=platform)
     assert platform.xs.stats.writes == 0
 
 
-def test_dead_qemu_is_a_clear_error_before_any_xenstore_write(sim):
+def test_dead_qemu_is_a_clear_error_before_any_xenstore_write(sim, run, params_of):
     host = sim(DOM0_QEMU)
-    platform = platform_of(host)
+    platform = platform_from(params_of(host))
     host.call(host.qemu.kill, 5)
-    with pytest.raises(QmpConnectionError):
-        Hotplug(platform, timeout=10).attach("hvm1", items("00:10.0"))
+    with pytest.raises(QmpConnectionError, match=r"hvm1 \(domid 5\)"):
+        run(host, {"hvm1": ["00:10.0"]}, platform=platform)
     assert platform.xs.stats.writes == 0
 
 
@@ -163,19 +164,13 @@ domains:
 """
 
 
-def functions_of(spec, host_bdfs):
-    return [AttachItem(f) for f in PciSpec.parse(spec).expand(present=host_bdfs)]
-
-
-def test_multifunction_device_keeps_its_function_numbers_in_pv_and_hvm(sim):
+def test_multifunction_device_keeps_its_function_numbers_in_pv_and_hvm(sim, run):
     host = sim(MULTIFUNCTION)
-    platform = platform_of(host)
-    present = platform.sysfs.devices()
-    pv = Hotplug(platform, timeout=30).attach("pv1", functions_of("00:14.*@5", present))
-    assert pv.attached == ["0000:00:14.1", "0000:00:14.0"]        # function 0 last, as libxl
+    pv = run(host, {"pv1": ["00:14.*@5"]})
+    assert devices_of(pv, "pv1") == ["0000:00:14.1", "0000:00:14.0"]        # function 0 last, as libxl
     be = "/local/domain/0/backend/pci/1/0"
     assert peek(host, be + "/vdevfn-0") == "29" and peek(host, be + "/vdevfn-1") == "28"
     assert peek(host, be + "/state-0") == "3" and peek(host, be + "/state-1") == "3"
-    Hotplug(platform, timeout=30).detach("pv1", ["0000:00:14.0", "0000:00:14.1"])
-    hvm = Hotplug(platform, timeout=30).attach("hvm1", functions_of("00:14.*@6", present))
-    assert {b: (d["vslot"], d["vfunc"]) for b, d in hvm.report.devices.items()} == {"0000:00:14.1": (6, 1), "0000:00:14.0": (6, 0)}
+    run(host, {"pv1": ["0000:00:14.0", "0000:00:14.1"]}, state="absent")
+    hvm = run(host, {"hvm1": ["00:14.*@6"]})
+    assert {b: (d["vslot"], d["vfunc"]) for b, d in hvm["devices"].items()} == {"0000:00:14.1": (6, 1), "0000:00:14.0": (6, 0)}
