@@ -5,7 +5,7 @@
 What is measured here is what does not depend on the machine: xenstore
 round trips and requests per operation (from our client's counters), plus
 the wall time on xensim. The xl column is what real Xen 4.17 under QEMU took
-on this machine kind (../shared/docs/XENVM.md and the real-Xen scenario):
+on this machine kind (the real-Xen layer, tests/xenvm):
 an xl command is one process that reads what it needs key by key, and the
 estimate for ours on that host is round trips x 2.9 ms (one pyxs round trip
 measured in dom0 there) plus the guest's own reaction, which the simulator
@@ -27,14 +27,13 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "xensim"))
 from xensim.host import SimHost  # noqa: E402
 from xensim.scenario import loads  # noqa: E402
 
-from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec  # noqa: E402
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline  # noqa: E402
-from ansible_collections.xen.pci.plugins.module_utils._hotplug import AttachItem, Hotplug, connect  # noqa: E402
-from ansible_collections.xen.pci.plugins.module_utils._module import HOST_ARGS, platform_from, run_passthrough  # noqa: E402
+from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults, platform_from  # noqa: E402
+from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough  # noqa: E402
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host  # noqa: E402
 
-RT_MS = 2.9           # one pyxs round trip in dom0 on real Xen here (DESIGN.md)
-XL = {                # real Xen 4.17 under QEMU TCG, this machine kind (XENVM.md)
+RT_MS = 2.9           # one pyxs round trip in dom0 on real Xen under QEMU TCG here (measured)
+XL = {                # real Xen 4.17 under QEMU TCG on this machine kind (tests/xenvm measurements)
     "attach 1 device": 0.40,       # xl pci-attach 0.3-0.5 s
     "attach 3 devices": 3 * 0.40,  # three xl pci-attach, one cycle each
     "detach 1 device": 0.60,       # xl pci-detach 0.4-0.8 s
@@ -51,10 +50,13 @@ def scenario(n_domains, n_devices):
     return loads("name: bench\ntiming: {scale: 1.0}\ndevices:\n%s\ndomains:\n%s\n" % (devs, doms))
 
 
-def platform_of(host):
+def params_of(host, **extra):
     p = host.paths
-    return connect(xenstore_path=p["xenstored"], sysfs_root=p["sysfs_root"], hypervisor="xensim:" + p["hypervisor"],
-                   userdata_dir=p["userdata_dir"], qmp_dir=p["qmp_dir"])
+    params = host_defaults(xenstore_path=p["xenstored"], sysfs_root=p["sysfs_root"], hypervisor="xensim:" + p["hypervisor"],
+                           userdata_dir=p["userdata_dir"], qmp_dir=p["qmp_dir"], timeout=120.0, state="present",
+                           make_assignable=False, force=False)
+    params.update(extra)
+    return params
 
 
 def measure(fn, platform):
@@ -65,27 +67,24 @@ def measure(fn, platform):
             "requests": platform.xs.stats.requests - rq0, "writes": platform.xs.stats.writes - w0}
 
 
-def items(*bdfs):
-    return [AttachItem(PciSpec.parse(b).expand()[0]) for b in bdfs]
-
-
 def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="xb-", dir="/tmp") as tmp:
         host = SimHost(scenario(20, 24), os.path.join(tmp, "h"))
         host.start()
         try:
-            platform = platform_of(host)
-            hp = Hotplug(platform, timeout=60)
-            rows.append(("attach 1 device", measure(lambda: hp.attach("g00", items("0000:01:00.0")), platform)))
-            rows.append(("attach 3 devices", measure(lambda: hp.attach("g00", items("0000:01:01.0", "0000:01:02.0", "0000:01:03.0")), platform)))
-            rows.append(("detach 1 device", measure(lambda: hp.detach("g00", ["0000:01:02.0"]), platform)))
+            present = params_of(host)
+            platform = platform_from(present)
+
+            def attach(*bdfs):
+                return lambda: run_passthrough(present, {"g00": list(bdfs)}, platform=platform)
+            rows.append(("attach 1 device", measure(attach("0000:01:00.0"), platform)))
+            rows.append(("attach 3 devices", measure(attach("0000:01:01.0", "0000:01:02.0", "0000:01:03.0"), platform)))
+            rows.append(("detach 1 device", measure(lambda: run_passthrough(dict(present, state="absent"), {"g00": ["0000:01:02.0"]},
+                                                                            platform=platform), platform)))
             rows.append(("read one domain", measure(lambda: read_host(platform.xs, Deadline(10), domids=[1]), platform)))
             rows.append(("read 20 domains", measure(lambda: read_host(platform.xs, Deadline(10)), platform)))
-            params = {k: v.get("default") for k, v in HOST_ARGS.items()}
-            params.update(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
-                          hypervisor="xensim:" + host.paths["hypervisor"], userdata_dir=host.paths["userdata_dir"],
-                          qmp_dir=host.paths["qmp_dir"], timeout=120.0, state="exact", make_assignable=False, force=False)
+            params = params_of(host, state="exact")
             assignments = {"g%02d" % i: ["0000:01:%02x.0" % (i + 4)] for i in range(1, 20)}
             assignments["g00"] = ["0000:01:00.0", "0000:01:01.0", "0000:01:03.0"]
             run_passthrough(params, assignments)
@@ -101,7 +100,7 @@ def main():
         print("%-26s %7d %9d %7d %10.3f %12.3f %8s" % (name, m["round_trips"], m["requests"], m["writes"], m["seconds"], est,
                                                        "%.3f" % xl if xl else "-"))
     print("\nest. real s = round trips x %.1f ms: the latency floor of the xenstore traffic on real Xen, not counting"
-          " xenstored's time per pipelined request or the guest's reaction; xl s: XENVM.md measurements." % RT_MS)
+          " xenstored's time per pipelined request or the guest's reaction; xl s: measured on real Xen under QEMU." % RT_MS)
     return 0
 
 

@@ -47,6 +47,9 @@ BUS_MAX = 0xFF
 SLOT_MAX = 0x1F
 FUNC_MAX = 7
 VSLOT_MAX = 0x1F
+# Longest device name taken: libxl sets none, but it lives in a xenstore
+# node (4096 bytes with its path) and in every message that names the device.
+NAME_MAX = 128
 
 RDM_POLICIES = ("strict", "relaxed")
 FLAG_KEYS = ("permissive", "msitranslate", "seize", "power_mgmt")
@@ -69,10 +72,15 @@ _COMPONENTS = (("domain", DOMAIN_MAX), ("bus", BUS_MAX), ("slot", SLOT_MAX))
 _BDF_SHAPE = "expected [DDDD:]BB:SS.F in hex"
 
 
+def _short(value, limit=160):
+    """Input quoted in a message, cut to a readable length."""
+    return value if not isinstance(value, str) or len(value) <= limit else value[:limit] + "...(%d characters)" % len(value)
+
+
 def _fail(what, text, token, pos, reason, **details):
     """Build a SpecError naming the input, the token and its column."""
-    msg = "invalid %s %r: %r at column %d: %s" % (what, text, token, pos + 1, reason)
-    return SpecError(msg, spec=text, token=token, position=pos, **details)
+    msg = "invalid %s %r: %r at column %d: %s" % (what, _short(text), _short(token, 40), pos + 1, reason)
+    return SpecError(msg, spec=_short(text), token=_short(token, 40), position=pos, **details)
 
 
 def _parse_address(what, text, token, pos, wildcard):
@@ -229,6 +237,8 @@ def _parse_rdm(text, value, pos):
 def _check_name(text, value, pos):
     if value == "":
         raise _fail("PCI spec", text, value, pos, "empty name")
+    if len(value) > NAME_MAX:
+        raise _fail("PCI spec", text, value, pos, "name is longer than %d characters (%d)" % (NAME_MAX, len(value)))
     if _NAME_BAD.search(value) or not value.isprintable():
         raise _fail("PCI spec", text, value, pos, "name must not contain blanks, commas or control characters")
     return value

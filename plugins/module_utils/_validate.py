@@ -97,7 +97,7 @@ def passthrough_input(params, desired):
         problems.append(Problem("state must be one of %s, got %r" % (", ".join(STATES), state), "state"))
     for name in ("make_assignable", "force"):
         check_bool(params, name, problems)
-    where_of = "assignments" if params.get("assignments") is not None else "devices"
+    where_of = "devices" if params.get("domain") is not None else "assignments"
     if not isinstance(desired, dict):
         problems.append(Problem("assignments must be a mapping of guest to its devices, got %s" % type(desired).__name__,
                                 "assignments"))

@@ -28,24 +28,26 @@ def main(argv):
     platform = None
     try:
         # Imported here so that an import error is reported like any other.
-        from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec  # pylint: disable=import-outside-toplevel
-        from ansible_collections.xen.pci.plugins.module_utils._hotplug import (  # pylint: disable=import-outside-toplevel
-            AttachItem, Hotplug, connect)
+        from ansible_collections.xen.pci.plugins.module_utils._host_options import (  # pylint: disable=import-outside-toplevel
+            host_defaults, platform_from)
+        from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import (  # pylint: disable=import-outside-toplevel
+            run_passthrough)
         start = time.monotonic()
         result["import_seconds"] = round(start - STARTED, 3)
-        platform = connect(hypervisor="libxenctrl")
-        result["connect_seconds"] = round(time.monotonic() - start, 3)
-        hotplug = Hotplug(platform, timeout=60)
-        start = time.monotonic()
-        if op == "attach":
-            outcome = hotplug.attach(domain, [AttachItem(PciSpec.parse(b).expand()[0]) for b in bdfs])
-        elif op == "detach":
-            outcome = hotplug.detach(domain, bdfs)
-        else:
+        params = host_defaults(timeout=60.0, state="present" if op == "attach" else "absent", make_assignable=False,
+                               force=False)
+        if op not in ("attach", "detach"):
             raise SystemExit("unknown op %r" % op)
+        platform = platform_from(params)
+        result["connect_seconds"] = round(time.monotonic() - start, 3)
+        start = time.monotonic()
+        before = set(bdfs) if op == "detach" else set()
+        outcome = run_passthrough(params, {domain: bdfs}, platform=platform)
         result["seconds"] = round(time.monotonic() - start, 3)
-        result.update(ok=True, attached=outcome.attached, detached=outcome.detached, actions=outcome.report.actions,
-                      warnings=outcome.report.warnings, waited=outcome.report.waited)
+        now = {d["bdf"] for dom in outcome["domains"].values() for d in dom["devices"]}
+        done = sorted(set(bdfs) & now) if op == "attach" else sorted(before - now)
+        result.update(ok=True, attached=done if op == "attach" else [], detached=done if op == "detach" else [],
+                      actions=outcome["actions"], warnings=outcome["warnings_detail"], waited=outcome.get("waited", 0))
     except Exception as exc:  # pylint: disable=broad-except
         # Everything goes back to the test verbatim: a real-Xen failure is the finding.
         result["error"] = {"type": type(exc).__name__, "msg": str(exc),
@@ -53,9 +55,7 @@ def main(argv):
         result["traceback"] = traceback.format_exc()
     finally:
         if platform is not None:
-            platform.xs.close()
-            if platform.xenctrl is not None:
-                platform.xenctrl.close()
+            platform.close()
     result["in_process_seconds"] = round(time.monotonic() - STARTED, 3)
     sys.stdout.write(json.dumps(result, default=repr) + "\n")
     return 0 if result["ok"] else 1

@@ -237,8 +237,8 @@ def sim_steps(domid, workdir):
     (access-log entries, tree as ``snapshot`` gives it)."""
     import_paths(workdir)
     # pylint: disable=import-outside-toplevel,import-error
-    from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec
-    from ansible_collections.xen.pci.plugins.module_utils._hotplug import AttachItem, Hotplug, connect
+    from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults, platform_from
+    from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
     from xensim import scenario as sim_scenario
     from xensim.host import SimHost
     # Real timing (scale 1.0): which of two independent drivers writes first
@@ -249,16 +249,15 @@ def sim_steps(domid, workdir):
     steps = []
     try:
         paths = host.paths
-        platform = connect(xenstore_path=paths["xenstored"], sysfs_root=paths["sysfs_root"],
-                           hypervisor="xensim:" + paths["hypervisor"], userdata_dir=paths["userdata_dir"])
+        params = host_defaults(xenstore_path=paths["xenstored"], sysfs_root=paths["sysfs_root"],
+                               hypervisor="xensim:" + paths["hypervisor"], userdata_dir=paths["userdata_dir"],
+                               qmp_dir=paths["qmp_dir"], timeout=60.0, make_assignable=False, force=False)
+        platform = platform_from(params)
         try:
-            hotplug = Hotplug(platform, timeout=60)
             for op, bdf, want, what in STEPS:
                 start = host.call(lambda: len(host.store.access_log))
-                if op == "attach":
-                    hotplug.attach(DOMU, [AttachItem(PciSpec.parse(bdf).expand()[0])])
-                else:
-                    hotplug.detach(DOMU, [bdf])
+                run_passthrough(dict(params, state="present" if op == "attach" else "absent"), {DOMU: [bdf]},
+                                platform=platform)
                 deadline = time.monotonic() + SETTLE_TIMEOUT
                 while sorted(host.guest_devices(domid).values()) != sorted(want):
                     assert time.monotonic() < deadline, "xensim's guest never saw %s after %s" % (want, what)

@@ -143,7 +143,9 @@ class Kernel:
 
     def read(self, path: str) -> str | None:
         try:
-            return self.store.read(self.conn, path).decode()
+            # The kernel reads bytes and parses them (sscanf): a guest's
+            # undecodable value is just text that does not parse.
+            return self.store.read(self.conn, path).decode(errors="replace")
         except XsError as exc:
             if exc.name == "ENOENT":
                 return None
