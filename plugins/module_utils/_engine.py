@@ -317,7 +317,7 @@ def recover(ctx, record, domain_uuid=None):
     else:
         done = []
         for i in range(forward, len(steps)):
-            if statuses[i] == "done" and i != forward:
+            if statuses[i] == "done":
                 continue
             step = steps[i]
             ctx.at("recover:%d:%s" % (i, step.kind))
