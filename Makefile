@@ -2,8 +2,8 @@
 #
 #   make demo    converge a simulated Xen host (tools/xensim/scenarios/demo.yaml) with the
 #                rollout playbook, run it again (changed=0), print the report
-#   make test    every test layer (sanity, changelog, units, sim-tests, lint, integration,
-#                molecule, xen: real Xen under QEMU); fails if any layer fails
+#   make test    every test layer (sanity, changelog, units, sim-tests, robustness, lint,
+#                integration, molecule, xen: real Xen under QEMU); fails if any layer fails
 #
 # Both install what they need (apt packages, a pinned Python 3.12 venv) and are
 # fast when nothing changed: the venv is keyed on the hash of the requirements
@@ -49,12 +49,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
 
-.PHONY: help deps apt venv pybin sanity units sim-tests lint changelog-lint \
+.PHONY: help deps apt venv pybin sanity units sim-tests robustness lint changelog-lint \
         integration molecule xen xen-image test demo build clean clean-cache
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
-	@echo 'other targets: deps venv sanity changelog-lint units sim-tests lint integration molecule xen xen-image build clean clean-cache'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint integration molecule xen xen-image build clean clean-cache'
 
 ## --- environment -----------------------------------------------------------
 
@@ -87,6 +87,9 @@ units: deps
 sim-tests: deps
 	@tools/make/pytest-layer.sh sim-tests tools/xensim/tests
 
+robustness: deps
+	@tools/make/robustness.sh
+
 lint: deps
 	@tools/make/lint.sh
 
@@ -116,7 +119,7 @@ xen: deps
 	@XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' timeout $(XENVM_TIMEOUT) \
 	    tools/make/pytest-layer.sh xen tests/xenvm -rs -vv --durations=8
 
-TEST_LAYERS := sanity changelog-lint units sim-tests lint integration molecule xen
+TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint integration molecule xen
 test: deps
 	@tools/make/run-layers.sh $(TEST_LAYERS)
 

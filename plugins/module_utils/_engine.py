@@ -167,7 +167,13 @@ def execute(ctx, steps, key, meta):
             step.do(ctx)
             ctx.checkpoint("done")
             stage = "verify"
-            step.verify(ctx)
+            try:
+                step.verify(ctx)
+            except XenstoreConnectionError:
+                # A wait lost its connection: what it waits for may still
+                # come. Reconnect and look again, within the same deadline.
+                ctx.ensure_connected()
+                step.verify(ctx)
             ctx.checkpoint("verified")
             stage = "journal"
             _journal_write(ctx, lambda d, i=index, s=step: journal.mark(i, "done", s.result, d))

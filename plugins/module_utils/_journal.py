@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError, XenstoreError
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import remove_pruned
 
 JOURNAL_ROOT = "/tool/xen-pci/journal"
 # xenstore's payload limit is 4096 bytes for path and value together.
@@ -122,9 +123,9 @@ class Journal:
         self._send(self._writes(index, entry), deadline, "update")
 
     def finish(self, deadline):
-        # JOURNAL_ROOT itself stays: pruning it when empty would race with
-        # another request beginning its journal there.
-        self._send([self.xs.rm_request(self.path)], deadline, "remove")
+        """Remove the journal, and its parents once empty (in a transaction:
+        another request may be beginning its own journal there)."""
+        remove_pruned(self.xs, [self.path], "/tool", deadline, "removing the journal %s" % self.path)
 
 
 def read_journals(xs, keys, deadline):

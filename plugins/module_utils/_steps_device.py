@@ -18,7 +18,7 @@ from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
 from ansible_collections.xen.pci.plugins.module_utils._engine import Step, register
 from ansible_collections.xen.pci.plugins.module_utils._errors import HypervisorError, RefusedError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._state import DOMID_IO, libxl_pci_path
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes, remove_pruned
 
 PCIBACK = "pciback"
 # assign_device(DOMID_IO) errors that mean "nothing to quarantine" (no IOMMU, already there).
@@ -87,11 +87,9 @@ def release(ctx, domid, bdfs, what):
     with ctx.platform.pool_lock(ctx.deadline):
         def body(tx):
             values = ctx.xs.read_many([libxl_pci_path(b, "domid") for b in bdfs], tx=tx, deadline=ctx.deadline)
-            changes = Changes()
-            for bdf in bdfs:
-                if values[libxl_pci_path(bdf, "domid")] == str(domid):
-                    changes.rm(libxl_pci_path(bdf, "domid"))
-            ctx.xs.apply(changes, tx=tx, deadline=ctx.deadline)
+            ours = [libxl_pci_path(b, "domid") for b in bdfs if values[libxl_pci_path(b, "domid")] == str(domid)]
+            if ours:
+                remove_pruned(ctx.xs, ours, "/libxl", ctx.deadline, what, tx=tx)
         ctx.xs.transaction(body, ctx.deadline, what=what)
 
 
@@ -169,7 +167,7 @@ def from_pool(ctx, bdf, driver_path, forget_driver_path):
         sysfs.bind_driver(bdf, driver_path)
         ctx.checkpoint("rebound")
     if forget_driver_path and (not driver_path or sysfs.driver_path(bdf) == driver_path):
-        xs.rm(libxl_pci_path(bdf, "driver_path"), deadline=ctx.deadline)
+        remove_pruned(xs, [libxl_pci_path(bdf, "driver_path")], "/libxl", ctx.deadline, "forgetting the driver of %s" % bdf)
 
 
 def _not_someone_elses(ctx, bdf, domid):
@@ -270,7 +268,7 @@ class SetName(Step):
         path = libxl_pci_path(self.data["bdf"], "name")
         with ctx.platform.pool_lock(ctx.deadline):
             if value is None:
-                ctx.xs.rm(path, deadline=ctx.deadline)
+                remove_pruned(ctx.xs, [path], "/libxl", ctx.deadline, self.describe())
             else:
                 ctx.xs.write(path, value, deadline=ctx.deadline)
 

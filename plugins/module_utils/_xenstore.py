@@ -744,3 +744,27 @@ class Changes:
 
     def __iter__(self):
         return iter(self.items)
+
+
+def remove_pruned(xs, paths, stop, deadline, what, tx=0):
+    """Remove ``paths`` and then each parent left empty, up to (not
+    including) ``stop``, as libxl's path cleanup does. In a transaction
+    (unless ``tx`` is one already): pruning a parent another writer has
+    just given a child would delete that child."""
+    def body(tx):
+        for path in paths:
+            xs.rm(path, tx=tx, deadline=deadline)
+        parents = sorted({p.rsplit("/", 1)[0] for p in paths}, key=len, reverse=True)
+        seen = set()
+        while parents:
+            parent = parents.pop(0)
+            if parent in seen or not parent.startswith(stop + "/"):
+                continue
+            seen.add(parent)
+            if xs.directory(parent, tx=tx, deadline=deadline) == []:
+                xs.rm(parent, tx=tx, deadline=deadline)
+                parents.append(parent.rsplit("/", 1)[0])
+                parents.sort(key=len, reverse=True)
+    if tx:
+        return body(tx)
+    return xs.transaction(body, deadline, what=what)
