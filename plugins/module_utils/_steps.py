@@ -14,14 +14,14 @@ for a device stops before touching it):
 
 Detach, the reverse:
 
-    [device_del] -> backend remove -> backend drop -> revoke -> reset -> release the claim
+    [device_del] -> backend remove [-> restore the others] -> backend drop -> revoke -> reset -> release the claim
 """
 
 from __future__ import annotations
 
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
 from ansible_collections.xen.pci.plugins.module_utils._steps_backend import (
-    BOOKKEEPING, GUEST, STUBDOM, AppendToBackend, DropFromBackend, RemoveFromBackend)
+    BOOKKEEPING, GUEST, STUBDOM, AppendToBackend, DropFromBackend, RemoveFromBackend, RestoreBackend)
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import Claim, Grant, Reset, Revoke, Seize, Unclaim
 from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import DEVICE_ADD_TRIES, QmpAdd, QmpRemove
 
@@ -40,6 +40,11 @@ def _backend_target(host, dom):
     return (stub, STUBDOM) if stub is not None else (dom, BOOKKEEPING)
 
 
+def _devices(target):
+    """The devices of a domain's own backend, as read."""
+    return target.backend.devices if target.backend is not None else []
+
+
 def _backend(target, role):
     return dict(domid=target.domid, name=target.name, label=target.label(), role=role)
 
@@ -55,7 +60,9 @@ def detach_steps(host, dom, bdfs, force, stray=()):
         return steps
     target, _role = _backend_target(host, dom)
     where = dict(domid=target.domid, name=target.name, label=target.label())
+    keep = [d.function().to_dict() for d in _devices(target) if d.bdf not in set(bdfs)]
     steps.append(RemoveFromBackend(bdfs=list(bdfs), force=force, **where))
+    steps.append(RestoreBackend(keep=keep, **where))
     steps.append(DropFromBackend(bdfs=list(bdfs), **where))
     steps.append(Revoke(domid=dom.domid, label=label, bdfs=list(bdfs), deassign=True))
     stub = stub_of(host, dom) if dom.type == "hvm" else None
@@ -87,7 +94,8 @@ def attach_steps(host, dom, funcs, platform, make_assignable):
     if role == STUBDOM:
         steps.append(Grant(domid=target.domid, label=target.label(), devices=devices, assign=False))
     functions = [f.to_dict() for f in funcs]
-    steps.append(AppendToBackend(functions=functions, **_backend(target, role)))
+    before = [d.function().to_dict() for d in _devices(target)]
+    steps.append(AppendToBackend(functions=functions, before=before, **_backend(target, role)))
     if dom.type == "hvm":
         steps.append(QmpAdd(domid=dom.domid, uuid=dom.uuid, label=label, functions=functions,
                             tries=DEVICE_ADD_TRIES if role == STUBDOM else 1))

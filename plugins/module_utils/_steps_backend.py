@@ -269,6 +269,11 @@ class BackendOps:
         if not keep:
             self.ctx.report.step("%s: removed the PCI backend of %s" % (why, self.label))
             return
+        self.restore(keep, why)
+
+    def restore(self, keep, why):
+        """Create the backend with ``keep`` (after a teardown) and confirm
+        that pciback exported them again."""
         self.settle()
 
         def body(tx):
@@ -284,13 +289,22 @@ class BackendOps:
         self.ctx.report.step("%s: rebuilt the PCI backend of %s with %s" % (why, self.label, ", ".join(str(f.bdf) for f in keep)))
         self.confirm_exported(list(range(len(keep))), [str(f.bdf) for f in keep], need_connected=False)
 
-    def remove(self, bdfs, why, release_deadline=None):
+    def domain_exists(self):
+        return self.xs.read("/local/domain/%d/name" % self.domid, deadline=self.ctx.deadline) is not None \
+            or self.xs.directory("/local/domain/%d" % self.domid, deadline=self.ctx.deadline) is not None
+
+    def remove(self, bdfs, why, before=(), release_deadline=None):
         """Take ``bdfs`` out of the backend, the guest's way when it is
         connected (a removal cycle, then the keys), else by a rebuild.
         A guest that does not release them within ``release_deadline``
-        gets its backend rebuilt without them."""
+        gets its backend rebuilt without them. ``before``: the devices the
+        backend had before this request (PciFunction list), restored when
+        an interrupted rebuild left no backend at all."""
         current = self.read()
         if current is None:
+            keep = [f for f in before if str(f.bdf) not in set(bdfs)]
+            if keep and self.domain_exists():
+                self.restore(keep, why)
             return
         gone = [d for d in current.devices if d.bdf in set(bdfs)]
         if not gone:
@@ -383,7 +397,8 @@ def _label(data):
 class AppendToBackend(Step):
     """Put devices into a domain's PCI backend (creating it if needed).
     data: domid, name, label, role (guest | stubdom | bookkeeping),
-    functions (PciFunction.to_dict list)."""
+    functions (PciFunction.to_dict list), before (the backend's devices
+    when the request was planned, for an undo interrupted mid-rebuild)."""
 
     kind = "backend-append"
 
@@ -506,15 +521,17 @@ class AppendToBackend(Step):
         ops = self._ops(ctx)
         bdfs = [f["bdf"] for f in self.data["functions"]]
         ops.remove(bdfs, "undo of the attach of %s" % ", ".join(bdfs),
+                   before=[PciFunction.from_dict(f) for f in self.data.get("before", [])],
                    release_deadline=ctx.deadline.sub(ctx.deadline.remaining() * FORCE_RELEASE_SHARE, "undo release"))
 
 
 @register
 class RemoveFromBackend(Step):
     """Detach devices from a domain's PCI backend: ask the connected guest
-    to release them (one cycle) and wait, or rebuild the backend without
-    them when no frontend is connected. Once asked, the guest's removal
-    cannot be taken back: ``no_return``. data: domid, name, label, bdfs, force."""
+    to release them (one cycle) and wait, or remove the backend when no
+    frontend is connected (``RestoreBackend`` then brings back the other
+    devices). Once asked, the guest's removal cannot be taken back:
+    ``no_return``. data: domid, name, label, bdfs, force."""
 
     kind = "backend-remove"
     no_return = True
@@ -539,7 +556,6 @@ class RemoveFromBackend(Step):
         if all(d.state == CLOSING for d in present) and current.state in (RECONFIGURING, CONNECTED):
             self.result["mode"] = "cycle"      # asked already (a rerun): wait again
             return
-        keep = [d for d in current.devices if d.bdf not in bdfs]
         hot = current.fe_state == CONNECTED and current.state not in (CLOSING, CLOSED)
         if hot:
             if current.state != CONNECTED:
@@ -547,8 +563,12 @@ class RemoveFromBackend(Step):
             ops.request_removal(present)
             self.result["mode"] = "cycle"
             return
+        # No pcifront to run a cycle with: removing the backend makes
+        # pciback drop every device; RestoreBackend takes back the others.
         self.result["mode"] = "rebuild"
-        ops.rebuild([d.function() for d in keep], "detach of %s from a guest that is not connected" % ", ".join(sorted(bdfs)))
+        ops.teardown()
+        ctx.report.step("detach of %s from %s, whose frontend is not connected: removed its PCI backend" % (
+            ", ".join(sorted(bdfs)), ops.label))
 
     def verify(self, ctx):
         if self.result.get("mode") != "cycle":
@@ -562,10 +582,8 @@ class RemoveFromBackend(Step):
         except HotplugError as exc:
             if not force:
                 raise HotplugError("%s; use force to detach anyway" % exc.msg, **exc.details) from exc
-            ctx.report.warnings.append("forced: %s" % exc.msg)
-            current = ops.read()
-            keep = [d for d in current.devices if d.bdf not in set(bdfs)] if current else []
-            ops.rebuild([d.function() for d in keep], "forced detach of %s" % ", ".join(bdfs))
+            ctx.report.warnings.append("forced: %s; its PCI backend is rebuilt without them" % exc.msg)
+            ops.teardown()
             self.result["mode"] = "forced"
 
     def effective(self, ctx):
@@ -577,6 +595,32 @@ class RemoveFromBackend(Step):
 
     def undo(self, ctx):
         """Never called past the point of no return; before it nothing was written."""
+
+
+@register
+class RestoreBackend(Step):
+    """After ``RemoveFromBackend`` removed a backend (no frontend to run a
+    cycle with, or a forced detach), create it again with the devices that
+    stay. data: domid, name, label, keep (PciFunction.to_dict list)."""
+
+    kind = "backend-restore"
+
+    def describe(self):
+        keep = ", ".join(f["bdf"] for f in self.data["keep"])
+        return "keep %s in the PCI backend of %s" % (keep or "no device", _label(self.data))
+
+    def touches(self):
+        return ["%s (keys of %s)" % (backend_path(self.data["domid"]), ", ".join(f["bdf"] for f in self.data["keep"]))]
+
+    def do(self, ctx):
+        ops = BackendOps(ctx, self.data["domid"], self.data["name"], _label(self.data))
+        keep = [PciFunction.from_dict(f) for f in self.data["keep"]]
+        if not keep or ops.read() is not None or not ops.domain_exists():
+            return
+        ops.restore(keep, "detach")
+
+    def undo(self, ctx):
+        """Nothing: follows a step of no return."""
 
 
 @register
