@@ -85,10 +85,12 @@ class SimHost:
     """A simulated Xen host; see docs/xensim.md ("Components")."""
 
     def __init__(self, scenario: Scenario | str | os.PathLike, state_dir: str | os.PathLike,
-                 timing_scale: float | None = None, mount_sysfs: bool = True):
+                 timing_scale: float | None = None, mount_sysfs: bool = True, xenstored: str | None = None):
         if not isinstance(scenario, Scenario):
             scenario = scenario_mod.load(scenario)
         self.scenario = scenario
+        # "oxenstored" (Debian's dom0) or "c": see xenstore/store.py.
+        self.xenstored_flavour = xenstored or scenario.xenstored
         self.state_dir = Path(state_dir).resolve()
         self.timing_scale = scenario.timing_scale if timing_scale is None else float(timing_scale)
         self.mount_sysfs = mount_sysfs
@@ -293,7 +295,7 @@ class SimHost:
             os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
         for key in ("qmp_dir", "userdata_dir"):
             os.makedirs(self.paths[key], exist_ok=True)
-        self.store = Store(faults=self.faults)
+        self.store = Store(faults=self.faults, flavour=self.xenstored_flavour)
         self.toolstack = InternalConn(self.store, 0, "A0", None, self.loop)
 
         # 1. store and xenstored sockets

@@ -47,6 +47,8 @@ XENSTORE_PAYLOAD_MAX = 4096
 
 SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
 
+FLAVOURS = ("oxenstored", "c")
+
 _VALID_CHARS = re.compile(r"^[A-Za-z0-9\-/_@]*$")
 _LOCAL_DOMAIN = re.compile(r"^/local/domain/(\d{1,5})/")
 
@@ -279,7 +281,12 @@ class _View:
 class Store:
     """The xenstore database (see module docstring and docs/xensim.md)."""
 
-    def __init__(self, faults=None, check_domains: bool = False, clock: Callable[[], float] = time.time):
+    def __init__(self, faults=None, check_domains: bool = False, clock: Callable[[], float] = time.time,
+                 flavour: str = "oxenstored"):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
+        # Which daemon to answer as where C xenstored and oxenstored differ.
+        self.flavour = flavour
         self.faults = faults
         # C xenstored ignores permission entries naming domains that do not
         # exist, and refuses an owner that does not exist (ENOENT). The
