@@ -14,6 +14,7 @@ import pytest
 
 from conftest import xs_tool
 from xensim.xenstore import wire
+from xensim.xenstore.store import DOM0_INTRODUCTION
 from xensim.xenstore.wire import Op
 
 pyxs = pytest.importorskip("pyxs")
@@ -382,3 +383,21 @@ def test_server_stop_closes_clients(sockdir):
         r.recv()
     assert not os.path.exists(h.path)
     r.close()
+
+
+@pytest.mark.parametrize("daemon", ["xenstored", "xenstored_c"])
+def test_dom0_is_introduced_on_the_wire(daemon, request):
+    h = request.getfixturevalue(daemon)
+    r, watcher = Raw(h.path), Raw(h.path)
+    try:
+        assert watcher.call(Op.WATCH, b"@introduceDomain\0i\0")[0] == Op.WATCH
+        assert watcher.recv()[::3] == (Op.WATCH_EVENT, b"@introduceDomain\0i\0")
+        assert r.call(Op.IS_DOMAIN_INTRODUCED, b"0\0")[::3] == (Op.IS_DOMAIN_INTRODUCED, b"T\0")
+        assert r.call(Op.IS_DOMAIN_INTRODUCED, b"1\0")[::3] == (Op.IS_DOMAIN_INTRODUCED, b"F\0")
+        mfn, port = DOM0_INTRODUCTION
+        assert r.call(Op.INTRODUCE, b"0\0%d\0%d\0" % (mfn, port))[::3] == (Op.INTRODUCE, b"OK\0")
+        # no @introduceDomain for dom0: the next packet is the reply to READ
+        assert watcher.call(Op.READ, b"/tool\0")[0] == Op.READ
+    finally:
+        r.close()
+        watcher.close()

@@ -8,7 +8,7 @@ import pytest
 
 from xensim.faults import Faults
 from xensim.xenstore.server import InternalConn
-from xensim.xenstore.store import Conn, Store, XsError, format_access_log
+from xensim.xenstore.store import DOM0_INTRODUCTION, Conn, Store, XsError, format_access_log
 
 # Real Xen 4.17's own record (kept in tests/data so the check always runs).
 REAL_LOG = os.path.join(os.path.dirname(__file__), "data", "real-xen-access-log.txt")
@@ -433,3 +433,24 @@ def test_replay_real_first_attach_matches_oxenstored_log():
         theirs = theirs[:theirs.index(next(x for x in theirs if "w event" not in x))]
         mine = [x for x in ours if x.startswith(f"{label} ")]
         assert mine == theirs, label
+
+
+# -- where C xenstored and oxenstored differ (Store(flavour=...)) -------------
+
+@pytest.mark.parametrize("flavour", ["oxenstored", "c"])
+def test_dom0_is_introduced_from_the_start_and_never_announced(flavour, dom0):
+    st = Store(flavour=flavour)
+    assert st.is_domain_introduced(dom0, 0) and 0 in st.introduced
+    st.watch(dom0, "@introduceDomain", "i")
+    dom0.events.clear()
+    mfn, port = DOM0_INTRODUCTION
+    st.introduce(dom0, 0, mfn, port)
+    if flavour == "c":
+        st.introduce(dom0, 0, 12345, 99)          # C binds the channel again: OK
+    else:
+        assert err(st.introduce, dom0, 0, 12345, 99) == "EINVAL"    # Domain_not_match
+        assert err(st.introduce, dom0, 0, mfn, 99) == "EIO"         # rebinding fails
+    assert dom0.events == []
+    st.introduce(dom0, 5, 0xFF004, 1)
+    assert dom0.events == [("@introduceDomain", "i")]
+    assert st.is_domain_introduced(dom0, 0)

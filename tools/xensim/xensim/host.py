@@ -429,7 +429,9 @@ class SimHost:
         vm = f"/vm/{dom.uuid}"
         ro = ["n0", f"r{d}"]
         rw = [f"n{d}"]
-        self.store.introduce(None, d)
+        # libxl__domain_make / xs_introduce_domain: the store page and port
+        # seeded below (store/ring-ref, store/port).
+        self.store.introduce(None, d, 0xFEFFF + d, 1)
         self._seed(dp, "", ro)
         self._seed(vm, "", ro)
         self._seed(f"/libxl/{d}", "", ["n0"])

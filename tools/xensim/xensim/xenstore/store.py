@@ -48,6 +48,11 @@ XENSTORE_PAYLOAD_MAX = 4096
 SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
 
 FLAVOURS = ("oxenstored", "c")
+DOMID_SELF = 0x7FF0
+# dom0's (mfn, event channel) as oxenstored holds them: it maps dom0's page
+# itself (mfn 0) and reads the port from /proc/xen/xsd_port (13 on the
+# real-Xen VM of tests/xenvm).
+DOM0_INTRODUCTION = (0, 13)
 
 _VALID_CHARS = re.compile(r"^[A-Za-z0-9\-/_@]*$")
 _LOCAL_DOMAIN = re.compile(r"^/local/domain/(\d{1,5})/")
@@ -301,7 +306,9 @@ class Store:
         self._nodes["/tool"] = Node(b"", root_perms, ("xenstored",), self._next_gen())
         self._nodes["/tool/xenstored"] = Node(b"", root_perms, (), self._next_gen())
         self._conns: list[Conn] = []
-        self._introduced: set[int] = set()
+        # domid -> (mfn, port) it was introduced with. Both daemons know dom0
+        # from their start (C dom0_init, oxenstored Domains.create0).
+        self._introduced: dict[int, tuple[int, int]] = {0: DOM0_INTRODUCTION}
         self._targets: dict[int, int] = {}
         self._special_perms = {name: (("n", 0),) for name in SPECIAL_WATCHES}
         self.access_log: list[LogEntry] = []
@@ -744,14 +751,28 @@ class Store:
             raise XsError("EACCES", "privileged operation")
 
     def introduce(self, conn: Conn | None, domid: int, mfn: int = 0, port: int = 1) -> None:
-        """XS_INTRODUCE; fires @introduceDomain the first time."""
+        """XS_INTRODUCE; fires @introduceDomain the first time only (dom0 is
+        introduced from the start). Again: C rebinds the event channel and
+        answers OK; oxenstored answers EINVAL unless mfn and port are the
+        ones it has (and EIO when only the port differs: rebinding to a port
+        the domain did not offer fails)."""
         def fn(_t):
             self._require_priv(conn)
-            if int(port) <= 0:
+            d, mfn_, port_ = int(domid), int(mfn), int(port)
+            known = self._introduced.get(d)
+            if known is not None and self.flavour == "oxenstored":
+                if known[0] != mfn_:
+                    raise XsError("EINVAL", f"domain {d} has another mfn")
+                if known[1] != port_:
+                    raise XsError("EIO", f"cannot bind port {port_} of domain {d}")
+                return
+            if port_ <= 0:
                 raise XsError("EINVAL", "bad event channel port")
-            if domid not in self._introduced:
-                self._introduced.add(int(domid))
+            if known is None:
+                self._introduced[d] = (mfn_, port_)
                 self._dispatch("@introduceDomain", True)
+            else:
+                self._introduced[d] = (known[0], port_)     # C: the channel is bound again
         if conn is None:
             return fn(None)
         return self._op(conn, "INTRODUCE", "introduce", 0, f"{domid} {mfn} {port}", req_len=12, fn=fn)
@@ -764,7 +785,7 @@ class Store:
                 raise XsError("EINVAL", "cannot release domain 0")
             if domid not in self._introduced:
                 raise XsError("ENOENT", f"domain {domid} not introduced")
-            self._introduced.discard(int(domid))
+            del self._introduced[int(domid)]
             self._targets.pop(int(domid), None)
             self._dispatch("@releaseDomain", True)
         if conn is None:
@@ -774,7 +795,7 @@ class Store:
     def is_domain_introduced(self, conn: Conn | None, domid: int) -> bool:
         def fn(_t):
             self._require_priv(conn)
-            return int(domid) == 0x7FF0 or int(domid) in self._introduced   # DOMID_SELF
+            return int(domid) == DOMID_SELF or int(domid) in self._introduced
         if conn is None:
             return fn(None)
         return self._op(conn, "IS_DOMAIN_INTRODUCED", "is introduced", 0, str(domid), req_len=4, fn=fn)
