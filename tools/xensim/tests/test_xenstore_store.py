@@ -454,3 +454,40 @@ def test_dom0_is_introduced_from_the_start_and_never_announced(flavour, dom0):
     st.introduce(dom0, 5, 0xFF004, 1)
     assert dom0.events == [("@introduceDomain", "i")]
     assert st.is_domain_introduced(dom0, 0)
+
+
+# What each daemon makes of the domid after the letter (oxenstored's were
+# seen on real Xen: tests/data/real-oxenstored-probe.json).
+PERM_DOMIDS = {
+    "oxenstored": {"r0x1": "r1", "r010": "r10", "r+1": "r1", "r1_0": "r10", "r-1": "r9223372036854775807",
+                   "r0o17": "r15", "r0b11": "r3", "r0u5": "r5", "r4294967297": "r4294967297",
+                   "r 1": None, "r1 ": None, "r0x": None, "rx1": None, "r": None},
+    "c": {"r0x1": "r1", "r010": "r8", "r+1": "r1", "r 1": "r1", "r-1": "r4294967295", "r4294967297": "r1",
+          "r1_0": None, "r0o17": None, "r0b11": None, "r0u5": None, "r1 ": None, "r0x": None, "rx1": None,
+          "r": None},
+}
+
+
+@pytest.mark.parametrize("flavour", ["oxenstored", "c"])
+def test_permission_domids_are_read_as_the_daemon_reads_them(flavour, dom0, dom1):
+    st = Store(flavour=flavour)
+    st.write(dom0, "/n", b"secret")
+    for perm, shown in PERM_DOMIDS[flavour].items():
+        if shown is None:
+            assert err(st.set_perms, dom0, "/n", ["n0", perm]) == "EINVAL", perm
+        else:
+            st.set_perms(dom0, "/n", ["n0", perm])
+            assert st.get_perms(dom0, "/n") == ["n0", shown], perm
+    st.set_perms(dom0, "/n", ["n0", "r0x1"])          # a hex domid is domain 1
+    assert st.read(dom1, "/n") == b"secret"
+
+
+@pytest.mark.parametrize("flavour, paths", [
+    ("oxenstored", {"-1": 1, "x5": 5, " 7": 7, "0x10": 0, "12abc": 12, "": 0, "4294967297": 4294967297}),
+    ("c", {"-1": 4294967295, "x5": 0, " 7": 7, "0x10": 0, "12abc": 12, "": 0, "4294967297": 1}),
+])
+def test_get_domain_path_reads_its_argument_as_the_daemon_does(flavour, paths, dom0):
+    st = Store(flavour=flavour)
+    for arg, domid in paths.items():
+        assert st.get_domain_path(arg, dom0) == f"/local/domain/{domid}", arg
+    assert st.get_domain_path(3) == "/local/domain/3"

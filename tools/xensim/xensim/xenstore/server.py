@@ -26,6 +26,7 @@ import types
 from typing import Callable
 
 from xensim.xenstore import wire
+from xensim.xenstore.numbers import c_atoi, ocaml_c_int_of_string, ocaml_int_of_string
 from xensim.xenstore.store import Conn, Store, XsError
 from xensim.xenstore.wire import Op
 
@@ -156,16 +157,30 @@ def _onearg(payload: bytes) -> str:
 
 
 def _atoi(s: str) -> int:
-    digits = ""
-    for ch in s.strip():
-        if ch.isdigit() or (not digits and ch in "+-"):
-            digits += ch
-        else:
-            break
+    return c_atoi(s)
+
+
+def _fields(payload: bytes) -> list[str]:
+    """oxenstored's split on NUL: every piece, the one after the last NUL
+    too (empty when the payload ends with NUL)."""
+    return [p.decode("utf-8", "surrogateescape") for p in payload.split(b"\0")]
+
+
+def _domid(store: Store, payload: bytes, nargs: int = 1) -> list[int]:
+    """The domid arguments of INTRODUCE (domid, mfn, port), RELEASE, RESUME
+    and IS_DOMAIN_INTRODUCED as the daemon reads them: C with atoi (one
+    argument: onearg, exactly one NUL at the end); oxenstored with OCaml's
+    int_of_string on the NUL-separated fields (RELEASE: exactly one)."""
+    if store.flavour == "c":
+        args = [_onearg(payload)] if nargs == 1 else _strings(payload, nargs)
+        return [_atoi(a) for a in args]
+    parts = _fields(payload)
+    if len(parts) < nargs:
+        raise XsError("EINVAL", "missing arguments")
     try:
-        return int(digits)
+        return [ocaml_int_of_string(a) for a in parts[:nargs]]
     except ValueError:
-        return 0
+        raise XsError("EINVAL", "not a number") from None
 
 
 def _first_path(op: int, payload: bytes) -> str | None:
@@ -225,22 +240,31 @@ def execute(store: Store, conn: Conn, op: int, tx: int, payload: bytes) -> bytes
         store.transaction_end(conn, tx, arg == "T")
         return wire.ok_reply()
     if op == Op.GET_DOMAIN_PATH:
-        return store.get_domain_path(_atoi(_onearg(payload)), conn).encode() + b"\0"
+        # Both want exactly one NUL-terminated argument; the store reads it.
+        return store.get_domain_path(_onearg(payload), conn).encode() + b"\0"
     if op == Op.INTRODUCE:
-        domid, mfn, port = _strings(payload, 3)
-        store.introduce(conn, _atoi(domid), _atoi(mfn), _atoi(port))
+        domid, mfn, port = _domid(store, payload, 3)
+        store.introduce(conn, domid, mfn, port)
         return wire.ok_reply()
     if op == Op.RELEASE:
-        store.release(conn, _atoi(_onearg(payload)))
+        if store.flavour == "oxenstored" and len(_fields(payload)) != 2:
+            raise XsError("EINVAL", "RELEASE takes one domid")
+        store.release(conn, _domid(store, payload)[0])
         return wire.ok_reply()
     if op == Op.IS_DOMAIN_INTRODUCED:
-        return b"T\0" if store.is_domain_introduced(conn, _atoi(_onearg(payload))) else b"F\0"
+        return b"T\0" if store.is_domain_introduced(conn, _domid(store, payload)[0]) else b"F\0"
     if op == Op.SET_TARGET:
-        domid, target = _strings(payload, 2)
-        store.set_target(conn, _atoi(domid), _atoi(target))
+        if store.flavour == "oxenstored":
+            parts = _fields(payload)
+            if len(parts) != 3 or parts[2] != "":
+                raise XsError("EINVAL", "SET_TARGET takes two domids")
+            domid, target = (ocaml_c_int_of_string(p) for p in parts[:2])
+        else:
+            domid, target = (_atoi(a) for a in _strings(payload, 2))
+        store.set_target(conn, domid, target)
         return wire.ok_reply()
     if op == Op.RESUME:
-        domid = _atoi(_onearg(payload))
+        domid = _domid(store, payload)[0]
         if not domid:
             raise XsError("EINVAL", "bad domid")
         if domid not in store.introduced:

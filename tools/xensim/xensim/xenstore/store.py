@@ -28,6 +28,8 @@ import re
 import time
 from typing import Callable, Iterable
 
+from .numbers import c_atoi, c_strtol, c_unsigned, ocaml_c_int_of_string, ocaml_int_of_string, ocaml_unsigned
+
 PERM_NONE = 0
 PERM_READ = 1
 PERM_WRITE = 2
@@ -170,17 +172,33 @@ class Transaction:
         self.events: list[tuple] = []           # queued watch firings
 
 
-def perms_to_strings(perms: Iterable) -> list[str]:
-    return [f"{letter}{domid}" for letter, domid in perms]
+def perms_to_strings(perms: Iterable, flavour: str = "oxenstored") -> list[str]:
+    """Wire form; domids print as the daemon's ``%u`` does."""
+    fmt = ocaml_unsigned if flavour == "oxenstored" else c_unsigned
+    return [f"{letter}{fmt(domid)}" for letter, domid in perms]
 
 
-def parse_perms(strings: Iterable[str]) -> tuple:
+def _perm_domid(text: str, flavour: str) -> int:
+    """The domid after the letter: ``int_of_string`` (oxenstored) or
+    ``strtol(p, &end, 0)`` that must use the whole string (C)."""
+    if flavour == "oxenstored":
+        return ocaml_int_of_string(text)
+    value, end = c_strtol(text, 0)
+    if not text or end != len(text):
+        raise ValueError(text)
+    return c_unsigned(value)
+
+
+def parse_perms(strings: Iterable[str], flavour: str = "oxenstored") -> tuple:
     """Wire perms ["n0", "r1"] -> (("n", 0), ("r", 1)); EINVAL when malformed."""
     out = []
     for s in strings:
-        if len(s) < 2 or s[0] not in _LETTER_BITS or not s[1:].isdigit():
+        if not s or s[0] not in _LETTER_BITS:
             raise XsError("EINVAL", f"bad permission {s!r}")
-        out.append((s[0], int(s[1:])))
+        try:
+            out.append((s[0], _perm_domid(s[1:], flavour)))
+        except ValueError:
+            raise XsError("EINVAL", f"bad permission {s!r}") from None
     if not out:
         raise XsError("EINVAL", "no permissions")
     return tuple(out)
@@ -609,7 +627,7 @@ class Store:
     def get_perms(self, conn: Conn, path: str, tx: int = 0) -> list[str]:
         def fn(t):
             node = self._get_node(_View(self, t), conn, self._valid(conn, path), PERM_READ)
-            out = perms_to_strings(node.perms)
+            out = perms_to_strings(node.perms, self.flavour)
             self._reply(conn, sum(len(s) + 1 for s in out))
             return out
         return self._op(conn, "GET_PERMS", "getperms", tx, path, req_len=len(path) + 1, fn=fn)
@@ -618,7 +636,7 @@ class Store:
         perms = list(perms)
 
         def fn(t):
-            parsed = parse_perms(perms)
+            parsed = parse_perms(perms, self.flavour)
             if not conn.privileged and len(parsed) > QUOTA_NB_PERMS_PER_NODE:
                 raise XsError("ENOSPC", "too many permissions")
             if not self.domain_exists(parsed[0][1]):
@@ -733,12 +751,16 @@ class Store:
         return self._op(conn, "RESET_WATCHES", "reset watches", 0, "", req_len=1, fn=fn)
 
     def get_domain_path(self, domid, conn: Conn | None = None) -> str:
-        """/local/domain/<domid> (no existence check, as xenstored)."""
+        """/local/domain/<domid> (no existence check, as xenstored). A
+        string ``domid`` (the request's argument) is read as the daemon
+        reads it: oxenstored takes the first run of digits ("-1" is 1), C
+        ``atoi`` prints ``%u`` ("-1" is 4294967295)."""
         def path_of(d):
-            try:
-                return f"/local/domain/{int(d)}"
-            except (TypeError, ValueError):
-                return "/local/domain/0"     # atoi() of garbage
+            if isinstance(d, str):
+                n = ocaml_c_int_of_string(d) if self.flavour == "oxenstored" else c_atoi(d)
+            else:
+                n = int(d)
+            return f"/local/domain/{ocaml_unsigned(n) if self.flavour == 'oxenstored' else c_unsigned(n)}"
         if conn is None:
             return path_of(domid)
         return self._op(conn, "GET_DOMAIN_PATH", "getdomain", 0, str(domid), req_len=len(str(domid)) + 1,
@@ -829,7 +851,7 @@ class Store:
 
     def perms(self, path: str) -> list[str] | None:
         node = self._nodes.get(path)
-        return None if node is None else perms_to_strings(node.perms)
+        return None if node is None else perms_to_strings(node.perms, self.flavour)
 
     def seed(self, path: str, value: bytes = b"", perms: list[str] | None = None) -> None:
         """Create or overwrite ``path`` as a privileged writer would (missing
@@ -865,7 +887,7 @@ class Store:
             node = self._nodes.get(p)
             if node is None:
                 return
-            out.append((p, node.value, perms_to_strings(node.perms)))
+            out.append((p, node.value, perms_to_strings(node.perms, self.flavour)))
             for c in node.children:
                 walk(_child(p, c))
         walk(path)
