@@ -386,6 +386,26 @@ def test_server_stop_closes_clients(sockdir):
 
 
 @pytest.mark.parametrize("daemon", ["xenstored", "xenstored_c"])
+def test_watch_and_unwatch_take_exactly_two_strings(daemon, request):
+    r = Raw(request.getfixturevalue(daemon).path)
+    try:
+        for payload in (b"/w\0tok\0extra\0", b"/w\0", b"/w\0tok"):
+            assert r.call(Op.WATCH, payload)[::3] == (Op.ERROR, b"EINVAL\0"), payload
+            assert r.call(Op.UNWATCH, payload)[::3] == (Op.ERROR, b"EINVAL\0"), payload
+        # bytes after the second NUL: oxenstored refuses, C ignores them
+        if daemon == "xenstored":
+            assert r.call(Op.WATCH, b"/w\0tok\0junk")[::3] == (Op.ERROR, b"EINVAL\0")
+            assert r.call(Op.WATCH, b"/w\0tok\0")[::3] == (Op.WATCH, b"OK\0")
+        else:
+            assert r.call(Op.WATCH, b"/w\0tok\0junk")[::3] == (Op.WATCH, b"OK\0")
+        assert r.recv()[::3] == (Op.WATCH_EVENT, b"/w\0tok\0")
+        assert r.call(Op.UNWATCH, b"/w\0tok\0extra\0")[::3] == (Op.ERROR, b"EINVAL\0")
+        assert r.call(Op.UNWATCH, b"/w\0tok\0")[::3] == (Op.UNWATCH, b"OK\0")
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("daemon", ["xenstored", "xenstored_c"])
 def test_dom0_is_introduced_on_the_wire(daemon, request):
     h = request.getfixturevalue(daemon)
     r, watcher = Raw(h.path), Raw(h.path)

@@ -166,6 +166,21 @@ def _fields(payload: bytes) -> list[str]:
     return [p.decode("utf-8", "surrogateescape") for p in payload.split(b"\0")]
 
 
+def _exact_strings(store: Store, payload: bytes, n: int) -> list[str]:
+    """WATCH/UNWATCH arguments. C: exactly ``n`` NUL-terminated strings
+    (get_strings; bytes after the last NUL are not counted). oxenstored:
+    the payload must be exactly the ``n`` strings, each NUL-terminated."""
+    if store.flavour == "oxenstored":
+        parts = _fields(payload)
+        if len(parts) != n + 1 or parts[-1] != "":
+            raise XsError("EINVAL", f"expected {n} strings")
+        return parts[:n]
+    parts = payload.split(b"\0")[:-1]
+    if len(parts) != n:
+        raise XsError("EINVAL", f"expected {n} strings")
+    return [p.decode("utf-8", "surrogateescape") for p in parts]
+
+
 def _domid(store: Store, payload: bytes, nargs: int = 1) -> list[int]:
     """The domid arguments of INTRODUCE (domid, mfn, port), RELEASE, RESUME
     and IS_DOMAIN_INTRODUCED as the daemon reads them: C with atoi (one
@@ -224,11 +239,11 @@ def execute(store: Store, conn: Conn, op: int, tx: int, payload: bytes) -> bytes
                         [p.decode("utf-8", "surrogateescape") for p in parts[1:]], tx)
         return wire.ok_reply()
     if op == Op.WATCH:
-        path, token = _strings(payload, 2)
+        path, token = _exact_strings(store, payload, 2)
         store.watch(conn, path, token)
         return wire.ok_reply()
     if op == Op.UNWATCH:
-        path, token = _strings(payload, 2)
+        path, token = _exact_strings(store, payload, 2)
         store.unwatch(conn, path, token)
         return wire.ok_reply()
     if op == Op.TRANSACTION_START:
