@@ -456,6 +456,17 @@ def test_dom0_is_introduced_from_the_start_and_never_announced(flavour, dom0):
     assert st.is_domain_introduced(dom0, 0)
 
 
+@pytest.mark.parametrize("flavour, errno", [("oxenstored", "ENOENT"), ("c", "EINVAL")])
+def test_set_perms_on_an_unknown_special_path(flavour, errno, dom0, dom1):
+    st = Store(flavour=flavour)
+    assert err(st.set_perms, dom0, "@bogus", ["n0"]) == errno
+    st.set_perms(dom0, "@releaseDomain", ["n0", "r1"])
+    st.watch(dom1, "@releaseDomain", "r")
+    st.introduce(dom0, 1)
+    st.release(dom0, 1)
+    assert ("@releaseDomain", "r") in dom1.events
+
+
 # What each daemon makes of the domid after the letter (oxenstored's were
 # seen on real Xen: tests/data/real-oxenstored-probe.json).
 PERM_DOMIDS = {

@@ -643,7 +643,9 @@ class Store:
                 raise XsError("ENOENT", f"owner domain {parsed[0][1]} does not exist")
             if path.startswith("@"):
                 if path not in self._special_perms:
-                    raise XsError("ENOENT", path)
+                    # C: set_perms_special knows no such name. oxenstored
+                    # keeps the two as nodes of the tree: no such node.
+                    raise XsError("EINVAL" if self.flavour == "c" else "ENOENT", path)
                 if not conn.privileged:
                     raise XsError("EACCES", path)
                 self._special_perms[path] = parsed
