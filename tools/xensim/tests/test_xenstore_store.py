@@ -456,6 +456,57 @@ def test_dom0_is_introduced_from_the_start_and_never_announced(flavour, dom0):
     assert st.is_domain_introduced(dom0, 0)
 
 
+def test_oxenstored_entry_size_is_the_value_for_every_connection(dom0, dom1):
+    st = Store()
+    st.write(dom0, "/local/domain/1/data", b"")
+    st.set_perms(dom0, "/local/domain/1/data", ["n1", "r0", "r2", "r3", "r4"])
+    for i in range(20):
+        st.write(dom1, f"/local/domain/1/data/child-with-a-long-name-{i:02}", b"")
+    # 2048 bytes of value whatever the perms and children around them
+    st.write(dom1, "/local/domain/1/data", b"v" * 2048)
+    assert err(st.write, dom1, "/local/domain/1/data", b"v" * 2049) == "E2BIG"
+    assert err(st.write, dom0, "/local/domain/1/data", b"v" * 2049) == "E2BIG"
+    assert st.peek("/local/domain/1/data") == b"v" * 2048
+    # the parents of a refused new node are made first and stay, silently
+    st.watch(dom0, "/new", "w")
+    dom0.events.clear()
+    assert err(st.write, dom0, "/new/a/b", b"x" * 2049) == "E2BIG"
+    assert st.ls("/new") == ["a"] and st.ls("/new/a") == [] and dom0.events == []
+    tx = st.transaction_start(dom0)
+    assert err(st.write, dom0, "/tx/a/b", b"x" * 2049, tx) == "E2BIG"
+    st.transaction_end(dom0, tx, True)                # not doomed, parents committed
+    assert st.ls("/tx/a") == []
+
+
+def test_c_entry_size_counts_the_whole_node_record_for_guests(dom0, dom1):
+    st = Store(flavour="c")
+    st.write(dom0, "/local/domain/1", b"")
+    st.set_perms(dom0, "/local/domain/1", ["n1"])
+    # header 24 + one permission 8 + value; 2048 or more is refused
+    st.write(dom1, "/local/domain/1/v", b"x" * 2015)
+    assert err(st.write, dom1, "/local/domain/1/v", b"x" * 2016) == "ENOSPC"
+    assert st.peek("/local/domain/1/v") == b"x" * 2015
+    st.write(dom0, "/local/domain/1/v", b"x" * 3000)       # no quota for dom0
+    # 8 bytes per permission
+    st.write(dom1, "/local/domain/1/p", b"x" * 1999)
+    assert err(st.set_perms, dom1, "/local/domain/1/p", ["n1", "r0", "r2", "r3"]) == "ENOSPC"
+    st.set_perms(dom1, "/local/domain/1/p", ["n1", "r0", "r2"])        # 2047
+    assert st.perms("/local/domain/1/p") == ["n1", "r0", "r2"]
+    # the parent's child names (NUL-terminated) count when a child is added
+    st.write(dom1, "/local/domain/1/d", b"x" * 1990)                    # 2022
+    st.mkdir(dom1, "/local/domain/1/d/" + "c" * 20)                     # 2043
+    assert err(st.mkdir, dom1, "/local/domain/1/d/e123") == "ENOSPC"   # 2048
+    assert err(st.write, dom1, "/local/domain/1/d/e123/f", b"") == "ENOSPC"
+    assert st.ls("/local/domain/1/d") == ["c" * 20]
+    st.mkdir(dom1, "/local/domain/1/d/e12")                             # 2047
+    # in a transaction the refusal dooms the commit (ENOMEM), nothing lands
+    tx = st.transaction_start(dom1)
+    st.write(dom1, "/local/domain/1/t", b"ok", tx)
+    assert err(st.write, dom1, "/local/domain/1/t2", b"x" * 2100, tx) == "ENOSPC"
+    assert err(st.transaction_end, dom1, tx, True) == "ENOMEM"
+    assert st.peek("/local/domain/1/t") is None and dom1.transactions == {}
+
+
 @pytest.mark.parametrize("flavour, errno", [("oxenstored", "ENOENT"), ("c", "EINVAL")])
 def test_set_perms_on_an_unknown_special_path(flavour, errno, dom0, dom1):
     st = Store(flavour=flavour)

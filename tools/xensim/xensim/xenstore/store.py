@@ -51,6 +51,10 @@ SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
 
 FLAVOURS = ("oxenstored", "c")
 DOMID_SELF = 0x7FF0
+# C xenstored's node record (utils.h xs_tdb_record_hdr: u64 generation and
+# three u32, padded to 24 bytes) and one struct xs_permissions per perm.
+C_RECORD_HEADER = 24
+C_RECORD_PERM = 8
 # dom0's (mfn, event channel) as oxenstored holds them: it maps dom0's page
 # itself (mfn 0) and reads the port from /proc/xen/xsd_port (13 on the
 # real-Xen VM of tests/xenvm).
@@ -170,6 +174,7 @@ class Transaction:
         self.accessed: dict[str, int | None] = {}   # path -> generation when first seen
         self.modified: dict[str, None] = {}     # ordered set of changed paths
         self.events: list[tuple] = []           # queued watch firings
+        self.failed = False                     # C: a refused node write dooms the commit
 
 
 def perms_to_strings(perms: Iterable, flavour: str = "oxenstored") -> list[str]:
@@ -202,6 +207,12 @@ def parse_perms(strings: Iterable[str], flavour: str = "oxenstored") -> tuple:
     if not out:
         raise XsError("EINVAL", "no permissions")
     return tuple(out)
+
+
+def c_record_size(node: "Node") -> int:
+    """Bytes of C xenstored's record of ``node`` (what its quota counts)."""
+    return (C_RECORD_HEADER + C_RECORD_PERM * len(node.perms) + len(node.value)
+            + sum(len(c.encode("utf-8", "surrogateescape")) + 1 for c in node.children))
 
 
 def parent_of(path: str) -> str:
@@ -494,7 +505,8 @@ class Store:
 
     def _create(self, view: _View, conn: Conn | None, name: str, value: bytes) -> Node:
         """xenstored construct_node: create ``name`` and missing ancestors,
-        each inheriting its parent's perms; unprivileged creators own them."""
+        each inheriting its parent's perms; unprivileged creators own them.
+        Every record is checked (C's quota) before anything changes."""
         missing = []
         p = name
         while True:
@@ -503,19 +515,46 @@ class Store:
             parent = view.get(p)
             if parent is not None:
                 break
-        ppath = p
-        node = None
-        for path in reversed(missing):
-            base = path.rsplit("/", 1)[1]
-            if base not in parent.children:
-                view.put(ppath, parent.replace(children=tuple(sorted(parent.children + (base,)))))
-            perms = parent.perms
-            if conn is not None and not conn.privileged:
-                perms = ((perms[0][0], conn.domid),) + perms[1:]
-            node = Node(value if path == name else b"", perms)
+        perms = parent.perms
+        if conn is not None and not conn.privileged:
+            perms = ((perms[0][0], conn.domid),) + perms[1:]
+        plan = []
+        base = missing[-1].rsplit("/", 1)[1]
+        if base not in parent.children:
+            plan.append((p, parent.replace(children=tuple(sorted(parent.children + (base,))))))
+        for i, path in enumerate(reversed(missing)):
+            below = missing[-2 - i].rsplit("/", 1)[1] if path != name else None
+            plan.append((path, Node(value if path == name else b"", perms, (below,) if below else ())))
+        for _path, node in reversed(plan):       # C writes bottom up
+            self._check_record(view, conn, node)
+        for path, node in plan:
             view.put(path, node)
-            parent, ppath = node, path
-        return node
+        return plan[-1][1]
+
+    def _check_record(self, view: _View, conn: Conn | None, node: Node) -> None:
+        """C xenstored write_node_raw's quota: an unprivileged connection may
+        not store a record of QUOTA_MAX_ENTRY_SIZE bytes or more. In a
+        transaction the failure also dooms the commit (fail_transaction)."""
+        if self.flavour != "c" or conn is None or conn.privileged:
+            return
+        if c_record_size(node) >= QUOTA_MAX_ENTRY_SIZE:
+            if view.tx is not None:
+                view.tx.failed = True
+            raise XsError("ENOSPC", "node record too large")
+
+    def _implicit_parents(self, view: _View, conn: Conn, name: str) -> None:
+        """oxenstored create_implicit_path: the missing parents of ``name``
+        are made (no watch fires) before the write itself is checked, so
+        they stay when it is refused."""
+        parent = parent_of(name)
+        if name == "/" or view.get(parent) is not None:
+            return
+        try:
+            self._get_node(view, conn, parent, PERM_WRITE)
+        except XsError as e:
+            if e.name != "ENOENT":
+                raise
+            self._create(view, conn, parent, b"")
 
     # --------------------------------------------------------------- operations
 
@@ -533,8 +572,11 @@ class Store:
         def fn(t):
             view = _View(self, t)
             name = self._valid(conn, path)
-            if not conn.privileged and len(value) > QUOTA_MAX_ENTRY_SIZE:
-                raise XsError("ENOSPC", "value too large")
+            if self.flavour == "oxenstored" and len(value) > QUOTA_MAX_ENTRY_SIZE:
+                # Quota.check: the value only, for dom0 too, before the
+                # target's permissions are looked at.
+                self._implicit_parents(view, conn, name)
+                raise XsError("E2BIG", "value too large")
             try:
                 node = self._get_node(view, conn, name, PERM_WRITE)
             except XsError as e:
@@ -542,7 +584,9 @@ class Store:
                     raise
                 self._create(view, conn, name, value)
             else:
-                view.put(name, node.replace(value=value))
+                node = node.replace(value=value)
+                self._check_record(view, conn, node)
+                view.put(name, node)
             self._fire(view, name, False)
             self._reply(conn, 3)
         return self._op(conn, "WRITE", "write", tx, path, value.decode("utf-8", "replace"),
@@ -657,7 +701,9 @@ class Store:
             # Unprivileged domains may not give their nodes away.
             if not conn.privileged and parsed[0][1] != node.perms[0][1]:
                 raise XsError("EPERM", "cannot change owner")
-            view.put(name, node.replace(perms=parsed))
+            new = node.replace(perms=parsed)
+            self._check_record(view, conn, new)
+            view.put(name, new)
             self._fire(view, name, False, (node.perms,))
             self._reply(conn, 3)
         return self._op(conn, "SET_PERMS", "setperms", tx, path, " ".join(perms),
@@ -687,6 +733,8 @@ class Store:
             if not commit:
                 self._reply(conn, 3)
                 return
+            if t.failed:
+                raise XsError("ENOMEM", "transaction failed")
             rule = None
             if self.faults is not None:
                 rule = self.faults.match("xenstore.commit", domid=conn.domid, label=conn.label, tx=tx,
