@@ -16,6 +16,25 @@ corrected where the real host (which runs oxenstored, see
   as in ``real-xen-access-log.txt``), after the whole transaction is applied.
 * the access log has oxenstored's fields and format (``format_access_log``).
 
+``Store(flavour=...)`` picks the daemon where the two differ in what a
+client can see (docs/xensim.md, "Where xensim follows oxenstored rather than
+C xenstored"): ``"oxenstored"`` (the default, what Debian's dom0 runs and the
+real-Xen checks were taken from) or ``"c"`` (C xenstored 4.17):
+
+* entry size: oxenstored refuses a WRITE whose value is over 2048 bytes with
+  E2BIG, for every connection, after creating the missing parents (they
+  stay); C refuses, for unprivileged connections, any node record (header,
+  permissions, value and child names, ``write_node_raw``) of 2048 bytes or
+  more with ENOSPC, and a transaction that met the refusal fails its commit
+  with ENOMEM;
+* numbers: domids in permission strings, GET_DOMAIN_PATH, INTRODUCE, ... are
+  read and printed as each daemon does (``numbers.py``);
+* WATCH/UNWATCH: oxenstored wants exactly ``path\0token\0``, C exactly two
+  NUL-terminated strings (bytes after them ignored);
+* SET_PERMS on an unknown ``@`` path: ENOENT (oxenstored) or EINVAL (C);
+* INTRODUCE of a domain already introduced (dom0 is, from the start): C
+  answers OK; oxenstored EINVAL unless mfn and port are the ones it has.
+
 Everything here runs on the simulator's event loop thread: operations are
 atomic with respect to each other, as in the single-threaded daemon.
 """
