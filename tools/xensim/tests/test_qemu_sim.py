@@ -244,6 +244,20 @@ def test_dead_qemu_and_missing_socket(sim):
                         userdata_dir=host.paths["userdata_dir"], timeout=2)
 
 
+def test_command_hang_until_the_fault_is_removed(sim):
+    host = sim(HVM % "ack")
+    rule = host.faults.add("qemu.command", "hang", domid=3, command="query-pci")
+    with host.session(3) as qmp:
+        with pytest.raises(DeadlineExceeded):
+            qmp.query_pci(timeout=0.3)
+        with pytest.raises(DeadlineExceeded):      # the monitor answers nothing meanwhile
+            qmp.query_status(timeout=0.3)
+    host.faults.remove(rule)
+    with host.session(3, timeout=10) as qmp:
+        assert qmp.query_status()["running"] is True
+        assert len(qmp.query_pci()) == 6
+
+
 def test_one_client_at_a_time(sim):
     host = sim(HVM % "ack")
     first = QmpClient(host.qemu.socket_path(3), timeout=2)

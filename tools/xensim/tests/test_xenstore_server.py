@@ -369,6 +369,24 @@ def test_fault_eagain_storm_over_socket(xenstored):
         assert attempts == 4 and c[b"/storm/k"] == b"4"
 
 
+def test_fault_hang_lasts_until_the_fault_is_removed(xenstored):
+    rule = xenstored.faults.add("xenstore.request", "hang", op="WRITE", path="/hang")
+    r = Raw(xenstored.path, timeout=0.3)
+    try:
+        r.send(Op.WRITE, b"/hang/x\0" + b"1", req_id=1)
+        r.send(Op.READ, b"/tool\0", req_id=2)             # queued behind it
+        with pytest.raises(socket.timeout):
+            r.recv()
+        assert xenstored.call(xenstored.store.peek, "/hang/x") is None
+        xenstored.faults.remove(rule)
+        r.s.settimeout(10)
+        assert r.recv()[:2] == (Op.WRITE, 1)              # then answered, in order
+        assert r.recv()[:2] == (Op.READ, 2)
+        assert xenstored.call(xenstored.store.peek, "/hang/x") == b"1"
+    finally:
+        r.close()
+
+
 def test_server_stop_closes_clients(sockdir):
     from xensim.xenstore.server import run_in_thread
     from xensim.xenstore.store import Store

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import scenario as scenario_mod
-from .faults import Faults
+from .faults import Faults, until_removed
 from .kernel import CONNECTED, Kernel
 from .kernel.pciback import Pciback
 from .kernel.pcifront import GuestKernel
@@ -211,14 +211,25 @@ class SimHost:
     def fault(self, point: str, **ctx):
         return self.faults.match(point, **ctx)
 
-    async def fault_wait(self, fault) -> bool:
-        """Carry out a delay/hang fault; False means 'never proceed'."""
+    async def fault_wait(self, fault, kernel: Kernel | None = None) -> bool:
+        """Carry out a delay or hang fault where a driver stands; True when
+        it may go on. ``hang`` blocks the caller (a kernel's xenwatch: its
+        later events queue behind, as behind a stuck Linux callback) until
+        the rule is removed; ``kernel`` counts as settled meanwhile, since
+        nothing it does can happen before. The host stopping cancels it."""
         if fault.action == "delay":
             await asyncio.sleep(float(fault.params.get("seconds", 1.0)))
             return True
         if fault.action == "hang":
-            log.info("fault %s: hang", fault.point)
-            return False
+            log.info("fault %s: hang until removed", fault.point)
+            if kernel is not None:
+                kernel.holding.append(fault)
+            try:
+                await until_removed(fault)
+            finally:
+                if kernel is not None:
+                    kernel.holding.remove(fault)
+            log.info("fault %s removed: going on", fault.point)
         return True
 
     # ---------------------------------------------------- pcistub state
@@ -385,7 +396,7 @@ class SimHost:
         quiet = 0
         while quiet < 3:
             kernels = [self.dom0] + list(self.kernels.values())
-            if all(k is None or k.idle or not k.running.is_set() for k in kernels):
+            if all(k is None or k.idle or k.held or not k.running.is_set() for k in kernels):
                 quiet += 1
             else:
                 quiet = 0

@@ -28,7 +28,8 @@ Fault points (``host.faults``):
   export fail as if the device were not available ("Couldn't locate PCI
   device ...! perhaps already in-use?");
 * ``pciback.reconfigure`` (ctx ``domid``): action ``delay`` (``seconds``)
-  before acting on a Reconfiguring frontend, ``hang`` never acts.
+  before acting on a Reconfiguring frontend, ``hang``: dom0's xenwatch is
+  blocked there until the rule is removed.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class Pciback:
         if state == RECONFIGURING:
             fault = self.host.fault("pciback.reconfigure", domid=dev.otherend_id)
             if fault is not None:
-                await self.host.fault_wait(fault)
+                await self.host.fault_wait(fault, self.k)
         async with dev.lock:
             if self.k.read_state(dev.nodename) != state:
                 return

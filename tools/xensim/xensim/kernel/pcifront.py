@@ -27,8 +27,11 @@ a 1-vCPU Linux PV guest gets (ports 1-7 and refs 0-7 are taken by the
 console, xenstore, timers and IPIs); real Xen may hand out a different ref
 when an old one's foreign mapping is still being torn down.
 
-Fault point: ``pcifront.reconfigure`` (ctx ``domid``): ``delay`` (``seconds``)
-before acting on the backend's Reconfiguring, ``hang`` never answers it.
+Fault point (ctx ``domid``, the guest's):
+
+* ``pcifront.reconfigure``: ``delay`` (``seconds``) before acting on the
+  backend's Reconfiguring, ``hang``: the guest does not answer it (its
+  xenwatch is blocked) until the rule is removed.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ class GuestKernel:
             await self._try_disconnect(dev)
         elif be_state == RECONFIGURING:
             fault = self.host.fault("pcifront.reconfigure", domid=self.k.domid)
-            if fault is not None and not await self.host.fault_wait(fault):
+            if fault is not None and not await self.host.fault_wait(fault, self.k):
                 return
             await self._detach_devices(dev)
         elif be_state == RECONFIGURED:

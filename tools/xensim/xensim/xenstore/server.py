@@ -25,6 +25,7 @@ import threading
 import types
 from typing import Callable
 
+from xensim.faults import until_removed
 from xensim.xenstore import wire
 from xensim.xenstore.numbers import c_atoi, ocaml_c_int_of_string, ocaml_int_of_string
 from xensim.xenstore.store import Conn, Store, XsError
@@ -51,7 +52,7 @@ class SocketConn(Conn):
         super().__init__(domid, label)
         self.writer = writer
         self.deferred: list[bytes] = []
-        self.hung: asyncio.Future | None = None     # set by the "hang" fault
+        self.hung = False                # a "hang" fault holds its requests
 
     def send(self, data: bytes) -> None:
         if self.closed or self.writer.is_closing():
@@ -376,7 +377,7 @@ class XenstoredServer:
             # Replies already queued are still sent if the client only shut
             # down its writing side; then the connection goes.
             queue.put_nowait(None)
-            if conn.hung is None:
+            if not conn.hung:
                 with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(worker), 5)
             worker.cancel()
@@ -401,10 +402,13 @@ class XenstoredServer:
                     if rule.action == "delay":
                         await asyncio.sleep(float(rule.params.get("seconds", 1.0)))
                     elif rule.action == "hang":
-                        # Never answered; replies are in order, so nothing
-                        # after it is either. Ends when the connection does.
-                        conn.hung = asyncio.get_running_loop().create_future()
-                        await conn.hung
+                        # Not answered, nor anything after it (replies are
+                        # in order), until the rule is removed; then it is.
+                        conn.hung = True
+                        await until_removed(rule)
+                        conn.hung = False
+                        if conn.closed:
+                            return
                     elif rule.action == "close":
                         self._close(conn)
                         return
