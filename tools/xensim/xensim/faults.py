@@ -9,9 +9,12 @@ carries out the action.
 Criteria are the keyword arguments of ``add`` named in ``MATCH_KEYS`` (or
 anything passed in ``when=``); every other keyword is an action parameter.
 ``path`` matches as a prefix on component boundaries (``/a/b`` matches
-``/a/b`` and ``/a/b/c``, not ``/a/bc``), ``op`` case-insensitively, the rest
-by equality (compared as strings, so ``domid=1`` matches ``domid="1"``). A
-criterion whose key the point does not provide never matches.
+``/a/b`` and ``/a/b/c``, not ``/a/bc``), ``file`` as a suffix on component
+boundaries (``pciback/bind`` and ``bind`` match ``bus/pci/drivers/pciback/bind``,
+not ``.../unbind``; a leading ``/`` is ignored, so a whole path is an exact
+match), ``op`` case-insensitively, the rest by equality (compared as strings,
+so ``domid=1`` matches ``domid="1"``). A criterion whose key the point does
+not provide never matches.
 
 Rules may be added and removed from any thread while the host runs. A
 ``hang`` lasts until its rule is removed (``remove`` or ``clear``; a rule
@@ -85,6 +88,10 @@ class Fault:
             if key == "path":
                 w, h = str(want).rstrip("/") or "/", str(have)
                 if not (w == "/" or h == w or h.startswith(w + "/")):
+                    return False
+            elif key == "file":
+                w, h = str(want).strip("/"), str(have).strip("/")
+                if not (h == w or h.endswith("/" + w)):
                     return False
             elif key == "op":
                 if str(have).upper() != str(want).upper():
