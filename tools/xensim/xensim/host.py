@@ -206,6 +206,43 @@ class SimHost:
     def record_transition(self, who: str, path: str, value: str | None) -> None:
         self.transitions.append((time.time(), who, path, value))
 
+    # ---------------------------------------------------- xenstored lifecycle
+    # The daemon behind every xenstored socket (toolstack and guest ones):
+    # see xenstore/server.py. The store and the in-process kernels carry on.
+
+    def xenstored_kill(self, remove_socket: bool = False) -> None:
+        """xenstored dies: every client connection is closed, connects are
+        refused (the socket file stays unless ``remove_socket``)."""
+        self._sync(self.axenstored_kill, remove_socket)
+
+    def xenstored_restart(self) -> None:
+        """xenstored runs again on the same sockets with the same tree."""
+        self._sync(self.axenstored_restart)
+
+    def xenstored_pause(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered."""
+        self._sync(self.axenstored_pause)
+
+    def xenstored_resume(self) -> None:
+        """SIGCONT: held replies and events go out, in order."""
+        self._sync(self.axenstored_resume)
+
+    async def axenstored_kill(self, remove_socket: bool = False) -> None:
+        for srv in self.servers:
+            await srv.kill(remove_socket)
+
+    async def axenstored_restart(self) -> None:
+        for srv in self.servers:
+            await srv.restart()
+
+    async def axenstored_pause(self) -> None:
+        for srv in self.servers:
+            srv.pause()
+
+    async def axenstored_resume(self) -> None:
+        for srv in self.servers:
+            srv.resume()
+
     # ---------------------------------------------------- fault helpers
 
     def fault(self, point: str, **ctx):

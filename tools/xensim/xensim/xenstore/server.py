@@ -13,14 +13,31 @@ drivers: same store API, events delivered through ``loop.call_soon``.
 
 ``run_in_thread`` runs a server on its own loop in a thread for tests that
 do not need a whole ``SimHost``.
+
+Daemon lifecycle, for "xenstored stopped / killed / restarted" faults (on
+the loop; ``SimHost.xenstored_*`` and the ``run_in_thread`` handle call them
+from any thread):
+
+* ``kill()``: the daemon dies. Every client connection is closed, the
+  listening socket is closed and its file stays (a connect is refused, as
+  after kill -9; ``remove_socket=True``: the file goes too). The store keeps
+  its content, and the in-process kernel connections keep using it;
+* ``restart()``: a daemon listens again on the same path with the same
+  tree (oxenstored restarted with its state); clients must reconnect;
+* ``pause()`` / ``resume()``: SIGSTOP / SIGCONT. Connections stay open and
+  new ones are accepted, requests are read but nothing is sent (replies,
+  watch events) until ``resume()``, then everything goes out in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
+import logging
 import os
+import socket
 import threading
 import types
 from typing import Callable
@@ -30,6 +47,8 @@ from xensim.xenstore import wire
 from xensim.xenstore.numbers import c_atoi, ocaml_c_int_of_string, ocaml_int_of_string
 from xensim.xenstore.store import Conn, Store, XsError
 from xensim.xenstore.wire import Op
+
+log = logging.getLogger(__name__)
 
 # Ops only a privileged connection may send (xenstored XS_FLAG_PRIV).
 _PRIV_OPS = {Op.CONTROL, Op.INTRODUCE, Op.RELEASE, Op.IS_DOMAIN_INTRODUCED, Op.RESUME, Op.SET_TARGET}
@@ -53,12 +72,25 @@ class SocketConn(Conn):
         self.writer = writer
         self.deferred: list[bytes] = []
         self.hung = False                # a "hang" fault holds its requests
+        self.held_out: list[bytes] | None = None    # output held while the daemon is paused
 
     def send(self, data: bytes) -> None:
         if self.closed or self.writer.is_closing():
             return
+        if self.held_out is not None:
+            self.held_out.append(data)
+            return
         self.stats.bytes_out += len(data)
         self.writer.write(data)
+
+    def hold_output(self) -> None:
+        if self.held_out is None:
+            self.held_out = []
+
+    def release_output(self) -> None:
+        held, self.held_out = self.held_out or [], None
+        for data in held:
+            self.send(data)
 
     def deliver_event(self, path: str, token: str) -> None:
         self.send(wire.encode(Op.WATCH_EVENT, 0, 0, wire.watch_event_payload(path, token)))
@@ -310,35 +342,111 @@ class XenstoredServer:
             faults = getattr(host, "faults", None)
         self.faults = faults
         self.conns: list[SocketConn] = []
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._generation = 0        # of the listening socket: a killed one's accepts are dropped
         self._tasks: set[asyncio.Task] = set()
+        self.killed = False
+        self.paused = False
+        self._running = asyncio.Event()
+        self._running.set()
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        self._server = await asyncio.start_unix_server(self._client, path=self.path)
+        # Our own accept (not asyncio's server): kill() must know every
+        # accepted connection at once, or one accepted just before would
+        # outlive the daemon.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.bind(self.path)
+        sock.listen(128)
+        self._listener = sock
+        self._generation += 1
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, self._generation)
+        self.killed = False
+        self.resume()
+
+    def _accept(self, sock: socket.socket, generation: int) -> None:
+        while True:
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("xenstored %s: accept failed: %s", self.path, exc)
+                return
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._serve_socket(conn, generation))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_socket(self, sock: socket.socket, generation: int) -> None:
+        if generation != self._generation or self.killed:
+            sock.close()
+            return
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        if generation != self._generation or self.killed:
+            writer.close()
+            return
+        await self._client(reader, writer)
+
+    def _stop_listening(self) -> None:
+        sock, self._listener = self._listener, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        self._generation += 1
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self._stop_listening()
         for conn in list(self.conns):
             self._close(conn)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
-        if self._server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            self._server = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
     def kill_connections(self) -> None:
-        """Drop every client at once (simulates xenstored dying)."""
+        """Drop every client at once (the daemon's listening socket stays)."""
         for conn in list(self.conns):
             self._close(conn)
+
+    async def kill(self, remove_socket: bool = False) -> None:
+        """The daemon dies: clients dropped, nothing listens (module doc)."""
+        self.killed = True
+        self._stop_listening()
+        self.kill_connections()
+        if remove_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    async def restart(self) -> None:
+        """A daemon again on the same path, with the same tree."""
+        if not self.killed:
+            await self.kill()
+        await self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: requests are read but neither answered nor anything sent."""
+        self.paused = True
+        self._running.clear()
+        for conn in self.conns:
+            conn.hold_output()
+
+    def resume(self) -> None:
+        """SIGCONT: what was held goes out, pending requests are answered in order."""
+        self.paused = False
+        for conn in list(self.conns):
+            conn.release_output()
+        self._running.set()
 
     def _close(self, conn: SocketConn) -> None:
         if conn in self.conns:
@@ -356,6 +464,8 @@ class XenstoredServer:
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = SocketConn(self.as_domid, _new_label(self.store), writer)
+        if self.paused:
+            conn.hold_output()      # accepted by the kernel, never served yet
         self.conns.append(conn)
         self.store.attach(conn)
         self.store._log(conn, 0, "newconn", "")
@@ -377,7 +487,7 @@ class XenstoredServer:
             # Replies already queued are still sent if the client only shut
             # down its writing side; then the connection goes.
             queue.put_nowait(None)
-            if not conn.hung:
+            if not conn.hung and not self.paused:
                 with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(worker), 5)
             worker.cancel()
@@ -390,6 +500,9 @@ class XenstoredServer:
         while True:
             item = await queue.get()
             if item is None or conn.closed:
+                return
+            await self._running.wait()          # a paused daemon answers nothing
+            if conn.closed:
                 return
             op, req_id, tx_id, payload = item
             if self.faults is not None:
@@ -506,6 +619,27 @@ class ThreadedServer:
         async def run():
             return fn(*args, **kwargs)
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def _all(self, method: str, *args) -> None:
+        async def run():
+            for s in self.servers:
+                result = getattr(s, method)(*args)
+                if inspect.isawaitable(result):
+                    await result
+        asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def kill(self, remove_socket: bool = False) -> None:
+        """The daemon dies (``XenstoredServer.kill``), from any thread."""
+        self._all("kill", remove_socket)
+
+    def restart(self) -> None:
+        self._all("restart")
+
+    def pause(self) -> None:
+        self._all("pause")
+
+    def resume(self) -> None:
+        self._all("resume")
 
     def stop(self, timeout: float = 10) -> None:
         if not self._thread.is_alive():
