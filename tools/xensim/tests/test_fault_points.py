@@ -1,10 +1,11 @@
 """Fault points of the simulated host that a fault matrix drives from its
-own thread: the kernels' connect steps and the xenstored lifecycle
-(killed, restarted, paused).
+own thread: the kernels' connect steps, the xenstored lifecycle (killed,
+restarted, paused), and host.stop() with hangs still active.
 
 Waits are bounded generously and the assertions are on states, never on
 how long something took."""
 
+import errno
 import os
 import socket
 import threading
@@ -274,3 +275,47 @@ def test_xenstored_lifecycle_from_several_threads(make_host):
     assert not errors and not any(t.is_alive() for t in threads)
     with pyxs.Client(unix_socket_path=host.paths["xenstored"]) as c:
         assert c[b"/local/domain/0/name"] == b"Domain-0"
+
+
+# --------------------------------------------------- stop with hangs active
+
+def test_stop_does_not_hang_on_active_hang_faults(sockdir):
+    host = SimHost("pv-no-backend", os.path.join(sockdir, "stop"), mount_sysfs=True)
+    host.start()
+    thread = host._thread    # pylint: disable=protected-access
+    hung = None
+    writer, outcome = None, []
+    try:
+        host.faults.add("pcifront.connect", "hang", domid=1)
+        host.faults.add("xenstore.request", "hang", op="READ", path="/hang")
+        host.faults.add("sysfs.write", "hang", file="pciback/remove_slot")
+        attach(host)
+        wait_for(host, be(1), "4")
+        hung = Raw(host.paths["xenstored"])
+        hung.send(Op.READ, b"/hang\0")
+        if host.paths["sysfs_root"]:
+            target = os.path.join(host.paths["sysfs_root"], "bus/pci/drivers/pciback/remove_slot")
+
+            def write():
+                try:
+                    fd = os.open(target, os.O_WRONLY)
+                    try:
+                        os.write(fd, b"0000:00:12.0")
+                        outcome.append(0)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    outcome.append(exc.errno)
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+            writer.join(0.3)
+            assert writer.is_alive()
+        host.xenstored_pause()
+    finally:
+        host.stop(timeout=60)
+    assert not thread.is_alive()
+    if writer is not None:
+        writer.join(30)
+        assert not writer.is_alive() and outcome in ([errno.EIO], [errno.ENOTCONN])
+    if hung is not None:
+        hung.close()

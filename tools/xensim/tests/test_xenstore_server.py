@@ -387,6 +387,30 @@ def test_fault_hang_lasts_until_the_fault_is_removed(xenstored):
         r.close()
 
 
+def test_fault_eagain_on_a_path(xenstored, raw):
+    xenstored.faults.add("xenstore.request", "eagain", path="/busy")
+    assert raw.call(Op.WRITE, b"/busy/a\0" + b"1")[::3] == (Op.ERROR, b"EAGAIN\0")
+    assert raw.call(Op.MKDIR, b"/busy\0")[::3] == (Op.ERROR, b"EAGAIN\0")
+    assert raw.call(Op.WRITE, b"/busyness\0" + b"1")[0] == Op.WRITE    # a prefix on components
+    assert xenstored.call(xenstored.store.peek, "/busy") is None
+
+
+def test_fault_commit_eagain_forever_until_removed(xenstored):
+    rule = xenstored.faults.add("xenstore.commit", "eagain")       # times=None: endless
+    with pyxs.Client(unix_socket_path=xenstored.path) as c:
+        for attempt in range(20):
+            c.transaction()
+            c[b"/endless/k"] = b"%d" % attempt
+            assert not c.commit()
+        assert xenstored.call(xenstored.store.peek, "/endless/k") is None
+        xenstored.faults.remove(rule)
+        c.transaction()
+        c[b"/endless/k"] = b"done"
+        assert c.commit()
+        assert c[b"/endless/k"] == b"done"
+    assert rule.hits == 20
+
+
 def test_server_stop_closes_clients(sockdir):
     from xensim.xenstore.server import run_in_thread
     from xensim.xenstore.store import Store
