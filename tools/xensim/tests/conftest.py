@@ -24,16 +24,31 @@ def sockdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def _serve(sockdir, flavour):
+    faults = Faults()
+    store = Store(faults=faults, flavour=flavour)
+    name = "socket" if flavour == "oxenstored" else f"socket-{flavour}"
+    return run_in_thread(store, os.path.join(sockdir, name), faults=faults,
+                         extra={1: os.path.join(sockdir, f"{name}-dom1"), 2: os.path.join(sockdir, f"{name}-dom2")})
+
+
 @pytest.fixture
 def xenstored(sockdir):
-    """A running simulated xenstored: ``.path`` (privileged socket),
-    ``.paths_as[1]`` and ``[2]`` (sockets acting as guest domains 1 and 2),
-    ``.store``, ``.faults``, ``.call(fn, ...)`` to touch the store on its
-    loop thread."""
-    faults = Faults()
-    store = Store(faults=faults)
-    handle = run_in_thread(store, os.path.join(sockdir, "socket"), faults=faults,
-                           extra={1: os.path.join(sockdir, "socket-dom1"), 2: os.path.join(sockdir, "socket-dom2")})
+    """A running simulated xenstored (answering as oxenstored): ``.path``
+    (privileged socket), ``.paths_as[1]`` and ``[2]`` (sockets acting as
+    guest domains 1 and 2), ``.store``, ``.faults``, ``.call(fn, ...)`` to
+    touch the store on its loop thread."""
+    handle = _serve(sockdir, "oxenstored")
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def xenstored_c(sockdir):
+    """The same, answering as C xenstored 4.17 (``Store(flavour="c")``)."""
+    handle = _serve(sockdir, "c")
     try:
         yield handle
     finally:

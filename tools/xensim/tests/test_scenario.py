@@ -75,3 +75,16 @@ def test_device_used_twice_and_bad_yaml():
         sc.loads("name: [")
     with pytest.raises(ScenarioError, match="cannot read scenario"):
         sc.load("/nonexistent/x.yaml")
+
+
+def test_xenstored_flavour(tmp_path):
+    from xensim.host import SimHost
+
+    text = BASE.replace('"10.0"', '"00:10.0"')
+    assert sc.loads(text).xenstored == "oxenstored"
+    s = sc.loads(text + "xenstored: c\n")
+    assert s.xenstored == "c"
+    assert SimHost(s, tmp_path).xenstored_flavour == "c"
+    assert SimHost(s, tmp_path, xenstored="oxenstored").xenstored_flavour == "oxenstored"
+    with pytest.raises(ScenarioError, match=r"xenstored: expected oxenstored or c, got 'cxenstored'"):
+        sc.loads(text + "xenstored: cxenstored\n")

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from xensim.faults import Faults  # noqa: E402
 from xensim.sysfs import SysfsFS  # noqa: E402
 
 SCENARIO = {
@@ -259,3 +260,96 @@ def test_blocked_store_and_clean_unmount(sysfs):
         assert write(p(sysfs, PB, "new_slot"), "0000:00:11.0") == 0
     t.join(10)
     assert not errors
+
+
+# ------------------------------------------------------ the sysfs.write point
+
+def background_write(path, data):
+    """write() from another thread: (thread, result list)."""
+    result = []
+    t = threading.Thread(target=lambda: result.append(write(path, data)), daemon=True)
+    t.start()
+    return t, result
+
+
+def test_sysfs_write_error_matches_file_and_bdf(sysfs):
+    sysfs.faults.add("sysfs.write", "error", file="pciback/unbind", bdf="0000:00:11.0", errno="EIO")
+    assert write(p(sysfs, PB, "unbind"), "00:11.0\n") == errno.EIO
+    assert sysfs.is_bound("0000:00:11.0")                  # nothing changed
+    assert write(p(sysfs, PB, "unbind"), "0000:00:12.0") == errno.ENODEV   # other device: the store ran
+    assert write(p(sysfs, "bus/pci/drivers/e1000/unbind"), "0000:00:11.0") == errno.ENODEV
+    # ctx: the file relative to the root, the BDF normalised
+    assert sysfs.faults.log == [("sysfs.write", "error", {"file": "bus/pci/drivers/pciback/unbind",
+                                                          "bdf": "0000:00:11.0"})]
+
+
+def test_sysfs_write_ctx_of_a_device_attribute_and_of_other_data(sysfs):
+    rule = sysfs.faults.add("sysfs.write", "error", file="reset", errno="EBUSY")
+    assert write(p(sysfs, DEV, "0000:00:10.0", "reset"), "1") == errno.EBUSY
+    assert sysfs.resets("0000:00:10.0") == []
+    sysfs.faults.remove(rule)
+    assert write(p(sysfs, DEV, "0000:00:10.0", "reset"), "1") == 0
+    assert sysfs.resets("0000:00:10.0") == ["reset"]
+    # a whole path is an exact match; data that is not a BDF gives no bdf
+    sysfs.faults.add("sysfs.write", "error", file="/bus/pci/drivers/pciback/new_id", errno="ENOMEM")
+    assert write(p(sysfs, PB, "new_id"), "1234 11e8") == errno.ENOMEM
+    assert write(p(sysfs, "bus/pci/drivers/e1000/new_id"), "1234 11e8") == 0
+    assert sysfs.faults.log[0][2] == {"file": "bus/pci/devices/0000:00:10.0/reset", "bdf": "0000:00:10.0"}
+    assert sysfs.faults.log[-1][2] == {"file": "bus/pci/drivers/pciback/new_id", "bdf": None}
+
+
+def test_sysfs_write_delay_then_the_store_runs(sysfs):
+    sysfs.faults.add("sysfs.write", "delay", seconds=0.3, file="unbind", times=1)
+    started = time.monotonic()
+    assert write(p(sysfs, PB, "unbind"), "0000:00:11.0") == 0
+    assert time.monotonic() - started >= 0.3
+    assert not sysfs.is_bound("0000:00:11.0")
+
+
+def test_sysfs_write_hang_until_the_fault_is_removed(sysfs):
+    rule = sysfs.faults.add("sysfs.write", "hang", file="pciback/unbind")
+    t, result = background_write(p(sysfs, PB, "unbind"), "0000:00:11.0")
+    t.join(0.3)
+    assert t.is_alive() and result == [] and sysfs.is_bound("0000:00:11.0")
+    # the rest of the tree still answers meanwhile
+    assert read(p(sysfs, PB, "slots")) == "0000:00:11.0\n"
+    sysfs.faults.remove(rule)
+    t.join(10)
+    assert result == [0] and not sysfs.is_bound("0000:00:11.0")
+
+
+def test_sysfs_write_hang_ends_with_eio_when_the_host_stops(tmp_path):
+    why = SysfsFS.available()
+    if why:
+        pytest.skip("FUSE sysfs cannot run here: %s" % why)
+    fs = SysfsFS(make_host(tmp_path))
+    fs.start_sync()
+    try:
+        fs.faults.add("sysfs.write", "hang", file="new_slot")
+        t, result = background_write(p(fs, PB, "new_slot"), "0000:00:10.0")
+        t.join(0.3)
+        assert t.is_alive()
+    finally:
+        fs.stop_sync()
+    t.join(30)
+    assert not t.is_alive() and result in ([errno.EIO], [errno.ENOTCONN])
+    assert "0000:00:10.0" not in fs.slots()
+
+
+def test_sysfs_uses_the_hosts_fault_registry(tmp_path):
+    why = SysfsFS.available()
+    if why:
+        pytest.skip("FUSE sysfs cannot run here: %s" % why)
+    faults = Faults()
+    fs = SysfsFS(make_host(tmp_path, faults=faults))
+    fs.start_sync()
+    try:
+        faults.add("sysfs.write", "error", file="bind", errno="EPERM")
+        fs.inject("/unbind", errno_value=errno.EIO)          # the shorthand lands there too
+        assert write(p(fs, PB, "bind"), "0000:00:10.0") == errno.EPERM
+        assert write(p(fs, PB, "unbind"), "0000:00:11.0") == errno.EIO
+        assert [r.action for r in faults.rules] == ["error", "error"]
+        fs.inject("/unbind")
+        assert len(faults.rules) == 1
+    finally:
+        fs.stop_sync()

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import xs_tool
 from xensim.xenstore import wire
+from xensim.xenstore.store import DOM0_INTRODUCTION
 from xensim.xenstore.wire import Op
 
 pyxs = pytest.importorskip("pyxs")
@@ -368,6 +369,48 @@ def test_fault_eagain_storm_over_socket(xenstored):
         assert attempts == 4 and c[b"/storm/k"] == b"4"
 
 
+def test_fault_hang_lasts_until_the_fault_is_removed(xenstored):
+    rule = xenstored.faults.add("xenstore.request", "hang", op="WRITE", path="/hang")
+    r = Raw(xenstored.path, timeout=0.3)
+    try:
+        r.send(Op.WRITE, b"/hang/x\0" + b"1", req_id=1)
+        r.send(Op.READ, b"/tool\0", req_id=2)             # queued behind it
+        with pytest.raises(socket.timeout):
+            r.recv()
+        assert xenstored.call(xenstored.store.peek, "/hang/x") is None
+        xenstored.faults.remove(rule)
+        r.s.settimeout(10)
+        assert r.recv()[:2] == (Op.WRITE, 1)              # then answered, in order
+        assert r.recv()[:2] == (Op.READ, 2)
+        assert xenstored.call(xenstored.store.peek, "/hang/x") == b"1"
+    finally:
+        r.close()
+
+
+def test_fault_eagain_on_a_path(xenstored, raw):
+    xenstored.faults.add("xenstore.request", "eagain", path="/busy")
+    assert raw.call(Op.WRITE, b"/busy/a\0" + b"1")[::3] == (Op.ERROR, b"EAGAIN\0")
+    assert raw.call(Op.MKDIR, b"/busy\0")[::3] == (Op.ERROR, b"EAGAIN\0")
+    assert raw.call(Op.WRITE, b"/busyness\0" + b"1")[0] == Op.WRITE    # a prefix on components
+    assert xenstored.call(xenstored.store.peek, "/busy") is None
+
+
+def test_fault_commit_eagain_forever_until_removed(xenstored):
+    rule = xenstored.faults.add("xenstore.commit", "eagain")       # times=None: endless
+    with pyxs.Client(unix_socket_path=xenstored.path) as c:
+        for attempt in range(20):
+            c.transaction()
+            c[b"/endless/k"] = b"%d" % attempt
+            assert not c.commit()
+        assert xenstored.call(xenstored.store.peek, "/endless/k") is None
+        xenstored.faults.remove(rule)
+        c.transaction()
+        c[b"/endless/k"] = b"done"
+        assert c.commit()
+        assert c[b"/endless/k"] == b"done"
+    assert rule.hits == 20
+
+
 def test_server_stop_closes_clients(sockdir):
     from xensim.xenstore.server import run_in_thread
     from xensim.xenstore.store import Store
@@ -382,3 +425,41 @@ def test_server_stop_closes_clients(sockdir):
         r.recv()
     assert not os.path.exists(h.path)
     r.close()
+
+
+@pytest.mark.parametrize("daemon", ["xenstored", "xenstored_c"])
+def test_watch_and_unwatch_take_exactly_two_strings(daemon, request):
+    r = Raw(request.getfixturevalue(daemon).path)
+    try:
+        for payload in (b"/w\0tok\0extra\0", b"/w\0", b"/w\0tok"):
+            assert r.call(Op.WATCH, payload)[::3] == (Op.ERROR, b"EINVAL\0"), payload
+            assert r.call(Op.UNWATCH, payload)[::3] == (Op.ERROR, b"EINVAL\0"), payload
+        # bytes after the second NUL: oxenstored refuses, C ignores them
+        if daemon == "xenstored":
+            assert r.call(Op.WATCH, b"/w\0tok\0junk")[::3] == (Op.ERROR, b"EINVAL\0")
+            assert r.call(Op.WATCH, b"/w\0tok\0")[::3] == (Op.WATCH, b"OK\0")
+        else:
+            assert r.call(Op.WATCH, b"/w\0tok\0junk")[::3] == (Op.WATCH, b"OK\0")
+        assert r.recv()[::3] == (Op.WATCH_EVENT, b"/w\0tok\0")
+        assert r.call(Op.UNWATCH, b"/w\0tok\0extra\0")[::3] == (Op.ERROR, b"EINVAL\0")
+        assert r.call(Op.UNWATCH, b"/w\0tok\0")[::3] == (Op.UNWATCH, b"OK\0")
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("daemon", ["xenstored", "xenstored_c"])
+def test_dom0_is_introduced_on_the_wire(daemon, request):
+    h = request.getfixturevalue(daemon)
+    r, watcher = Raw(h.path), Raw(h.path)
+    try:
+        assert watcher.call(Op.WATCH, b"@introduceDomain\0i\0")[0] == Op.WATCH
+        assert watcher.recv()[::3] == (Op.WATCH_EVENT, b"@introduceDomain\0i\0")
+        assert r.call(Op.IS_DOMAIN_INTRODUCED, b"0\0")[::3] == (Op.IS_DOMAIN_INTRODUCED, b"T\0")
+        assert r.call(Op.IS_DOMAIN_INTRODUCED, b"1\0")[::3] == (Op.IS_DOMAIN_INTRODUCED, b"F\0")
+        mfn, port = DOM0_INTRODUCTION
+        assert r.call(Op.INTRODUCE, b"0\0%d\0%d\0" % (mfn, port))[::3] == (Op.INTRODUCE, b"OK\0")
+        # no @introduceDomain for dom0: the next packet is the reply to READ
+        assert watcher.call(Op.READ, b"/tool\0")[0] == Op.READ
+    finally:
+        r.close()
+        watcher.close()

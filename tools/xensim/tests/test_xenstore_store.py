@@ -8,7 +8,7 @@ import pytest
 
 from xensim.faults import Faults
 from xensim.xenstore.server import InternalConn
-from xensim.xenstore.store import Conn, Store, XsError, format_access_log
+from xensim.xenstore.store import DOM0_INTRODUCTION, Conn, Store, XsError, format_access_log
 
 # Real Xen 4.17's own record (kept in tests/data so the check always runs).
 REAL_LOG = os.path.join(os.path.dirname(__file__), "data", "real-xen-access-log.txt")
@@ -433,3 +433,123 @@ def test_replay_real_first_attach_matches_oxenstored_log():
         theirs = theirs[:theirs.index(next(x for x in theirs if "w event" not in x))]
         mine = [x for x in ours if x.startswith(f"{label} ")]
         assert mine == theirs, label
+
+
+# -- where C xenstored and oxenstored differ (Store(flavour=...)) -------------
+
+@pytest.mark.parametrize("flavour", ["oxenstored", "c"])
+def test_dom0_is_introduced_from_the_start_and_never_announced(flavour, dom0):
+    st = Store(flavour=flavour)
+    assert st.is_domain_introduced(dom0, 0) and 0 in st.introduced
+    st.watch(dom0, "@introduceDomain", "i")
+    dom0.events.clear()
+    mfn, port = DOM0_INTRODUCTION
+    st.introduce(dom0, 0, mfn, port)
+    if flavour == "c":
+        st.introduce(dom0, 0, 12345, 99)          # C binds the channel again: OK
+    else:
+        assert err(st.introduce, dom0, 0, 12345, 99) == "EINVAL"    # Domain_not_match
+        assert err(st.introduce, dom0, 0, mfn, 99) == "EIO"         # rebinding fails
+    assert dom0.events == []
+    st.introduce(dom0, 5, 0xFF004, 1)
+    assert dom0.events == [("@introduceDomain", "i")]
+    assert st.is_domain_introduced(dom0, 0)
+
+
+def test_oxenstored_entry_size_is_the_value_for_every_connection(dom0, dom1):
+    st = Store()
+    st.write(dom0, "/local/domain/1/data", b"")
+    st.set_perms(dom0, "/local/domain/1/data", ["n1", "r0", "r2", "r3", "r4"])
+    for i in range(20):
+        st.write(dom1, f"/local/domain/1/data/child-with-a-long-name-{i:02}", b"")
+    # 2048 bytes of value whatever the perms and children around them
+    st.write(dom1, "/local/domain/1/data", b"v" * 2048)
+    assert err(st.write, dom1, "/local/domain/1/data", b"v" * 2049) == "E2BIG"
+    assert err(st.write, dom0, "/local/domain/1/data", b"v" * 2049) == "E2BIG"
+    assert st.peek("/local/domain/1/data") == b"v" * 2048
+    # the parents of a refused new node are made first and stay, silently
+    st.watch(dom0, "/new", "w")
+    dom0.events.clear()
+    assert err(st.write, dom0, "/new/a/b", b"x" * 2049) == "E2BIG"
+    assert st.ls("/new") == ["a"] and st.ls("/new/a") == [] and dom0.events == []
+    tx = st.transaction_start(dom0)
+    assert err(st.write, dom0, "/tx/a/b", b"x" * 2049, tx) == "E2BIG"
+    st.transaction_end(dom0, tx, True)                # not doomed, parents committed
+    assert st.ls("/tx/a") == []
+
+
+def test_c_entry_size_counts_the_whole_node_record_for_guests(dom0, dom1):
+    st = Store(flavour="c")
+    st.write(dom0, "/local/domain/1", b"")
+    st.set_perms(dom0, "/local/domain/1", ["n1"])
+    # header 24 + one permission 8 + value; 2048 or more is refused
+    st.write(dom1, "/local/domain/1/v", b"x" * 2015)
+    assert err(st.write, dom1, "/local/domain/1/v", b"x" * 2016) == "ENOSPC"
+    assert st.peek("/local/domain/1/v") == b"x" * 2015
+    st.write(dom0, "/local/domain/1/v", b"x" * 3000)       # no quota for dom0
+    # 8 bytes per permission
+    st.write(dom1, "/local/domain/1/p", b"x" * 1999)
+    assert err(st.set_perms, dom1, "/local/domain/1/p", ["n1", "r0", "r2", "r3"]) == "ENOSPC"
+    st.set_perms(dom1, "/local/domain/1/p", ["n1", "r0", "r2"])        # 2047
+    assert st.perms("/local/domain/1/p") == ["n1", "r0", "r2"]
+    # the parent's child names (NUL-terminated) count when a child is added
+    st.write(dom1, "/local/domain/1/d", b"x" * 1990)                    # 2022
+    st.mkdir(dom1, "/local/domain/1/d/" + "c" * 20)                     # 2043
+    assert err(st.mkdir, dom1, "/local/domain/1/d/e123") == "ENOSPC"   # 2048
+    assert err(st.write, dom1, "/local/domain/1/d/e123/f", b"") == "ENOSPC"
+    assert st.ls("/local/domain/1/d") == ["c" * 20]
+    st.mkdir(dom1, "/local/domain/1/d/e12")                             # 2047
+    # in a transaction the refusal dooms the commit (ENOMEM), nothing lands
+    tx = st.transaction_start(dom1)
+    st.write(dom1, "/local/domain/1/t", b"ok", tx)
+    assert err(st.write, dom1, "/local/domain/1/t2", b"x" * 2100, tx) == "ENOSPC"
+    assert err(st.transaction_end, dom1, tx, True) == "ENOMEM"
+    assert st.peek("/local/domain/1/t") is None and dom1.transactions == {}
+
+
+@pytest.mark.parametrize("flavour, errno", [("oxenstored", "ENOENT"), ("c", "EINVAL")])
+def test_set_perms_on_an_unknown_special_path(flavour, errno, dom0, dom1):
+    st = Store(flavour=flavour)
+    assert err(st.set_perms, dom0, "@bogus", ["n0"]) == errno
+    st.set_perms(dom0, "@releaseDomain", ["n0", "r1"])
+    st.watch(dom1, "@releaseDomain", "r")
+    st.introduce(dom0, 1)
+    st.release(dom0, 1)
+    assert ("@releaseDomain", "r") in dom1.events
+
+
+# What each daemon makes of the domid after the letter (oxenstored's were
+# seen on real Xen: tests/data/real-oxenstored-probe.json).
+PERM_DOMIDS = {
+    "oxenstored": {"r0x1": "r1", "r010": "r10", "r+1": "r1", "r1_0": "r10", "r-1": "r9223372036854775807",
+                   "r0o17": "r15", "r0b11": "r3", "r0u5": "r5", "r4294967297": "r4294967297",
+                   "r 1": None, "r1 ": None, "r0x": None, "rx1": None, "r": None},
+    "c": {"r0x1": "r1", "r010": "r8", "r+1": "r1", "r 1": "r1", "r-1": "r4294967295", "r4294967297": "r1",
+          "r1_0": None, "r0o17": None, "r0b11": None, "r0u5": None, "r1 ": None, "r0x": None, "rx1": None,
+          "r": None},
+}
+
+
+@pytest.mark.parametrize("flavour", ["oxenstored", "c"])
+def test_permission_domids_are_read_as_the_daemon_reads_them(flavour, dom0, dom1):
+    st = Store(flavour=flavour)
+    st.write(dom0, "/n", b"secret")
+    for perm, shown in PERM_DOMIDS[flavour].items():
+        if shown is None:
+            assert err(st.set_perms, dom0, "/n", ["n0", perm]) == "EINVAL", perm
+        else:
+            st.set_perms(dom0, "/n", ["n0", perm])
+            assert st.get_perms(dom0, "/n") == ["n0", shown], perm
+    st.set_perms(dom0, "/n", ["n0", "r0x1"])          # a hex domid is domain 1
+    assert st.read(dom1, "/n") == b"secret"
+
+
+@pytest.mark.parametrize("flavour, paths", [
+    ("oxenstored", {"-1": 1, "x5": 5, " 7": 7, "0x10": 0, "12abc": 12, "": 0, "4294967297": 4294967297}),
+    ("c", {"-1": 4294967295, "x5": 0, " 7": 7, "0x10": 0, "12abc": 12, "": 0, "4294967297": 1}),
+])
+def test_get_domain_path_reads_its_argument_as_the_daemon_does(flavour, paths, dom0):
+    st = Store(flavour=flavour)
+    for arg, domid in paths.items():
+        assert st.get_domain_path(arg, dom0) == f"/local/domain/{domid}", arg
+    assert st.get_domain_path(3) == "/local/domain/3"

@@ -9,9 +9,18 @@ carries out the action.
 Criteria are the keyword arguments of ``add`` named in ``MATCH_KEYS`` (or
 anything passed in ``when=``); every other keyword is an action parameter.
 ``path`` matches as a prefix on component boundaries (``/a/b`` matches
-``/a/b`` and ``/a/b/c``, not ``/a/bc``), ``op`` case-insensitively, the rest
-by equality (compared as strings, so ``domid=1`` matches ``domid="1"``). A
-criterion whose key the point does not provide never matches.
+``/a/b`` and ``/a/b/c``, not ``/a/bc``), ``file`` as a suffix on component
+boundaries (``pciback/bind`` and ``bind`` match ``bus/pci/drivers/pciback/bind``,
+not ``.../unbind``; a leading ``/`` is ignored, so a whole path is an exact
+match), ``op`` case-insensitively, the rest by equality (compared as strings,
+so ``domid=1`` matches ``domid="1"``). A criterion whose key the point does
+not provide never matches.
+
+Rules may be added and removed from any thread while the host runs. A
+``hang`` lasts until its rule is removed (``remove`` or ``clear``; a rule
+whose ``times`` are used up still holds what it hung) or the host stops;
+then the hung operation proceeds. ``fault.removed`` is the
+``threading.Event`` that says so.
 
 Named points and their actions
 ------------------------------
@@ -41,11 +50,16 @@ the simulated kernel drivers; ctx as ``xenstore.request``):
 
 * ``error``  -- the operation raises ``XsError(errno)``.
 
-Other components document their own points here and in docs/xensim.md.
+Other components document their own points in their modules
+(``sysfs.py``: ``sysfs.write``; ``kernel/pciback.py``: ``pciback.export``,
+``pciback.reconfigure``, ``pciback.connect``; ``kernel/pcifront.py``:
+``pcifront.reconfigure``, ``pcifront.connect``; ``qemu.py``: ``qemu.*``) and
+all of them in docs/xensim.md's fault table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from typing import Any
@@ -53,7 +67,7 @@ from typing import Any
 MATCH_KEYS = frozenset({"op", "path", "domid", "label", "tx", "bdf", "command", "file", "target", "name"})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)      # a rule is itself: remove() takes that one out
 class Fault:
     point: str
     action: str
@@ -61,6 +75,8 @@ class Fault:
     params: dict
     times: int | None = None     # None: forever
     hits: int = 0
+    # Set once the rule is taken out of the registry: ends its hangs.
+    removed: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False, compare=False)
 
     def matches(self, point: str, ctx: dict) -> bool:
         if point != self.point or (self.times is not None and self.hits >= self.times):
@@ -72,6 +88,10 @@ class Fault:
             if key == "path":
                 w, h = str(want).rstrip("/") or "/", str(have)
                 if not (w == "/" or h == w or h.startswith(w + "/")):
+                    return False
+            elif key == "file":
+                w, h = str(want).strip("/"), str(have).strip("/")
+                if not (h == w or h.endswith("/" + w)):
                     return False
             elif key == "op":
                 if str(have).upper() != str(want).upper():
@@ -132,12 +152,31 @@ class Faults:
         with self._lock:
             if fault in self._rules:
                 self._rules.remove(fault)
+        fault.removed.set()
 
     def clear(self) -> None:
         with self._lock:
-            self._rules.clear()
+            gone, self._rules = self._rules, []
+        for fault in gone:
+            fault.removed.set()
 
     @property
     def rules(self) -> list[Fault]:
         with self._lock:
             return list(self._rules)
+
+
+def wait_removed(fault: Fault, stop: threading.Event | None = None, poll: float = 0.05) -> bool:
+    """Block this thread while ``fault`` is in its registry: True once it is
+    removed, False if ``stop`` is set first (the host stopping)."""
+    while not fault.removed.wait(poll):
+        if stop is not None and stop.is_set():
+            return False
+    return True
+
+
+async def until_removed(fault: Fault, poll: float = 0.02) -> None:
+    """Wait on the loop while ``fault`` is in its registry (a task waiting
+    here is cancelled when its component stops)."""
+    while not fault.removed.is_set():
+        await asyncio.sleep(poll)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import scenario as scenario_mod
-from .faults import Faults
+from .faults import Faults, until_removed
 from .kernel import CONNECTED, Kernel
 from .kernel.pciback import Pciback
 from .kernel.pcifront import GuestKernel
@@ -85,10 +85,12 @@ class SimHost:
     """A simulated Xen host; see docs/xensim.md ("Components")."""
 
     def __init__(self, scenario: Scenario | str | os.PathLike, state_dir: str | os.PathLike,
-                 timing_scale: float | None = None, mount_sysfs: bool = True):
+                 timing_scale: float | None = None, mount_sysfs: bool = True, xenstored: str | None = None):
         if not isinstance(scenario, Scenario):
             scenario = scenario_mod.load(scenario)
         self.scenario = scenario
+        # "oxenstored" (Debian's dom0) or "c": see xenstore/store.py.
+        self.xenstored_flavour = xenstored or scenario.xenstored
         self.state_dir = Path(state_dir).resolve()
         self.timing_scale = scenario.timing_scale if timing_scale is None else float(timing_scale)
         self.mount_sysfs = mount_sysfs
@@ -204,19 +206,67 @@ class SimHost:
     def record_transition(self, who: str, path: str, value: str | None) -> None:
         self.transitions.append((time.time(), who, path, value))
 
+    # ---------------------------------------------------- xenstored lifecycle
+    # The daemon behind every xenstored socket (toolstack and guest ones):
+    # see xenstore/server.py. The store and the in-process kernels carry on.
+
+    def xenstored_kill(self, remove_socket: bool = False) -> None:
+        """xenstored dies: every client connection is closed, connects are
+        refused (the socket file stays unless ``remove_socket``)."""
+        self._sync(self.axenstored_kill, remove_socket)
+
+    def xenstored_restart(self) -> None:
+        """xenstored runs again on the same sockets with the same tree."""
+        self._sync(self.axenstored_restart)
+
+    def xenstored_pause(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered."""
+        self._sync(self.axenstored_pause)
+
+    def xenstored_resume(self) -> None:
+        """SIGCONT: held replies and events go out, in order."""
+        self._sync(self.axenstored_resume)
+
+    async def axenstored_kill(self, remove_socket: bool = False) -> None:
+        for srv in self.servers:
+            await srv.kill(remove_socket)
+
+    async def axenstored_restart(self) -> None:
+        for srv in self.servers:
+            await srv.restart()
+
+    async def axenstored_pause(self) -> None:
+        for srv in self.servers:
+            srv.pause()
+
+    async def axenstored_resume(self) -> None:
+        for srv in self.servers:
+            srv.resume()
+
     # ---------------------------------------------------- fault helpers
 
     def fault(self, point: str, **ctx):
         return self.faults.match(point, **ctx)
 
-    async def fault_wait(self, fault) -> bool:
-        """Carry out a delay/hang fault; False means 'never proceed'."""
+    async def fault_wait(self, fault, kernel: Kernel | None = None) -> bool:
+        """Carry out a delay or hang fault where a driver stands; True when
+        it may go on. ``hang`` blocks the caller (a kernel's xenwatch: its
+        later events queue behind, as behind a stuck Linux callback) until
+        the rule is removed; ``kernel`` counts as settled meanwhile, since
+        nothing it does can happen before. The host stopping cancels it."""
         if fault.action == "delay":
             await asyncio.sleep(float(fault.params.get("seconds", 1.0)))
             return True
         if fault.action == "hang":
-            log.info("fault %s: hang", fault.point)
-            return False
+            log.info("fault %s: hang until removed", fault.point)
+            if kernel is not None:
+                kernel.holding.append(fault)
+            try:
+                await until_removed(fault)
+            finally:
+                if kernel is not None:
+                    kernel.holding.remove(fault)
+            log.info("fault %s removed: going on", fault.point)
         return True
 
     # ---------------------------------------------------- pcistub state
@@ -293,7 +343,7 @@ class SimHost:
             os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
         for key in ("qmp_dir", "userdata_dir"):
             os.makedirs(self.paths[key], exist_ok=True)
-        self.store = Store(faults=self.faults)
+        self.store = Store(faults=self.faults, flavour=self.xenstored_flavour)
         self.toolstack = InternalConn(self.store, 0, "A0", None, self.loop)
 
         # 1. store and xenstored sockets
@@ -383,7 +433,7 @@ class SimHost:
         quiet = 0
         while quiet < 3:
             kernels = [self.dom0] + list(self.kernels.values())
-            if all(k is None or k.idle or not k.running.is_set() for k in kernels):
+            if all(k is None or k.idle or k.held or not k.running.is_set() for k in kernels):
                 quiet += 1
             else:
                 quiet = 0
@@ -427,7 +477,9 @@ class SimHost:
         vm = f"/vm/{dom.uuid}"
         ro = ["n0", f"r{d}"]
         rw = [f"n{d}"]
-        self.store.introduce(None, d)
+        # libxl__domain_make / xs_introduce_domain: the store page and port
+        # seeded below (store/ring-ref, store/port).
+        self.store.introduce(None, d, 0xFEFFF + d, 1)
         self._seed(dp, "", ro)
         self._seed(vm, "", ro)
         self._seed(f"/libxl/{d}", "", ["n0"])

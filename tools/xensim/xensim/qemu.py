@@ -30,9 +30,11 @@ Fault points (``host.faults.match(point, **ctx)``, see faults.py):
   ``error`` -- the device's realize fails (default text: the stubdom's sysfs
   does not show the device yet, Qubes issue 6203); params ``desc``,
   ``class``; ``times=N`` for "fails N times then works".
-* ``qemu.command`` (ctx ``domid``, ``command``): ``delay`` (``seconds``),
-  ``hang`` (never answer), ``close`` (drop the connection, QEMU survives),
-  ``error`` (``class``, ``desc``).
+* ``qemu.command`` (ctx ``domid``, ``command``): ``delay`` (``seconds``:
+  then the command runs, e.g. a ``device_add`` that completes late, and is
+  answered if the client is still there), ``hang`` (the monitor answers
+  nothing until the rule is removed, then runs the command), ``close`` (drop
+  the connection, QEMU survives), ``error`` (``class``, ``desc``).
 * ``qemu.unplug`` (ctx ``domid``, ``bdf``, ``name`` = qdev id): ``ack``,
   ``delay`` (``seconds``), ``never``: overrides the scenario for matching
   devices.
@@ -54,6 +56,7 @@ import threading
 import time
 from typing import Any
 
+from .faults import until_removed
 from .scenario import QemuSpec, normalise_bdf
 
 # ---------------------------------------------------------------------------
@@ -421,8 +424,6 @@ class DeviceModel:
                     return
                 if action == "close":
                     return
-                if action == "hang":
-                    continue
                 await self._send(writer, reply)
 
     @staticmethod
@@ -463,7 +464,9 @@ class DeviceModel:
             if fault is not None:
                 if fault.action == "delay":
                     await asyncio.sleep(float(fault.params.get("seconds", 1.0)))
-                elif fault.action in ("hang", "close"):
+                elif fault.action == "hang":
+                    await until_removed(fault)
+                elif fault.action == "close":
                     self._record(cmd, args, fault.action)
                     return {}, negotiated, fault.action
                 elif fault.action == "error":

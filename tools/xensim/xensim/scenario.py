@@ -120,6 +120,8 @@ class Scenario:
     faults: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # Scale of the simulated kernel delays (1.0 = about real Xen's timing).
     timing_scale: float = 0.1
+    # Which xenstored the store answers like (xenstore/store.py FLAVOURS).
+    xenstored: str = "oxenstored"
     source: str | None = None
 
     def device(self, bdf: str) -> DeviceSpec | None:
@@ -191,7 +193,7 @@ _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsyst
                 "original_driver", "name"}
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
-_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing"}
+_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored"}
 
 
 def _parse_device(raw: Any, where: str) -> DeviceSpec:
@@ -389,6 +391,9 @@ def parse(data: Any, source: str | None = None) -> Scenario:
     desc = data.get("description", "")
     if not isinstance(desc, str):
         raise ScenarioError("description: expected a string")
+    xenstored = data.get("xenstored", "oxenstored")
+    if xenstored not in ("oxenstored", "c"):
+        raise ScenarioError(f"xenstored: expected oxenstored or c, got {xenstored!r}")
     return Scenario(
         name=_str(data["name"], "name"),
         description=desc,
@@ -396,6 +401,7 @@ def parse(data: Any, source: str | None = None) -> Scenario:
         domains=sorted(domains, key=lambda d: d.domid),
         faults=[dict(f) for f in faults],
         timing_scale=float(scale),
+        xenstored=xenstored,
         source=source,
     )
 

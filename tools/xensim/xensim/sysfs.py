@@ -27,6 +27,25 @@ taken effect when ``write(2)`` returns, exactly like a sysfs store.  Other
 simulator parts are told afterwards: listeners registered with
 :meth:`SysfsFS.add_listener` run on the FUSE thread, and
 ``host.on_sysfs_change(event)`` (if the host has it) runs on the loop.
+
+Fault point ``sysfs.write`` (``host.faults``, or the component's own
+``Faults`` when the host has none), asked on the FUSE thread before a store
+runs; ctx:
+
+* ``file``: the file written, relative to the sysfs root
+  (``bus/pci/drivers/pciback/bind``); a device attribute is named by its
+  ``bus/pci/devices/<bdf>/<attr>`` path even though FUSE sees the resolved
+  ``devices/pci<seg>:<bus>/<bdf>/<attr>``. Rules match it as a suffix on
+  component boundaries (``file="bind"`` or ``"pciback/bind"``), so a whole
+  path matches exactly;
+* ``bdf``: the BDF written (normalised, ``0000:00:10.0``) when the data is
+  one, else the device whose attribute is written, else absent.
+
+Actions: ``error`` (``errno``, a name such as ``EIO``; ``seconds`` to block
+that long first): the write fails with it, nothing changes; ``delay``
+(``seconds``): the write blocks, then proceeds; ``hang``: the write blocks
+until the rule is removed, then proceeds (EIO, nothing changed, if the host
+stops first). ``SysfsFS.inject`` is a shorthand kept for older tests.
 """
 
 from __future__ import annotations
@@ -44,6 +63,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from .faults import Faults, wait_removed
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +87,41 @@ _BDF_RE = re.compile(r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{
 
 class SysfsWriteError(OSError):
     """A store refused, with the errno the kernel returns."""
+
+
+_DEVICE_ATTR_RE = re.compile(r"^devices/pci[0-9a-f]{4}:[0-9a-f]{2}/([^/]+)/(.+)$")
+
+
+def _written_file(path: str) -> str:
+    """The written file relative to the root, device attributes named as
+    the toolstack writes them (bus/pci/devices/<bdf>/<attr>)."""
+    rel = path.lstrip("/")
+    m = _DEVICE_ATTR_RE.match(rel)
+    return f"bus/pci/devices/{m.group(1)}/{m.group(2)}" if m else rel
+
+
+def _written_bdf(rel: str, data: bytes) -> str | None:
+    """The BDF a write is about: the data if it is one, else the device
+    directory it is written in."""
+    try:
+        return normalise_bdf(data.decode("ascii", "replace").strip())
+    except ValueError:
+        pass
+    for part in rel.split("/"):
+        if _BDF_RE.match(part):
+            return normalise_bdf(part)
+    return None
+
+
+def _errno_of(value: Any) -> int:
+    """An errno from its name (``EIO``) or number."""
+    if isinstance(value, int):
+        return value
+    number = getattr(errno, str(value).upper(), None)
+    if not isinstance(number, int):
+        log.error("sysfs.write fault: unknown errno %r, failing with EIO", value)
+        return errno.EIO
+    return number
 
 
 def normalise_bdf(text: str) -> str:
@@ -719,7 +775,7 @@ class _Ops:
         if entry is None:
             raise _fuse.FuseOSError(errno.EBADF)
         node = entry[0]
-        self.fs._fault(path)
+        self.fs._fault(path, bytes(data))
         try:
             event = node.write(bytes(data))
         except SysfsWriteError as exc:
@@ -763,7 +819,10 @@ class SysfsFS:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._listeners: list[Callable[[SysfsEvent], None]] = []
-        self._faults: dict[str, tuple[float, int | None]] = {}
+        self.faults = getattr(host, "faults", None)
+        if self.faults is None:
+            self.faults = Faults()
+        self._injected: dict[str, Any] = {}     # inject()'s rules by suffix
         self._stopping = threading.Event()
         self.events: list[SysfsEvent] = []
 
@@ -811,22 +870,34 @@ class SysfsFS:
         self._listeners.append(fn)
 
     def inject(self, file_suffix: str, delay: float = 0.0, errno_value: int | None = None) -> None:
-        """Fault point: writes to a path ending in ``file_suffix`` sleep
-        ``delay`` seconds (a kernel blocked in unbind), then fail with
-        ``errno_value`` if given.  ``inject(suffix)`` with no delay and no
-        errno clears it."""
-        if not delay and errno_value is None:
-            self._faults.pop(file_suffix, None)
-        else:
-            self._faults[file_suffix] = (delay, errno_value)
+        """Shorthand for a ``sysfs.write`` rule on ``file=file_suffix``:
+        writes sleep ``delay`` seconds (a kernel blocked in unbind), then
+        fail with ``errno_value`` if given.  ``inject(suffix)`` with no delay
+        and no errno removes it."""
+        old = self._injected.pop(file_suffix, None)
+        if old is not None:
+            self.faults.remove(old)
+        if errno_value is not None:
+            self._injected[file_suffix] = self.faults.add("sysfs.write", "error", file=file_suffix,
+                                                          errno=errno_value, seconds=delay)
+        elif delay:
+            self._injected[file_suffix] = self.faults.add("sysfs.write", "delay", file=file_suffix, seconds=delay)
 
-    def _fault(self, path: str) -> None:
-        for suffix, (delay, err) in list(self._faults.items()):
-            if path.endswith(suffix):
-                if delay:
-                    self._stopping.wait(delay)
-                if err is not None:
-                    raise _fuse.FuseOSError(err)
+    def _fault(self, path: str, data: bytes) -> None:
+        """The ``sysfs.write`` point, on the FUSE thread before the store."""
+        rel = _written_file(path)
+        fault = self.faults.match("sysfs.write", file=rel, bdf=_written_bdf(rel, data))
+        if fault is None:
+            return
+        seconds = float(fault.params.get("seconds", 0) or 0)
+        if fault.action in ("delay", "error") and seconds > 0:
+            self._stopping.wait(seconds)
+        if fault.action == "hang":
+            log.info("sysfs.write %s: hang until the fault is removed", rel)
+            if not wait_removed(fault, self._stopping):
+                raise _fuse.FuseOSError(errno.EIO)
+        elif fault.action == "error":
+            raise _fuse.FuseOSError(_errno_of(fault.params.get("errno", "EIO")))
 
     def _notify(self, event: SysfsEvent, path: str) -> None:
         self.events.append(event)

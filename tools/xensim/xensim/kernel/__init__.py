@@ -71,6 +71,7 @@ class Kernel:
         if running:
             self.running.set()
         self.busy = False
+        self.holding: list = []     # hang faults a callback is blocked on
         self._worker: asyncio.Task | None = None
         self.stopped = False
 
@@ -101,6 +102,12 @@ class Kernel:
     @property
     def idle(self) -> bool:
         return not self.busy and self.queue.empty()
+
+    @property
+    def held(self) -> bool:
+        """Blocked by a hang fault still in place: nothing it does can
+        happen before the fault is removed (settled, for SimHost.settle)."""
+        return any(not f.removed.is_set() for f in self.holding)
 
     def _on_event(self, path: str, token: str) -> None:
         if not self.stopped:

@@ -28,7 +28,12 @@ Fault points (``host.faults``):
   export fail as if the device were not available ("Couldn't locate PCI
   device ...! perhaps already in-use?");
 * ``pciback.reconfigure`` (ctx ``domid``): action ``delay`` (``seconds``)
-  before acting on a Reconfiguring frontend, ``hang`` never acts.
+  before acting on a Reconfiguring frontend, ``hang``: dom0's xenwatch is
+  blocked there until the rule is removed;
+* ``pciback.connect`` (ctx ``domid``, the frontend's): ``delay``
+  (``seconds``) or ``hang`` before pciback maps the frontend's ring and goes
+  Connected (xen_pcibk_do_attach): with ``hang`` the backend stays
+  Initialised until the rule is removed.
 """
 
 from __future__ import annotations
@@ -224,7 +229,7 @@ class Pciback:
         if state == RECONFIGURING:
             fault = self.host.fault("pciback.reconfigure", domid=dev.otherend_id)
             if fault is not None:
-                await self.host.fault_wait(fault)
+                await self.host.fault_wait(fault, self.k)
         async with dev.lock:
             if self.k.read_state(dev.nodename) != state:
                 return
@@ -282,6 +287,12 @@ class Pciback:
                 await self.k.dev_fatal(dev, EFAULT, f"version mismatch ({magic}/{XEN_PCI_MAGIC}) with pcifront - "
                                                     f"halting {DRV_NAME}")
                 return
+            fault = self.host.fault("pciback.connect", domid=dev.otherend_id)
+            if fault is not None:
+                await self.host.fault_wait(fault, self.k)
+                if (dev.removed or self.k.read_state(dev.nodename) != INITIALISED
+                        or self.k.read_state(dev.otherend) != INITIALISED):
+                    return
             await self.k.delay(T_BE_CONNECT)
             dev.ring = (ref, port)
             dev.connected = True

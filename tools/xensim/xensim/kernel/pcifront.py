@@ -27,8 +27,15 @@ a 1-vCPU Linux PV guest gets (ports 1-7 and refs 0-7 are taken by the
 console, xenstore, timers and IPIs); real Xen may hand out a different ref
 when an old one's foreign mapping is still being torn down.
 
-Fault point: ``pcifront.reconfigure`` (ctx ``domid``): ``delay`` (``seconds``)
-before acting on the backend's Reconfiguring, ``hang`` never answers it.
+Fault points (ctx ``domid``, the guest's):
+
+* ``pcifront.reconfigure``: ``delay`` (``seconds``) before acting on the
+  backend's Reconfiguring, ``hang``: the guest does not answer it (its
+  xenwatch is blocked) until the rule is removed;
+* ``pcifront.connect``: ``delay`` (``seconds``) or ``hang`` before the guest
+  connects to a backend that went Connected (pcifront_try_connect: scan the
+  roots, then Connected): with ``hang`` the frontend stays Initialised, a
+  guest whose pcifront never connects, until the rule is removed.
 """
 
 from __future__ import annotations
@@ -173,7 +180,7 @@ class GuestKernel:
             await self._try_disconnect(dev)
         elif be_state == RECONFIGURING:
             fault = self.host.fault("pcifront.reconfigure", domid=self.k.domid)
-            if fault is not None and not await self.host.fault_wait(fault):
+            if fault is not None and not await self.host.fault_wait(fault, self.k):
                 return
             await self._detach_devices(dev)
         elif be_state == RECONFIGURED:
@@ -210,6 +217,13 @@ class GuestKernel:
     async def _try_connect(self, dev: PcifrontDevice) -> None:
         if self.k.read_state(dev.nodename) != INITIALISED:
             return
+        fault = self.host.fault("pcifront.connect", domid=self.k.domid)
+        if fault is not None:
+            await self.host.fault_wait(fault, self.k)
+            # Held for long, the world may have moved on.
+            if (dev.removed or self.k.read_state(dev.nodename) != INITIALISED
+                    or self.k.read_state(dev.otherend) != CONNECTED):
+                return
         roots = self._read_roots(dev)
         if roots is None:
             await self.k.dev_fatal(dev, EINVAL, "Error reading PCI root")

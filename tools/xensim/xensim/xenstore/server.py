@@ -13,21 +13,42 @@ drivers: same store API, events delivered through ``loop.call_soon``.
 
 ``run_in_thread`` runs a server on its own loop in a thread for tests that
 do not need a whole ``SimHost``.
+
+Daemon lifecycle, for "xenstored stopped / killed / restarted" faults (on
+the loop; ``SimHost.xenstored_*`` and the ``run_in_thread`` handle call them
+from any thread):
+
+* ``kill()``: the daemon dies. Every client connection is closed, the
+  listening socket is closed and its file stays (a connect is refused, as
+  after kill -9; ``remove_socket=True``: the file goes too). The store keeps
+  its content, and the in-process kernel connections keep using it;
+* ``restart()``: a daemon listens again on the same path with the same
+  tree (oxenstored restarted with its state); clients must reconnect;
+* ``pause()`` / ``resume()``: SIGSTOP / SIGCONT. Connections stay open and
+  new ones are accepted, requests are read but nothing is sent (replies,
+  watch events) until ``resume()``, then everything goes out in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
+import logging
 import os
+import socket
 import threading
 import types
 from typing import Callable
 
+from xensim.faults import until_removed
 from xensim.xenstore import wire
+from xensim.xenstore.numbers import c_atoi, ocaml_c_int_of_string, ocaml_int_of_string
 from xensim.xenstore.store import Conn, Store, XsError
 from xensim.xenstore.wire import Op
+
+log = logging.getLogger(__name__)
 
 # Ops only a privileged connection may send (xenstored XS_FLAG_PRIV).
 _PRIV_OPS = {Op.CONTROL, Op.INTRODUCE, Op.RELEASE, Op.IS_DOMAIN_INTRODUCED, Op.RESUME, Op.SET_TARGET}
@@ -50,13 +71,26 @@ class SocketConn(Conn):
         super().__init__(domid, label)
         self.writer = writer
         self.deferred: list[bytes] = []
-        self.hung: asyncio.Future | None = None     # set by the "hang" fault
+        self.hung = False                # a "hang" fault holds its requests
+        self.held_out: list[bytes] | None = None    # output held while the daemon is paused
 
     def send(self, data: bytes) -> None:
         if self.closed or self.writer.is_closing():
             return
+        if self.held_out is not None:
+            self.held_out.append(data)
+            return
         self.stats.bytes_out += len(data)
         self.writer.write(data)
+
+    def hold_output(self) -> None:
+        if self.held_out is None:
+            self.held_out = []
+
+    def release_output(self) -> None:
+        held, self.held_out = self.held_out or [], None
+        for data in held:
+            self.send(data)
 
     def deliver_event(self, path: str, token: str) -> None:
         self.send(wire.encode(Op.WATCH_EVENT, 0, 0, wire.watch_event_payload(path, token)))
@@ -156,16 +190,45 @@ def _onearg(payload: bytes) -> str:
 
 
 def _atoi(s: str) -> int:
-    digits = ""
-    for ch in s.strip():
-        if ch.isdigit() or (not digits and ch in "+-"):
-            digits += ch
-        else:
-            break
+    return c_atoi(s)
+
+
+def _fields(payload: bytes) -> list[str]:
+    """oxenstored's split on NUL: every piece, the one after the last NUL
+    too (empty when the payload ends with NUL)."""
+    return [p.decode("utf-8", "surrogateescape") for p in payload.split(b"\0")]
+
+
+def _exact_strings(store: Store, payload: bytes, n: int) -> list[str]:
+    """WATCH/UNWATCH arguments. C: exactly ``n`` NUL-terminated strings
+    (get_strings; bytes after the last NUL are not counted). oxenstored:
+    the payload must be exactly the ``n`` strings, each NUL-terminated."""
+    if store.flavour == "oxenstored":
+        parts = _fields(payload)
+        if len(parts) != n + 1 or parts[-1] != "":
+            raise XsError("EINVAL", f"expected {n} strings")
+        return parts[:n]
+    parts = payload.split(b"\0")[:-1]
+    if len(parts) != n:
+        raise XsError("EINVAL", f"expected {n} strings")
+    return [p.decode("utf-8", "surrogateescape") for p in parts]
+
+
+def _domid(store: Store, payload: bytes, nargs: int = 1) -> list[int]:
+    """The domid arguments of INTRODUCE (domid, mfn, port), RELEASE, RESUME
+    and IS_DOMAIN_INTRODUCED as the daemon reads them: C with atoi (one
+    argument: onearg, exactly one NUL at the end); oxenstored with OCaml's
+    int_of_string on the NUL-separated fields (RELEASE: exactly one)."""
+    if store.flavour == "c":
+        args = [_onearg(payload)] if nargs == 1 else _strings(payload, nargs)
+        return [_atoi(a) for a in args]
+    parts = _fields(payload)
+    if len(parts) < nargs:
+        raise XsError("EINVAL", "missing arguments")
     try:
-        return int(digits)
+        return [ocaml_int_of_string(a) for a in parts[:nargs]]
     except ValueError:
-        return 0
+        raise XsError("EINVAL", "not a number") from None
 
 
 def _first_path(op: int, payload: bytes) -> str | None:
@@ -209,11 +272,11 @@ def execute(store: Store, conn: Conn, op: int, tx: int, payload: bytes) -> bytes
                         [p.decode("utf-8", "surrogateescape") for p in parts[1:]], tx)
         return wire.ok_reply()
     if op == Op.WATCH:
-        path, token = _strings(payload, 2)
+        path, token = _exact_strings(store, payload, 2)
         store.watch(conn, path, token)
         return wire.ok_reply()
     if op == Op.UNWATCH:
-        path, token = _strings(payload, 2)
+        path, token = _exact_strings(store, payload, 2)
         store.unwatch(conn, path, token)
         return wire.ok_reply()
     if op == Op.TRANSACTION_START:
@@ -225,22 +288,31 @@ def execute(store: Store, conn: Conn, op: int, tx: int, payload: bytes) -> bytes
         store.transaction_end(conn, tx, arg == "T")
         return wire.ok_reply()
     if op == Op.GET_DOMAIN_PATH:
-        return store.get_domain_path(_atoi(_onearg(payload)), conn).encode() + b"\0"
+        # Both want exactly one NUL-terminated argument; the store reads it.
+        return store.get_domain_path(_onearg(payload), conn).encode() + b"\0"
     if op == Op.INTRODUCE:
-        domid, mfn, port = _strings(payload, 3)
-        store.introduce(conn, _atoi(domid), _atoi(mfn), _atoi(port))
+        domid, mfn, port = _domid(store, payload, 3)
+        store.introduce(conn, domid, mfn, port)
         return wire.ok_reply()
     if op == Op.RELEASE:
-        store.release(conn, _atoi(_onearg(payload)))
+        if store.flavour == "oxenstored" and len(_fields(payload)) != 2:
+            raise XsError("EINVAL", "RELEASE takes one domid")
+        store.release(conn, _domid(store, payload)[0])
         return wire.ok_reply()
     if op == Op.IS_DOMAIN_INTRODUCED:
-        return b"T\0" if store.is_domain_introduced(conn, _atoi(_onearg(payload))) else b"F\0"
+        return b"T\0" if store.is_domain_introduced(conn, _domid(store, payload)[0]) else b"F\0"
     if op == Op.SET_TARGET:
-        domid, target = _strings(payload, 2)
-        store.set_target(conn, _atoi(domid), _atoi(target))
+        if store.flavour == "oxenstored":
+            parts = _fields(payload)
+            if len(parts) != 3 or parts[2] != "":
+                raise XsError("EINVAL", "SET_TARGET takes two domids")
+            domid, target = (ocaml_c_int_of_string(p) for p in parts[:2])
+        else:
+            domid, target = (_atoi(a) for a in _strings(payload, 2))
+        store.set_target(conn, domid, target)
         return wire.ok_reply()
     if op == Op.RESUME:
-        domid = _atoi(_onearg(payload))
+        domid = _domid(store, payload)[0]
         if not domid:
             raise XsError("EINVAL", "bad domid")
         if domid not in store.introduced:
@@ -270,35 +342,111 @@ class XenstoredServer:
             faults = getattr(host, "faults", None)
         self.faults = faults
         self.conns: list[SocketConn] = []
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._generation = 0        # of the listening socket: a killed one's accepts are dropped
         self._tasks: set[asyncio.Task] = set()
+        self.killed = False
+        self.paused = False
+        self._running = asyncio.Event()
+        self._running.set()
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        self._server = await asyncio.start_unix_server(self._client, path=self.path)
+        # Our own accept (not asyncio's server): kill() must know every
+        # accepted connection at once, or one accepted just before would
+        # outlive the daemon.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.bind(self.path)
+        sock.listen(128)
+        self._listener = sock
+        self._generation += 1
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, self._generation)
+        self.killed = False
+        self.resume()
+
+    def _accept(self, sock: socket.socket, generation: int) -> None:
+        while True:
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("xenstored %s: accept failed: %s", self.path, exc)
+                return
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._serve_socket(conn, generation))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_socket(self, sock: socket.socket, generation: int) -> None:
+        if generation != self._generation or self.killed:
+            sock.close()
+            return
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        if generation != self._generation or self.killed:
+            writer.close()
+            return
+        await self._client(reader, writer)
+
+    def _stop_listening(self) -> None:
+        sock, self._listener = self._listener, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        self._generation += 1
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self._stop_listening()
         for conn in list(self.conns):
             self._close(conn)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
-        if self._server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            self._server = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
     def kill_connections(self) -> None:
-        """Drop every client at once (simulates xenstored dying)."""
+        """Drop every client at once (the daemon's listening socket stays)."""
         for conn in list(self.conns):
             self._close(conn)
+
+    async def kill(self, remove_socket: bool = False) -> None:
+        """The daemon dies: clients dropped, nothing listens (module doc)."""
+        self.killed = True
+        self._stop_listening()
+        self.kill_connections()
+        if remove_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    async def restart(self) -> None:
+        """A daemon again on the same path, with the same tree."""
+        if not self.killed:
+            await self.kill()
+        await self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: requests are read but neither answered nor anything sent."""
+        self.paused = True
+        self._running.clear()
+        for conn in self.conns:
+            conn.hold_output()
+
+    def resume(self) -> None:
+        """SIGCONT: what was held goes out, pending requests are answered in order."""
+        self.paused = False
+        for conn in list(self.conns):
+            conn.release_output()
+        self._running.set()
 
     def _close(self, conn: SocketConn) -> None:
         if conn in self.conns:
@@ -316,6 +464,8 @@ class XenstoredServer:
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = SocketConn(self.as_domid, _new_label(self.store), writer)
+        if self.paused:
+            conn.hold_output()      # accepted by the kernel, never served yet
         self.conns.append(conn)
         self.store.attach(conn)
         self.store._log(conn, 0, "newconn", "")
@@ -337,7 +487,7 @@ class XenstoredServer:
             # Replies already queued are still sent if the client only shut
             # down its writing side; then the connection goes.
             queue.put_nowait(None)
-            if conn.hung is None:
+            if not conn.hung and not self.paused:
                 with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(worker), 5)
             worker.cancel()
@@ -351,6 +501,9 @@ class XenstoredServer:
             item = await queue.get()
             if item is None or conn.closed:
                 return
+            await self._running.wait()          # a paused daemon answers nothing
+            if conn.closed:
+                return
             op, req_id, tx_id, payload = item
             if self.faults is not None:
                 path = _first_path(op, payload)
@@ -362,10 +515,13 @@ class XenstoredServer:
                     if rule.action == "delay":
                         await asyncio.sleep(float(rule.params.get("seconds", 1.0)))
                     elif rule.action == "hang":
-                        # Never answered; replies are in order, so nothing
-                        # after it is either. Ends when the connection does.
-                        conn.hung = asyncio.get_running_loop().create_future()
-                        await conn.hung
+                        # Not answered, nor anything after it (replies are
+                        # in order), until the rule is removed; then it is.
+                        conn.hung = True
+                        await until_removed(rule)
+                        conn.hung = False
+                        if conn.closed:
+                            return
                     elif rule.action == "close":
                         self._close(conn)
                         return
@@ -463,6 +619,27 @@ class ThreadedServer:
         async def run():
             return fn(*args, **kwargs)
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def _all(self, method: str, *args) -> None:
+        async def run():
+            for s in self.servers:
+                result = getattr(s, method)(*args)
+                if inspect.isawaitable(result):
+                    await result
+        asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def kill(self, remove_socket: bool = False) -> None:
+        """The daemon dies (``XenstoredServer.kill``), from any thread."""
+        self._all("kill", remove_socket)
+
+    def restart(self) -> None:
+        self._all("restart")
+
+    def pause(self) -> None:
+        self._all("pause")
+
+    def resume(self) -> None:
+        self._all("resume")
 
     def stop(self, timeout: float = 10) -> None:
         if not self._thread.is_alive():

@@ -16,6 +16,25 @@ corrected where the real host (which runs oxenstored, see
   as in ``real-xen-access-log.txt``), after the whole transaction is applied.
 * the access log has oxenstored's fields and format (``format_access_log``).
 
+``Store(flavour=...)`` picks the daemon where the two differ in what a
+client can see (docs/xensim.md, "Where xensim follows oxenstored rather than
+C xenstored"): ``"oxenstored"`` (the default, what Debian's dom0 runs and the
+real-Xen checks were taken from) or ``"c"`` (C xenstored 4.17):
+
+* entry size: oxenstored refuses a WRITE whose value is over 2048 bytes with
+  E2BIG, for every connection, after creating the missing parents (they
+  stay); C refuses, for unprivileged connections, any node record (header,
+  permissions, value and child names, ``write_node_raw``) of 2048 bytes or
+  more with ENOSPC, and a transaction that met the refusal fails its commit
+  with ENOMEM;
+* numbers: domids in permission strings, GET_DOMAIN_PATH, INTRODUCE, ... are
+  read and printed as each daemon does (``numbers.py``);
+* WATCH/UNWATCH: oxenstored wants exactly ``path\0token\0``, C exactly two
+  NUL-terminated strings (bytes after them ignored);
+* SET_PERMS on an unknown ``@`` path: ENOENT (oxenstored) or EINVAL (C);
+* INTRODUCE of a domain already introduced (dom0 is, from the start): C
+  answers OK; oxenstored EINVAL unless mfn and port are the ones it has.
+
 Everything here runs on the simulator's event loop thread: operations are
 atomic with respect to each other, as in the single-threaded daemon.
 """
@@ -27,6 +46,8 @@ import dataclasses
 import re
 import time
 from typing import Callable, Iterable
+
+from .numbers import c_atoi, c_strtol, c_unsigned, ocaml_c_int_of_string, ocaml_int_of_string, ocaml_unsigned
 
 PERM_NONE = 0
 PERM_READ = 1
@@ -46,6 +67,17 @@ XENSTORE_REL_PATH_MAX = 2048
 XENSTORE_PAYLOAD_MAX = 4096
 
 SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
+
+FLAVOURS = ("oxenstored", "c")
+DOMID_SELF = 0x7FF0
+# C xenstored's node record (utils.h xs_tdb_record_hdr: u64 generation and
+# three u32, padded to 24 bytes) and one struct xs_permissions per perm.
+C_RECORD_HEADER = 24
+C_RECORD_PERM = 8
+# dom0's (mfn, event channel) as oxenstored holds them: it maps dom0's page
+# itself (mfn 0) and reads the port from /proc/xen/xsd_port (13 on the
+# real-Xen VM of tests/xenvm).
+DOM0_INTRODUCTION = (0, 13)
 
 _VALID_CHARS = re.compile(r"^[A-Za-z0-9\-/_@]*$")
 _LOCAL_DOMAIN = re.compile(r"^/local/domain/(\d{1,5})/")
@@ -161,22 +193,45 @@ class Transaction:
         self.accessed: dict[str, int | None] = {}   # path -> generation when first seen
         self.modified: dict[str, None] = {}     # ordered set of changed paths
         self.events: list[tuple] = []           # queued watch firings
+        self.failed = False                     # C: a refused node write dooms the commit
 
 
-def perms_to_strings(perms: Iterable) -> list[str]:
-    return [f"{letter}{domid}" for letter, domid in perms]
+def perms_to_strings(perms: Iterable, flavour: str = "oxenstored") -> list[str]:
+    """Wire form; domids print as the daemon's ``%u`` does."""
+    fmt = ocaml_unsigned if flavour == "oxenstored" else c_unsigned
+    return [f"{letter}{fmt(domid)}" for letter, domid in perms]
 
 
-def parse_perms(strings: Iterable[str]) -> tuple:
+def _perm_domid(text: str, flavour: str) -> int:
+    """The domid after the letter: ``int_of_string`` (oxenstored) or
+    ``strtol(p, &end, 0)`` that must use the whole string (C)."""
+    if flavour == "oxenstored":
+        return ocaml_int_of_string(text)
+    value, end = c_strtol(text, 0)
+    if not text or end != len(text):
+        raise ValueError(text)
+    return c_unsigned(value)
+
+
+def parse_perms(strings: Iterable[str], flavour: str = "oxenstored") -> tuple:
     """Wire perms ["n0", "r1"] -> (("n", 0), ("r", 1)); EINVAL when malformed."""
     out = []
     for s in strings:
-        if len(s) < 2 or s[0] not in _LETTER_BITS or not s[1:].isdigit():
+        if not s or s[0] not in _LETTER_BITS:
             raise XsError("EINVAL", f"bad permission {s!r}")
-        out.append((s[0], int(s[1:])))
+        try:
+            out.append((s[0], _perm_domid(s[1:], flavour)))
+        except ValueError:
+            raise XsError("EINVAL", f"bad permission {s!r}") from None
     if not out:
         raise XsError("EINVAL", "no permissions")
     return tuple(out)
+
+
+def c_record_size(node: "Node") -> int:
+    """Bytes of C xenstored's record of ``node`` (what its quota counts)."""
+    return (C_RECORD_HEADER + C_RECORD_PERM * len(node.perms) + len(node.value)
+            + sum(len(c.encode("utf-8", "surrogateescape")) + 1 for c in node.children))
 
 
 def parent_of(path: str) -> str:
@@ -279,7 +334,12 @@ class _View:
 class Store:
     """The xenstore database (see module docstring and docs/xensim.md)."""
 
-    def __init__(self, faults=None, check_domains: bool = False, clock: Callable[[], float] = time.time):
+    def __init__(self, faults=None, check_domains: bool = False, clock: Callable[[], float] = time.time,
+                 flavour: str = "oxenstored"):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
+        # Which daemon to answer as where C xenstored and oxenstored differ.
+        self.flavour = flavour
         self.faults = faults
         # C xenstored ignores permission entries naming domains that do not
         # exist, and refuses an owner that does not exist (ENOENT). The
@@ -294,7 +354,9 @@ class Store:
         self._nodes["/tool"] = Node(b"", root_perms, ("xenstored",), self._next_gen())
         self._nodes["/tool/xenstored"] = Node(b"", root_perms, (), self._next_gen())
         self._conns: list[Conn] = []
-        self._introduced: set[int] = set()
+        # domid -> (mfn, port) it was introduced with. Both daemons know dom0
+        # from their start (C dom0_init, oxenstored Domains.create0).
+        self._introduced: dict[int, tuple[int, int]] = {0: DOM0_INTRODUCTION}
         self._targets: dict[int, int] = {}
         self._special_perms = {name: (("n", 0),) for name in SPECIAL_WATCHES}
         self.access_log: list[LogEntry] = []
@@ -462,7 +524,8 @@ class Store:
 
     def _create(self, view: _View, conn: Conn | None, name: str, value: bytes) -> Node:
         """xenstored construct_node: create ``name`` and missing ancestors,
-        each inheriting its parent's perms; unprivileged creators own them."""
+        each inheriting its parent's perms; unprivileged creators own them.
+        Every record is checked (C's quota) before anything changes."""
         missing = []
         p = name
         while True:
@@ -471,19 +534,46 @@ class Store:
             parent = view.get(p)
             if parent is not None:
                 break
-        ppath = p
-        node = None
-        for path in reversed(missing):
-            base = path.rsplit("/", 1)[1]
-            if base not in parent.children:
-                view.put(ppath, parent.replace(children=tuple(sorted(parent.children + (base,)))))
-            perms = parent.perms
-            if conn is not None and not conn.privileged:
-                perms = ((perms[0][0], conn.domid),) + perms[1:]
-            node = Node(value if path == name else b"", perms)
+        perms = parent.perms
+        if conn is not None and not conn.privileged:
+            perms = ((perms[0][0], conn.domid),) + perms[1:]
+        plan = []
+        base = missing[-1].rsplit("/", 1)[1]
+        if base not in parent.children:
+            plan.append((p, parent.replace(children=tuple(sorted(parent.children + (base,))))))
+        for i, path in enumerate(reversed(missing)):
+            below = missing[-2 - i].rsplit("/", 1)[1] if path != name else None
+            plan.append((path, Node(value if path == name else b"", perms, (below,) if below else ())))
+        for _path, node in reversed(plan):       # C writes bottom up
+            self._check_record(view, conn, node)
+        for path, node in plan:
             view.put(path, node)
-            parent, ppath = node, path
-        return node
+        return plan[-1][1]
+
+    def _check_record(self, view: _View, conn: Conn | None, node: Node) -> None:
+        """C xenstored write_node_raw's quota: an unprivileged connection may
+        not store a record of QUOTA_MAX_ENTRY_SIZE bytes or more. In a
+        transaction the failure also dooms the commit (fail_transaction)."""
+        if self.flavour != "c" or conn is None or conn.privileged:
+            return
+        if c_record_size(node) >= QUOTA_MAX_ENTRY_SIZE:
+            if view.tx is not None:
+                view.tx.failed = True
+            raise XsError("ENOSPC", "node record too large")
+
+    def _implicit_parents(self, view: _View, conn: Conn, name: str) -> None:
+        """oxenstored create_implicit_path: the missing parents of ``name``
+        are made (no watch fires) before the write itself is checked, so
+        they stay when it is refused."""
+        parent = parent_of(name)
+        if name == "/" or view.get(parent) is not None:
+            return
+        try:
+            self._get_node(view, conn, parent, PERM_WRITE)
+        except XsError as e:
+            if e.name != "ENOENT":
+                raise
+            self._create(view, conn, parent, b"")
 
     # --------------------------------------------------------------- operations
 
@@ -501,8 +591,11 @@ class Store:
         def fn(t):
             view = _View(self, t)
             name = self._valid(conn, path)
-            if not conn.privileged and len(value) > QUOTA_MAX_ENTRY_SIZE:
-                raise XsError("ENOSPC", "value too large")
+            if self.flavour == "oxenstored" and len(value) > QUOTA_MAX_ENTRY_SIZE:
+                # Quota.check: the value only, for dom0 too, before the
+                # target's permissions are looked at.
+                self._implicit_parents(view, conn, name)
+                raise XsError("E2BIG", "value too large")
             try:
                 node = self._get_node(view, conn, name, PERM_WRITE)
             except XsError as e:
@@ -510,7 +603,9 @@ class Store:
                     raise
                 self._create(view, conn, name, value)
             else:
-                view.put(name, node.replace(value=value))
+                node = node.replace(value=value)
+                self._check_record(view, conn, node)
+                view.put(name, node)
             self._fire(view, name, False)
             self._reply(conn, 3)
         return self._op(conn, "WRITE", "write", tx, path, value.decode("utf-8", "replace"),
@@ -595,7 +690,7 @@ class Store:
     def get_perms(self, conn: Conn, path: str, tx: int = 0) -> list[str]:
         def fn(t):
             node = self._get_node(_View(self, t), conn, self._valid(conn, path), PERM_READ)
-            out = perms_to_strings(node.perms)
+            out = perms_to_strings(node.perms, self.flavour)
             self._reply(conn, sum(len(s) + 1 for s in out))
             return out
         return self._op(conn, "GET_PERMS", "getperms", tx, path, req_len=len(path) + 1, fn=fn)
@@ -604,14 +699,16 @@ class Store:
         perms = list(perms)
 
         def fn(t):
-            parsed = parse_perms(perms)
+            parsed = parse_perms(perms, self.flavour)
             if not conn.privileged and len(parsed) > QUOTA_NB_PERMS_PER_NODE:
                 raise XsError("ENOSPC", "too many permissions")
             if not self.domain_exists(parsed[0][1]):
                 raise XsError("ENOENT", f"owner domain {parsed[0][1]} does not exist")
             if path.startswith("@"):
                 if path not in self._special_perms:
-                    raise XsError("ENOENT", path)
+                    # C: set_perms_special knows no such name. oxenstored
+                    # keeps the two as nodes of the tree: no such node.
+                    raise XsError("EINVAL" if self.flavour == "c" else "ENOENT", path)
                 if not conn.privileged:
                     raise XsError("EACCES", path)
                 self._special_perms[path] = parsed
@@ -623,7 +720,9 @@ class Store:
             # Unprivileged domains may not give their nodes away.
             if not conn.privileged and parsed[0][1] != node.perms[0][1]:
                 raise XsError("EPERM", "cannot change owner")
-            view.put(name, node.replace(perms=parsed))
+            new = node.replace(perms=parsed)
+            self._check_record(view, conn, new)
+            view.put(name, new)
             self._fire(view, name, False, (node.perms,))
             self._reply(conn, 3)
         return self._op(conn, "SET_PERMS", "setperms", tx, path, " ".join(perms),
@@ -653,6 +752,8 @@ class Store:
             if not commit:
                 self._reply(conn, 3)
                 return
+            if t.failed:
+                raise XsError("ENOMEM", "transaction failed")
             rule = None
             if self.faults is not None:
                 rule = self.faults.match("xenstore.commit", domid=conn.domid, label=conn.label, tx=tx,
@@ -719,12 +820,16 @@ class Store:
         return self._op(conn, "RESET_WATCHES", "reset watches", 0, "", req_len=1, fn=fn)
 
     def get_domain_path(self, domid, conn: Conn | None = None) -> str:
-        """/local/domain/<domid> (no existence check, as xenstored)."""
+        """/local/domain/<domid> (no existence check, as xenstored). A
+        string ``domid`` (the request's argument) is read as the daemon
+        reads it: oxenstored takes the first run of digits ("-1" is 1), C
+        ``atoi`` prints ``%u`` ("-1" is 4294967295)."""
         def path_of(d):
-            try:
-                return f"/local/domain/{int(d)}"
-            except (TypeError, ValueError):
-                return "/local/domain/0"     # atoi() of garbage
+            if isinstance(d, str):
+                n = ocaml_c_int_of_string(d) if self.flavour == "oxenstored" else c_atoi(d)
+            else:
+                n = int(d)
+            return f"/local/domain/{ocaml_unsigned(n) if self.flavour == 'oxenstored' else c_unsigned(n)}"
         if conn is None:
             return path_of(domid)
         return self._op(conn, "GET_DOMAIN_PATH", "getdomain", 0, str(domid), req_len=len(str(domid)) + 1,
@@ -737,14 +842,28 @@ class Store:
             raise XsError("EACCES", "privileged operation")
 
     def introduce(self, conn: Conn | None, domid: int, mfn: int = 0, port: int = 1) -> None:
-        """XS_INTRODUCE; fires @introduceDomain the first time."""
+        """XS_INTRODUCE; fires @introduceDomain the first time only (dom0 is
+        introduced from the start). Again: C rebinds the event channel and
+        answers OK; oxenstored answers EINVAL unless mfn and port are the
+        ones it has (and EIO when only the port differs: rebinding to a port
+        the domain did not offer fails)."""
         def fn(_t):
             self._require_priv(conn)
-            if int(port) <= 0:
+            d, mfn_, port_ = int(domid), int(mfn), int(port)
+            known = self._introduced.get(d)
+            if known is not None and self.flavour == "oxenstored":
+                if known[0] != mfn_:
+                    raise XsError("EINVAL", f"domain {d} has another mfn")
+                if known[1] != port_:
+                    raise XsError("EIO", f"cannot bind port {port_} of domain {d}")
+                return
+            if port_ <= 0:
                 raise XsError("EINVAL", "bad event channel port")
-            if domid not in self._introduced:
-                self._introduced.add(int(domid))
+            if known is None:
+                self._introduced[d] = (mfn_, port_)
                 self._dispatch("@introduceDomain", True)
+            else:
+                self._introduced[d] = (known[0], port_)     # C: the channel is bound again
         if conn is None:
             return fn(None)
         return self._op(conn, "INTRODUCE", "introduce", 0, f"{domid} {mfn} {port}", req_len=12, fn=fn)
@@ -757,7 +876,7 @@ class Store:
                 raise XsError("EINVAL", "cannot release domain 0")
             if domid not in self._introduced:
                 raise XsError("ENOENT", f"domain {domid} not introduced")
-            self._introduced.discard(int(domid))
+            del self._introduced[int(domid)]
             self._targets.pop(int(domid), None)
             self._dispatch("@releaseDomain", True)
         if conn is None:
@@ -767,7 +886,7 @@ class Store:
     def is_domain_introduced(self, conn: Conn | None, domid: int) -> bool:
         def fn(_t):
             self._require_priv(conn)
-            return int(domid) == 0x7FF0 or int(domid) in self._introduced   # DOMID_SELF
+            return int(domid) == DOMID_SELF or int(domid) in self._introduced
         if conn is None:
             return fn(None)
         return self._op(conn, "IS_DOMAIN_INTRODUCED", "is introduced", 0, str(domid), req_len=4, fn=fn)
@@ -801,7 +920,7 @@ class Store:
 
     def perms(self, path: str) -> list[str] | None:
         node = self._nodes.get(path)
-        return None if node is None else perms_to_strings(node.perms)
+        return None if node is None else perms_to_strings(node.perms, self.flavour)
 
     def seed(self, path: str, value: bytes = b"", perms: list[str] | None = None) -> None:
         """Create or overwrite ``path`` as a privileged writer would (missing
@@ -837,7 +956,7 @@ class Store:
             node = self._nodes.get(p)
             if node is None:
                 return
-            out.append((p, node.value, perms_to_strings(node.perms)))
+            out.append((p, node.value, perms_to_strings(node.perms, self.flavour)))
             for c in node.children:
                 walk(_child(p, c))
         walk(path)
