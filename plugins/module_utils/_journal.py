@@ -36,8 +36,8 @@ from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import remove_pruned
 
 JOURNAL_ROOT = "/tool/xen-pci/journal"
-# xenstore's payload limit is 4096 bytes for path and value together.
-_CHUNK = 3072
+# oxenstored refuses values over 2048 bytes (its quota-maxsize), even from dom0.
+_CHUNK = 1800
 STATUSES = ("planned", "done", "undone", "failed")
 
 

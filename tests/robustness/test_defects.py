@@ -84,24 +84,23 @@ def test_1_an_attach_whose_confirmation_is_answered_late_reports_what_the_host_s
     assert bookkeeping_consistent(host) == []
 
 
-def test_2a_force_against_a_guest_that_never_acknowledges_works_within_30_s(sim):
+@pytest.mark.parametrize("timeout", [10.0, 30.0])
+def test_2a_force_against_a_guest_that_never_acknowledges_works_within_30_s(sim, timeout):
     """Was: the removal wait took the whole budget; the rebuild then ran on
     an expired deadline, leaving the backend at 7 with state-N = 5."""
     host = sim(PV)
     run_passthrough(params_for(host), {"web": ["00:10.0", "00:11.0"]})
     host.faults.add("pcifront.reconfigure", "hang", domid=1)
-    for timeout in (10.0, 30.0):
-        bdf = "0000:00:10.0" if timeout == 10.0 else "0000:00:11.0"
-        start = time.monotonic()
-        result = run_passthrough(params_for(host, timeout=timeout, state="absent", force=True), {"web": [bdf]})
-        assert time.monotonic() - start < timeout + MARGIN
-        assert bdf not in reported(result, "web")
-        assert any("forced" in w for w in result["warnings_detail"])
-        settle(host)
-        keys = devices_on_host(host, 1)
-        assert bdf not in keys and "5" not in keys.values()
-        assert host.read(BE1 + "/state") in (None, "1", "2", "3", "4")
-        assert host.read("/libxl/pci/%s/domid" % bdf.replace(":", "-").replace(".", "-")) is None
+    start = time.monotonic()
+    result = run_passthrough(params_for(host, timeout=timeout, state="absent", force=True), {"web": ["0000:00:10.0"]})
+    assert time.monotonic() - start < timeout + MARGIN
+    assert reported(result, "web") == {"0000:00:11.0": "3"}
+    assert any(w.startswith("forced: web (domid 1) did not release 0000:00:10.0") for w in result["warnings_detail"])
+    settle(host)
+    keys = devices_on_host(host, 1)
+    assert keys == {"0000:00:11.0": "3"}
+    assert host.read(BE1 + "/state") in ("1", "2", "3", "4")
+    assert host.read("/libxl/pci/0000-00-10-0/domid") is None
     assert bookkeeping_consistent(host) == []
 
 

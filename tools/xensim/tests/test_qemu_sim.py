@@ -250,7 +250,7 @@ def test_slow_device_add_completes_late_and_is_then_listed(sim):
     host.faults.add("qemu.command", "delay", seconds=1.0, domid=3, command="device_add", times=1)
     with host.session(3) as qmp:
         with pytest.raises(DeadlineExceeded):
-            qmp.device_add_passthrough("0000:03:00.0", timeout=0.2)
+            qmp.device_add_passthrough("0000:03:00.0", deadline=Deadline(0.2))
     # The client gave up; QEMU finishes the command all the same.
     with host.session(3, timeout=10) as qmp:         # greeted once the first client has left
         dev = qmp.find_device("pci-pt-03_00.0")
@@ -263,9 +263,9 @@ def test_command_hang_until_the_fault_is_removed(sim):
     rule = host.faults.add("qemu.command", "hang", domid=3, command="query-pci")
     with host.session(3) as qmp:
         with pytest.raises(DeadlineExceeded):
-            qmp.query_pci(timeout=0.3)
+            qmp.query_pci(deadline=Deadline(0.3))
         with pytest.raises(DeadlineExceeded):      # the monitor answers nothing meanwhile
-            qmp.query_status(timeout=0.3)
+            qmp.query_status(deadline=Deadline(0.3))
     host.faults.remove(rule)
     with host.session(3, timeout=10) as qmp:
         assert qmp.query_status()["running"] is True
@@ -280,9 +280,9 @@ def test_unplug_fault_never_overrides_the_scenario(sim):
         other = qmp.device_add_passthrough("0000:04:00.0")
         qmp.device_del(stuck)
         qmp.device_del(other)
-        assert qmp.wait_device_gone(other, timeout=5) == "event"      # ack, as the scenario says
+        assert qmp.wait_device_gone(other, Deadline(5)) == "event"      # ack, as the scenario says
         with pytest.raises(DeadlineExceeded):
-            qmp.wait_device_gone(stuck, timeout=0.5, poll=0.1)
+            qmp.wait_device_gone(stuck, Deadline(0.5), poll=0.1)
     assert host.qemu.devices(3) == [
         {"id": "pci-pt-03_00.0", "hostaddr": "0000:03:00.0", "slot": 4, "function": 0, "devfn": 0x20,
          "permissive": False, "unplug_pending": True, "coldplug": False}]
