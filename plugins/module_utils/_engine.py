@@ -36,6 +36,10 @@ from ansible_collections.xen.pci.plugins.module_utils._journal import Journal
 STEP_KINDS = {}
 # Part of the reserve a late confirmation may use before the undo starts.
 LATE_VERIFY_SHARE = 0.4
+# The undo of the step that failed may use this share of the reserve; the
+# others share the rest equally, each with at least UNDO_MIN seconds.
+UNDO_FIRST_SHARE = 0.5
+UNDO_MIN = 0.2
 
 
 def register(cls):
@@ -68,6 +72,7 @@ class Step:
     def __init__(self, **data):
         self.data = data
         self.result = {}
+        self.ran = False      # do() was called in this process (its result is complete)
 
     def describe(self):
         return self.kind
@@ -164,6 +169,7 @@ def execute(ctx, steps, key, meta):
         for index, step in enumerate(steps):
             ctx.at("step:%d:%s" % (index, step.kind))
             stage = "do"
+            step.ran = True
             step.do(ctx)
             ctx.checkpoint("done")
             stage = "verify"
@@ -226,7 +232,7 @@ def _handle_failure(ctx, journal, steps, index, stage, exc):
     passed = [i for i, s in enumerate(steps[:index + 1]) if s.no_return and (i < index or _effective(ctx, s))]
     if passed:
         _mark(ctx, journal, index, "failed", step.result)
-        rest = [s.describe() for s in steps[index:]]
+        rest = ["%s (%s)" % (s.describe(), ", ".join(s.touches()) or "-") for s in steps[index:]]
         left = ["unfinished: %s" % "; ".join(rest), "the journal %s, so that the next run finishes it" % journal.path]
         ctx.report.left += left
         return with_context(exc, "%s: " % where, "; this cannot be taken back (%s), the next run finishes it%s" % (
@@ -237,8 +243,9 @@ def _handle_failure(ctx, journal, steps, index, stage, exc):
     if undone:
         suffix += "; undone: %s" % "; ".join(undone)
     if left:
-        ctx.report.left += left
         suffix += "; could not undo: %s (journal %s kept for the next run)" % ("; ".join(left), journal.path)
+        left.append("the journal %s, so that the next run finishes the undo" % journal.path)
+        ctx.report.left += left
     else:
         try:
             journal.finish(ctx.deadline)
@@ -266,14 +273,22 @@ def undo_steps(ctx, journal, steps):
     """Undo ``steps`` (the first ones of the journal) in reverse; returns
     (what was undone, what was left, each with the reason)."""
     undone, left = [], []
-    for index in reversed(range(len(steps))):
+    whole = ctx.deadline
+    for count, index in enumerate(reversed(range(len(steps)))):
         step = steps[index]
         ctx.at("undo:%d:%s" % (index, step.kind))
+        # A fair share of what is left, so that one undo that cannot finish
+        # (a QEMU that does not answer) leaves time for all the others; the
+        # failed step itself, undone first, may take half.
+        share = whole.remaining() * (UNDO_FIRST_SHARE if count == 0 else 1.0 / (index + 1))
+        ctx.deadline = whole.sub(max(share, min(UNDO_MIN, whole.remaining())), "undo of %s" % step.kind)
         try:
             step.undo(ctx)
         except XenPciError as exc:
             left.append("%s (%s): %s" % (step.describe(), ", ".join(step.touches()) or "-", exc.msg))
             continue
+        finally:
+            ctx.deadline = whole
         undone.append(step.describe())
         if journal is not None:
             _mark(ctx, journal, index, "undone", step.result)

@@ -46,6 +46,12 @@ def domain_summary(host, domids):
     return out
 
 
+def request_label(parsed):
+    """``web: 0000:00:10.0, 0000:00:11.0; db: name=gpu0`` (for messages)."""
+    return "; ".join("%s: %s" % (ref, ", ".join(s.address or "name=%s" % s.name for s in specs) or "no device")
+                     for ref, specs in parsed.items())
+
+
 def _qemu(platform, host, resolved, deadline):
     """query-pci of every HVM guest of the request whose QEMU runs:
     ({domid: [QmpPciDevice]}, {domid: error})."""
@@ -77,8 +83,11 @@ def _check(platform, host, parsed, params, deadline):
     for dp in the_plan.domains:
         exc = qemu_errors.get(dp.domid)
         if exc is not None and dp.changed and (dp.attach or not params.get("force")):
-            problems.append(Problem("%s: %s" % (dp.label, exc.msg), "domain %s" % dp.label, domain=dp.label,
-                                    kind=type(exc) if isinstance(exc, QmpConnectionError) else HotplugError))
+            devices = ", ".join([str(f.bdf) for f in dp.attach] + [b for b in dp.detach if b not in {str(f.bdf) for f in dp.attach}])
+            problems.append(Problem("%s: cannot %s %s without its QEMU: %s" % (
+                dp.label, "attach" if dp.attach else "detach", devices, exc.msg), "domain %s" % dp.label, domain=dp.label,
+                device=devices, kind=type(exc) if isinstance(exc, QmpConnectionError) else HotplugError,
+                details=dict(exc.details)))
     raise_problems(problems)
     return the_plan
 
@@ -103,9 +112,13 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     parsed, problems = passthrough_input(params, desired)
     raise_problems(problems)
     budget = Budget(params["timeout"], "xen.pci.passthrough")
-    platform = platform or platform_from(params)
-    ctx = Context(platform, budget, hook=hook, force=params.get("force", False))
-    host = ctx.host = read_host(platform.xs, budget.work)
+    try:
+        platform = platform or platform_from(params)
+        ctx = Context(platform, budget, hook=hook, force=params.get("force", False))
+        host = ctx.host = read_host(platform.xs, budget.work)
+    except XenPciError as exc:
+        # Nothing was read, nothing done: say what the request was for.
+        raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
     the_plan = _check(platform, host, parsed, params, budget.work)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)

@@ -29,7 +29,7 @@ from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExc
 from ansible_collections.xen.pci.plugins.module_utils._state import (
     CLOSED, CLOSING, CONNECTED, INITIALISED, INITIALISING, PER_INDEX_KEYS, RECONFIGURING,
     backend_path, error_path, frontend_path, read_backend, state_name, xs_int)
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes, remove_pruned
 
 # Caps on single waits, inside the request's own deadline. libxl waits 10 s
 # for a backend; real Xen under QEMU TCG showed pcifront taking 8 s for a
@@ -283,8 +283,9 @@ class BackendOps:
                 for key, value in device_keys(func, i):
                     changes.write("%s/%s" % (self.be, key), value)
             changes.write(self.be + "/num_devs", str(len(keep)))
-            changes.rm(error_path(self.domid))
             self.xs.apply(changes, tx=tx, deadline=self.ctx.deadline)
+            # pciback's error node was about the backend just replaced.
+            remove_pruned(self.xs, [error_path(self.domid)], "/local/domain/0", self.ctx.deadline, "", tx=tx)
         self.xs.transaction(body, self.ctx.deadline, what="rebuilding the PCI backend of %s" % self.label)
         self.ctx.report.step("%s: rebuilt the PCI backend of %s with %s" % (why, self.label, ", ".join(str(f.bdf) for f in keep)))
         self.confirm_exported(list(range(len(keep))), [str(f.bdf) for f in keep], need_connected=False)
@@ -406,7 +407,10 @@ class AppendToBackend(Step):
         return "add %s to the PCI backend of %s" % (", ".join(f["bdf"] for f in self.data["functions"]), _label(self.data))
 
     def touches(self):
-        return ["%s (keys of %s)" % (backend_path(self.data["domid"]), ", ".join(f["bdf"] for f in self.data["functions"]))]
+        out = ["%s (keys of %s)" % (backend_path(self.data["domid"]), ", ".join(f["bdf"] for f in self.data["functions"]))]
+        if not self.data.get("before"):
+            out.append("%s (created with the backend)" % frontend_path(self.data["domid"]))
+        return out
 
     def _ops(self, ctx):
         return BackendOps(ctx, self.data["domid"], self.data["name"], _label(self.data))

@@ -309,7 +309,12 @@ class Grant(Step):
             ctx.checkpoint("granted-%s" % dev["bdf"])
 
     def undo(self, ctx):
-        revoke(ctx, self.data["domid"], [d["bdf"] for d in self.data["devices"]], self.data["assign"], self.result)
+        # In this process a grant that failed rolled its own steps back:
+        # revoke what was granted. From a journal nothing is known: revoke all.
+        bdfs = [d["bdf"] for d in self.data["devices"]]
+        if self.ran:
+            bdfs = [b for b in bdfs if b in self.result]
+        revoke(ctx, self.data["domid"], bdfs, self.data["assign"], self.result)
 
 
 def revoke(ctx, domid, bdfs, deassign, pirqs):
