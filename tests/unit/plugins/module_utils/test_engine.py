@@ -132,7 +132,8 @@ def test_what_cannot_be_undone_is_named_and_the_journal_kept(ctx):
     err = info.value
     assert notes(ctx.xs) == ["a"]
     assert err.details["changed"] is True
-    assert err.details["left"] == ["note a (/test/a): a cannot be undone"]
+    assert err.details["left"] == ["note a (/test/a): a cannot be undone",
+                                   "the journal /tool/xen-pci/journal/dom-1, so that the next run finishes the undo"]
     assert "could not undo: note a (/test/a): a cannot be undone (journal /tool/xen-pci/journal/dom-1 kept" in err.msg
     left = journals(ctx.xs)
     assert [s["status"] for s in left[0].steps] == ["done", "undone", "undone"]
