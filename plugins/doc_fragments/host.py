@@ -46,7 +46,9 @@ options:
     default: /var/run/xen
   timeout:
     description:
-      - Seconds the whole task may take. Every wait (backend, guest, QMP) spends from this budget.
+      - Seconds the whole task may take, from 1 to 3600. Every wait (backend, guest, QMP) spends from this budget.
+      - A quarter of it (at least 2 seconds, at most 30) is kept back from the forward work, so that a failure can
+        still be undone, O(xen.pci.passthrough#module:force) can still rebuild a backend, and the host can be read back.
       - When it runs out the task fails, saying what it was waiting for and what it saw.
     type: float
     default: 60

@@ -56,6 +56,7 @@ class DomainPlan:
 @dataclass
 class Plan:
     domains: List[DomainPlan]
+    resolved: Dict[int, list] = field(default_factory=dict)   # the validated declaration it was made from
 
     @property
     def changed(self):
@@ -155,7 +156,7 @@ def plan(host, resolved, state="present", qemu=None):
             else:
                 dp.stray = []
         plans.append(dp)
-    return Plan(domains=plans)
+    return Plan(domains=plans, resolved=dict(resolved))
 
 
 def is_pt_id(qdev_id):

@@ -22,12 +22,12 @@ from ansible_collections.xen.pci.plugins.module_utils._engine import Context, ex
 from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError, XenPciError, with_context
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
 from ansible_collections.xen.pci.plugins.module_utils._journal import domain_key
-from ansible_collections.xen.pci.plugins.module_utils._plan import describe_bdf, plan
+from ansible_collections.xen.pci.plugins.module_utils._plan import describe, describe_bdf, plan
 from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._steps import attach_steps, detach_steps
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
-    Problem, passthrough_host, passthrough_input, raise_problems)
+    Problem, consent_of, passthrough_host, passthrough_input, raise_problems)
 
 
 def domain_summary(host, domids):
@@ -73,11 +73,12 @@ def _check(platform, host, parsed, params, deadline):
     """Validate against the host and plan; raise every problem at once."""
     state = params["state"]
     make_assignable = params.get("make_assignable", False)
-    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable)
+    consent = consent_of(params, [])
+    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent)
     qemu, qemu_errors = ({}, {})
     if not problems:
         qemu, qemu_errors = _qemu(platform, host, resolved, deadline)
-        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu)
+        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent)
     raise_problems(problems)
     the_plan = plan(host, resolved, state, qemu)
     for dp in the_plan.domains:
@@ -90,6 +91,25 @@ def _check(platform, host, parsed, params, deadline):
                 details=dict(exc.details)))
     raise_problems(problems)
     return the_plan
+
+
+def declared(the_plan, host, platform):
+    """What the declaration resolved to on this host, per guest: each
+    function's address, its canonical spec and the driver holding it now."""
+    sysfs = platform.sysfs
+    out = {}
+    for dp in the_plan.domains:
+        dom = host.domains[dp.domid]
+        items = []
+        for func in the_plan.resolved.get(dp.domid, []):
+            if isinstance(func, str):
+                items.append({"bdf": func})
+                continue
+            bdf = str(func.bdf)
+            items.append({"bdf": bdf, "spec": describe(func), "seize": func.seize,
+                          "driver": sysfs.driver_name(bdf) if sysfs is not None and sysfs.exists(bdf) else None})
+        out[dom.name or str(dom.domid)] = items
+    return out
 
 
 def _result(the_plan, host, domids):
@@ -122,6 +142,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     the_plan = _check(platform, host, parsed, params, budget.work)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
+    result["resolved"] = declared(the_plan, host, platform)
     if check_mode or (not the_plan.changed and not host.journals):
         result["warnings_detail"] = untrusted_warnings(platform.xs)
         return result

@@ -14,10 +14,10 @@ Check mode runs both stages too, so it refuses what the real run refuses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-from ansible_collections.xen.pci.plugins.module_utils._bdf import PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
@@ -87,11 +87,35 @@ def common_options(params, problems):
         problems.append(Problem(problem, "timeout"))
 
 
+def consent_of(params, problems):
+    """``take_from_driver``: the addresses of devices that may be taken from
+    the dom0 driver holding them (as if their specs said seize=1)."""
+    value = params.get("take_from_driver") or []
+    if isinstance(value, bool):
+        # xen.pci.assignable's option of the same name is a bool; here it lists devices.
+        problems.append(Problem("take_from_driver lists the PCI addresses that may be taken from their dom0 driver, "
+                                "got %r" % value, "take_from_driver"))
+        return set()
+    if not isinstance(value, list):
+        problems.append(Problem("take_from_driver must be a list of PCI addresses, got %s %r" % (type(value).__name__, value),
+                                "take_from_driver"))
+        return set()
+    out = set()
+    for index, item in enumerate(value):
+        try:
+            out.add(str(Bdf.parse(item)))
+        except SpecError as exc:
+            problems.append(Problem("take_from_driver[%d]: %s" % (index, exc.msg), "take_from_driver[%d]" % index,
+                                    device=str(item)[:64]))
+    return out
+
+
 def passthrough_input(params, desired):
     """Stage 1. ``desired``: {domain ref: list of specs}. Returns
     ({domain ref: [PciSpec]}, problems)."""
     problems: List[Problem] = []
     common_options(params, problems)
+    consent_of(params, problems)
     state = params.get("state", "present")
     if state not in STATES:
         problems.append(Problem("state must be one of %s, got %r" % (", ".join(STATES), state), "state"))
@@ -190,9 +214,9 @@ def check_domain(dom, platform, problems, where):
     return None
 
 
-def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None):
+def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=()):
     """Stage 2: ``parsed`` against the host. Returns ({domid: [PciFunction]
-    or [bdf]}, problems)."""
+    or [bdf]}, problems). ``consent``: addresses that may be seized."""
     problems: List[Problem] = []
     resolved: Dict[int, list] = {}
     labels = {}
@@ -220,7 +244,8 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
         for spec in specs:
             try:
                 bdf = host.bdf_for_name(spec.name) if spec.bdf is None else None
-                funcs.extend(spec.expand(present=present, bdf=bdf))
+                funcs.extend(replace(f, seize=True) if str(f.bdf) in consent else f
+                             for f in spec.expand(present=present, bdf=bdf))
             except SpecError as exc:
                 problems.append(Problem("%s: %s" % (dom.label(), exc.msg), where, domain=dom.label(), device=spec.format()))
         resolved[dom.domid] = funcs

@@ -18,6 +18,12 @@ description:
     reconfigure cycle, and every attach and detach is confirmed.
   - Keeps libxl's bookkeeping, so C(xl pci-list), C(xl pci-detach) and C(xl pci-assignable-list)
     keep working beside this module.
+  - Every input is checked before anything is written, in check mode too; all the problems found are
+    listed in the failed result's C(problems), the first one in C(msg).
+  - Each change is a step with its undo, recorded in a journal in xenstore while it runs. A failure undoes
+    the task's own steps in reverse, within a share of O(timeout) kept for it, and reports what the host shows
+    afterwards. A task killed part-way (an OOM kill, a dropped connection) is finished or rolled back by the
+    next run of M(xen.pci.passthrough) or M(xen.pci.assignable) before anything else; see RV(recovered).
   - HVM guests get their devices through QMP C(device_add) to their QEMU, in dom0 or in a stub domain;
     with a stub domain the device is first hot-plugged into the stub domain with the PV rules.
     A HVM guest whose device model is not running yet is refused (give it the devices in its config instead).
@@ -71,6 +77,14 @@ options:
       - A device held by a dom0 driver is taken only when its spec says C(seize=1).
     type: bool
     default: false
+  take_from_driver:
+    description:
+      - Addresses of listed devices that may be taken from the dom0 driver holding them, as if their specs
+        said C(seize=1). Explicit consent, device by device; a device held by a dom0 driver and neither listed
+        here nor seized by its spec is refused before anything changes.
+    type: list
+    elements: str
+    default: []
   force:
     description:
       - Detach even when the guest never acknowledges the removal (the PCI backend is rebuilt
@@ -133,6 +147,43 @@ reattached:
   type: list
   elements: dict
   sample: [{"domain": "web1 (domid 3)", "bdf": "0000:03:00.0", "differs": {"permissive": [false, true]}}]
+resolved:
+  description:
+    - What the declaration resolved to on this host, per guest (names through libxl's device names,
+      C(*) specs through the functions present), with the driver holding each device when the task started.
+  returned: always
+  type: dict
+  sample: {"web1": [{"bdf": "0000:03:00.0", "spec": "0000:03:00.0", "seize": false, "driver": "pciback"}]}
+recovered:
+  description:
+    - Requests a killed run had left unfinished (their journal in xenstore), finished or rolled back by this
+      task before it did anything else, with what was done.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"journal": "/tool/xen-pci/journal/dom-3", "op": "attach", "domain": "web1 (domid 3)", "outcome": "rolled back"}]
+interrupted:
+  description: Unfinished requests still found after the task (another run holds their lock).
+  returned: always
+  type: list
+  elements: dict
+left:
+  description:
+    - What the task could not finish or take back (nodes, devices, the journal kept for the next run).
+      Empty on success; on failure it is also in the failed result, with C(changed) saying whether
+      the host differs from before the task.
+  returned: always
+  type: list
+  elements: str
+devices:
+  description: Per attached device, where the guest sees it (backend index and C(vdev), or QEMU's slot).
+  returned: when devices were attached
+  type: dict
+  sample: {"0000:03:00.0": {"index": 1, "state": 3, "vdev": "0000:00:01.00"}}
+waited:
+  description: Seconds spent waiting for guests and kernels to answer.
+  returned: when something was changed
+  type: float
 warnings_detail:
   description: Conditions that did not fail the task, such as a guest that is not running yet.
   returned: always
@@ -154,6 +205,7 @@ def main():
         assignments=dict(type="dict"),
         state=dict(type="str", choices=["present", "absent", "exact"], default="present"),
         make_assignable=dict(type="bool", default=False),
+        take_from_driver=dict(type="list", elements="str", default=[]),
         force=dict(type="bool", default=False),
     )
     argument_spec.update(HOST_ARGS)
