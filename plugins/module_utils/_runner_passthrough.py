@@ -169,7 +169,9 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     result.update(_outcome(ctx, platform, the_plan, after, domids))
     mismatch = _mismatch(the_plan, after)
     if mismatch:
-        raise HotplugError("after the request the host shows %s" % "; ".join(mismatch), **dict(result, changed=True))
+        details = dict(result)
+        details["changed"] = True
+        raise HotplugError("after the request the host shows %s" % "; ".join(mismatch), **details)
     return result
 
 

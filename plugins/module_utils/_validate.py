@@ -90,7 +90,9 @@ def common_options(params, problems):
 def consent_of(params, problems):
     """``take_from_driver``: the addresses of devices that may be taken from
     the dom0 driver holding them (as if their specs said seize=1)."""
-    value = params.get("take_from_driver") or []
+    value = params.get("take_from_driver")
+    if value is None:
+        return set()
     if isinstance(value, bool):
         # xen.pci.assignable's option of the same name is a bool; here it lists devices.
         problems.append(Problem("take_from_driver lists the PCI addresses that may be taken from their dom0 driver, "

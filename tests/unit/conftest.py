@@ -48,7 +48,7 @@ def sim_params(host, **extra):
     p = host_defaults(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
                       hypervisor="xensim:" + host.paths["hypervisor"], userdata_dir=host.paths["userdata_dir"],
                       qmp_dir=host.paths["qmp_dir"], timeout=30.0)
-    p.update(state="present", make_assignable=False, force=False, take_from_driver=False, rebind=True, names="keep")
+    p.update(state="present", make_assignable=False, force=False, rebind=True, names="keep")
     p.update(extra)
     return p
 
