@@ -1,6 +1,6 @@
 # Copyright (c) 2026, xen.pci contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Privileged steps around attach and detach (PROTOCOL.md section 8).
+"""Privileged steps around attach and detach (libxl's pci_add_dm_done and its reverse).
 
 For one device and one target domain (the guest, or its stub domain):
 

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, xen.pci contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Build the real-Xen test image from Debian packages (see docs XENVM.md).
+"""Build the real-Xen test image from Debian packages.
 
 Artifacts, in ``<cache>/<recipe hash>/``:
 

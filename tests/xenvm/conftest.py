@@ -243,7 +243,8 @@ class Host:
 
     def pci_list(self):
         out = self.sh("xl pci-list %s" % self.domain).stdout
-        # Vdev column not trusted (XENVM.md); the host BDF is the last column.
+        # The Vdev column is not trusted (xl printed 00.0 for two devices once);
+        # the host BDF is the last column.
         return sorted(line.split()[-1] for line in out.splitlines()[1:] if line.strip())
 
     def assignable_list(self):

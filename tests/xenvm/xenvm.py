@@ -196,8 +196,8 @@ class XenVM:
         raise BootFailed("no %s on the serial console within %ds: %s" % (build_image.READY_MARKER, timeout, tail(self.serial())))
 
     def boot(self, timeout=READY_TIMEOUT, attempts=2):
-        """Boot and wait for the readiness marker and ssh; retry once (XENVM.md:
-        rare TCG corruption).  Raises Unavailable after the last attempt."""
+        """Boot and wait for the readiness marker and ssh; retry once (a rare
+        memory corruption of dom0 under TCG was seen).  Raises Unavailable after the last attempt."""
         for attempt in range(1, attempts + 1):
             start = time.monotonic()
             self._start(attempt)

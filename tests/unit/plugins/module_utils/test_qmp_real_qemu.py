@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The QMP client against a real qemu-system-x86_64 (Debian's, QEMU 7.2), started without a guest.
 
-Facts these tests rely on (observed with QEMU 7.2.22, see also DESIGN.md):
+Facts these tests rely on (observed with QEMU 7.2.22):
 - ``-S`` keeps the machine in ``prelaunch``; QMP works fully.
 - With ``-S`` the firmware never numbers bridge buses, so query-pci shows a
   ``pcie-root-port`` with no devices behind it: find devices behind root
