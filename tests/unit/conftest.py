@@ -57,3 +57,15 @@ def sim_params(host, **extra):
 def params_of():
     """``params_of(host, **extra)``: runner parameters for a simulated host."""
     return sim_params
+
+
+@pytest.fixture
+def run(params_of):
+    """``run(host, {domain: specs}, platform=None, **params)``: the passthrough
+    runner on a simulated host (timeout 20 s unless given)."""
+    from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough  # pylint: disable=import-outside-toplevel
+
+    def call(host, desired, platform=None, **extra):
+        extra.setdefault("timeout", 20.0)
+        return run_passthrough(params_of(host, **extra), desired, platform=platform)
+    return call

@@ -79,15 +79,6 @@ def wait_for(host, path, value, timeout=5.0):
     return False
 
 
-@pytest.fixture
-def run(params_of):
-    """``run(host, {domain: specs}, **params)``: the passthrough runner on a simulated host."""
-    def call(host, desired, platform=None, **extra):
-        extra.setdefault("timeout", 20.0)
-        return run_passthrough(params_of(host, **extra), desired, platform=platform)
-    return call
-
-
 def test_the_wait_rule_is_pv_and_running_and_a_backend_exists():
     assert backend_wait_needed("pv", True, True)
     for args in (("pv", True, False), ("pv", False, True), ("hvm", True, True), ("pvh", True, True), ("pv", False, False)):

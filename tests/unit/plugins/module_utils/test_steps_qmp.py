@@ -47,15 +47,6 @@ domains:
 STUB_BE = "/local/domain/0/backend/pci/4/0"
 
 
-@pytest.fixture
-def run(params_of):
-    """``run(host, {domain: specs}, **params)``: the passthrough runner on a simulated host."""
-    def call(host, desired, platform=None, **extra):
-        extra.setdefault("timeout", 30.0)
-        return run_passthrough(params_of(host, **extra), desired, platform=platform)
-    return call
-
-
 def devices_of(result, name):
     return [d["bdf"] for d in result["domains"][name]["devices"]]
 
