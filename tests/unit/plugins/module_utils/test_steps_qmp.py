@@ -13,7 +13,6 @@ from ansible_collections.xen.pci.plugins.module_utils import _steps_qmp
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
 from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
-from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host
 
 DEVICES = """

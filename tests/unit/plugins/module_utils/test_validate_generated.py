@@ -73,7 +73,7 @@ BAD_SPEC = st.one_of(
     st.from_regex(r"\A[0-9a-f]{1,5}:[0-9a-g]{1,3}\.[0-9*x]\Z").filter(_not_a_spec),
     st.dictionaries(st.sampled_from(["bdf", "vslot", "permissive", "name", "rdm_policy", "seize", "colour"]),
                     st.one_of(st.integers(-5, 300), st.text(max_size=6), st.none(), st.booleans()), min_size=1)
-    .filter(lambda d: _not_a_dict_spec(d)),
+    .filter(lambda d: _not_a_dict_spec(d)),  # pylint: disable=unnecessary-lambda  # defined below
     st.integers(), st.floats(), st.lists(st.text(max_size=4), max_size=2))
 
 
@@ -177,10 +177,11 @@ def test_passthrough_options(host, name, data):
 def test_device_specs(host, spec, position, where):
     specs = ["00:11.0"]
     specs.insert(min(position, len(specs)), spec)
-    if where == "devices":
-        run = lambda: run_passthrough(params(host, domain="db", devices=specs), {"db": specs})  # noqa: E731
-    else:
-        run = lambda: run_passthrough(params(host), {"db": specs, "web": ["00:10.0"]})  # noqa: E731
+
+    def run():
+        if where == "devices":
+            return run_passthrough(params(host, domain="db", devices=specs), {"db": specs})
+        return run_passthrough(params(host), {"db": specs, "web": ["00:10.0"]})
     rejected(host, run, ["devices", "assignments", "db"])
 
 
@@ -191,8 +192,8 @@ def test_domains(host, ref):
 
 
 @SETTINGS
-@given(value=st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=10), st.dictionaries(st.text(max_size=3),
-                                                                                                       st.integers(), max_size=2)))
+@given(value=st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=10),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
 def test_assignment_values(host, value):
     rejected(host, lambda: run_passthrough(params(host), {"db": value}), ["db"])
 
