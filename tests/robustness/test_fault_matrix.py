@@ -36,6 +36,7 @@ devices:
   - {bdf: "0000:00:12.0", vendor: 0x8086, device: 0x100e, class: 0x020000, driver: e1000, irq: 11, reset: true,
      resources: [[0xfe200000, 0xfe21ffff, 0x40200]]}
   - {bdf: "0000:00:14.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: pciback, reset: true}
+  - {bdf: "0000:00:15.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: null}
 """
 
 # web has a connected backend (00:14.0): attaches run a Reconfiguring cycle.
@@ -60,6 +61,7 @@ BE = "/local/domain/0/backend/pci/1/0"
 
 ATTACH = ({"state": "present"}, {"web": ["00:10.0", "00:11.0"]})
 SEIZE = ({"state": "present"}, {"web": ["00:12.0,seize=1"]})
+MAKE_ASSIGNABLE = ({"state": "present", "make_assignable": True}, {"web": ["00:15.0"]})
 DETACH = ({"state": "absent"}, {"web": ["00:14.0"]})
 DETACH_FORCE = ({"state": "absent", "force": True}, {"web": ["00:14.0"]})
 HVM_ATTACH = ({"state": "present"}, {"web": ["00:10.0"]})
@@ -168,6 +170,8 @@ CASES = {
     # -- sysfs ------------------------------------------------------------------
     "pciback bind fails (EIO) while seizing": Case(
         PV, SEIZE, fault("sysfs.write", "error", errno="EIO", file="pciback/bind"), "error"),
+    "pciback bind fails (EIO) for a driverless device": Case(
+        PV, MAKE_ASSIGNABLE, fault("sysfs.write", "error", errno="EIO", file="pciback/bind"), "error"),
     "unbind from the dom0 driver fails (EBUSY)": Case(
         PV, SEIZE, fault("sysfs.write", "error", errno="EBUSY", file="e1000/unbind"), "error"),
     "pciback bind blocks in the kernel": Case(
@@ -256,6 +260,8 @@ def test_fault(sim, name, monkeypatch):
     except XenPciError as exc:
         outcome, details, msg = "error", exc.details, exc.msg
     elapsed = time.monotonic() - start
+    # One line per case for the record (shown with -s or -rP).
+    print("matrix | %s | %s in %.1f s | %s" % (name, outcome, elapsed, (msg or "; ".join(details.get("warnings_detail", [])))[:300]))
     assert elapsed < case.timeout + MARGIN + case.extra, "%s: took %.1f s (timeout %.1f)" % (name, elapsed, case.timeout)
     assert case.expect in (outcome, "either"), "%s: expected %s, got %s: %s" % (name, case.expect, outcome, msg)
     settle(host, 0.5)
