@@ -42,6 +42,13 @@ UNDO_FIRST_SHARE = 0.5
 UNDO_MIN = 0.2
 
 
+def _load_kinds():
+    """Every step kind, for a journal written by another process (the
+    modules import only the kinds their request needs)."""
+    # pylint: disable=import-outside-toplevel,unused-import
+    from ansible_collections.xen.pci.plugins.module_utils import _steps_backend, _steps_device, _steps_qmp  # noqa: F401
+
+
 def register(cls):
     """Class decorator: make a step kind known to journals."""
     STEP_KINDS[cls.kind] = cls
@@ -97,6 +104,7 @@ class Step:
 
     @classmethod
     def from_journal(cls, entry):
+        _load_kinds()
         kind = STEP_KINDS.get(entry.get("kind"))
         if kind is None:
             raise HotplugError("the journal names a step this version does not know: %r" % entry.get("kind"),

@@ -25,8 +25,10 @@ from __future__ import annotations
 from ._bdf import Bdf
 from ._errors import HypervisorError, SpecError, SysfsError, XenPciError
 from ._sysfs import PCI_BAR_IO, PROC_PCI_NUM_RESOURCES, normalise_bdf, sbdf_of
-from ._xenctrl import XEN_DOMCTL_DEV_RDM_RELAXED
 
+# xc_assign_device flag of rdm_policy=relaxed (Xen's public domctl.h). Kept
+# here, not imported from _xenctrl, so planning grants loads no ctypes.
+XEN_DOMCTL_DEV_RDM_RELAXED = 1
 XC_PAGE_SHIFT = 12
 XC_PAGE_SIZE = 1 << XC_PAGE_SHIFT
 LEGACY_IRQ_LIMIT = 0xFF

@@ -23,10 +23,8 @@ import os
 from dataclasses import dataclass, field
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._grants import Grants
 from ansible_collections.xen.pci.plugins.module_utils._lock import FileLock, domain_lock_path
 from ansible_collections.xen.pci.plugins.module_utils._sysfs import Sysfs
-from ansible_collections.xen.pci.plugins.module_utils._xenctrl import open_xenctrl
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import XenStore
 
 POOL_LOCK = "xen.pci-pool.lock"
@@ -34,17 +32,37 @@ POOL_LOCK = "xen.pci-pool.lock"
 
 @dataclass
 class Platform:
-    """xenstore, sysfs, the hypervisor and the paths of one host."""
+    """xenstore, sysfs, the hypervisor and the paths of one host.
+
+    The hypervisor (libxenctrl through ctypes, or the simulator's socket) is
+    opened on first use: a task that changes nothing never loads it."""
 
     xs: object                       # _xenstore.XenStore
     sysfs: object = None             # _sysfs.Sysfs, None: no sysfs checks or changes
-    grants: object = None            # _grants.Grants, None: no privileged calls
+    hypervisor: str = "none"         # libxenctrl[:<path>] | xensim:<socket> | none
     userdata_dir: str = "/var/lib/xen"
     locking: bool = True
-    xenctrl: object = None           # _xenctrl interface, for domain info
     qmp_dir: str = "/var/run/xen"
+    _xenctrl: object = field(default=None, repr=False)
+    _grants: object = field(default=None, repr=False)
     _pool: object = field(default=None, repr=False)
     _pool_depth: int = field(default=0, repr=False)
+
+    @property
+    def xenctrl(self):
+        """The privileged-call interface (_xenctrl), or None without a hypervisor."""
+        if self._xenctrl is None and self.hypervisor and self.hypervisor != "none":
+            from ansible_collections.xen.pci.plugins.module_utils._xenctrl import open_xenctrl  # pylint: disable=import-outside-toplevel
+            self._xenctrl = open_xenctrl(self.hypervisor)
+        return self._xenctrl
+
+    @property
+    def grants(self):
+        """Grant and revoke of a device's privileged access (_grants), or None."""
+        if self._grants is None and self.xenctrl is not None:
+            from ansible_collections.xen.pci.plugins.module_utils._grants import Grants  # pylint: disable=import-outside-toplevel
+            self._grants = Grants(self.xenctrl, self.sysfs)
+        return self._grants
 
     def domain_paused(self, domid):
         """True for a paused domain (or one being built); False otherwise or if unknown."""
@@ -99,8 +117,8 @@ class Platform:
 
     def close(self):
         self.xs.close()
-        if self.xenctrl is not None:
-            self.xenctrl.close()
+        if self._xenctrl is not None:
+            self._xenctrl.close()
 
 
 def connect(xenstore_path=None, xenbus=False, sysfs_root="/sys", hypervisor="libxenctrl", userdata_dir="/var/lib/xen",
@@ -109,9 +127,5 @@ def connect(xenstore_path=None, xenbus=False, sysfs_root="/sys", hypervisor="lib
     library), ``none`` (no privileged calls) or ``xensim:<socket>``."""
     xs = XenStore(xenstore_path, xenbus=xenbus, timeout=min(timeout, 30.0))
     sysfs = Sysfs(sysfs_root) if sysfs_root else None
-    xenctrl = grants = None
-    if hypervisor and hypervisor != "none":
-        xenctrl = open_xenctrl(hypervisor)
-        grants = Grants(xenctrl, sysfs)
-    return Platform(xs=xs, sysfs=sysfs, grants=grants, userdata_dir=userdata_dir, locking=locking, xenctrl=xenctrl,
+    return Platform(xs=xs, sysfs=sysfs, hypervisor=hypervisor or "none", userdata_dir=userdata_dir, locking=locking,
                     qmp_dir=qmp_dir)

@@ -18,14 +18,11 @@ Kept free of Ansible imports, so tests and benchmarks drive it directly.
 from __future__ import annotations
 
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
-from ansible_collections.xen.pci.plugins.module_utils._engine import Context, execute
 from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError, XenPciError, with_context
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
 from ansible_collections.xen.pci.plugins.module_utils._journal import domain_key
 from ansible_collections.xen.pci.plugins.module_utils._plan import describe, describe_bdf, plan
-from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
-from ansible_collections.xen.pci.plugins.module_utils._steps import attach_steps, detach_steps
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
     Problem, consent_of, passthrough_host, passthrough_input, raise_problems)
 
@@ -134,8 +131,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     budget = Budget(params["timeout"], "xen.pci.passthrough")
     try:
         platform = platform or platform_from(params)
-        ctx = Context(platform, budget, hook=hook, force=params.get("force", False))
-        host = ctx.host = read_host(platform.xs, budget.work)
+        host = read_host(platform.xs, budget.work)
     except XenPciError as exc:
         # Nothing was read, nothing done: say what the request was for.
         raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
@@ -146,16 +142,26 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     if check_mode or (not the_plan.changed and not host.journals):
         result["warnings_detail"] = untrusted_warnings(platform.xs)
         return result
+    # A request that changes something (or finds a journal) needs the engine;
+    # a no-op one never loads it.
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._engine import Context
+    from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
+    ctx = Context(platform, budget, hook=hook, force=params.get("force", False))
+    ctx.host = host
 
     locks = []
     before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
     try:
         for domid in sorted(domids):
             locks.append(platform.domain_lock(host.domains[domid], budget.work))
-        host = ctx.host = read_host(platform.xs, budget.work)
+        # Under the locks only the request's domains (and their stub domains)
+        # are read again: the others' holders are known from libxl's bookkeeping.
+        involved = _with_stubdoms(host, domids)
+        host = ctx.host = read_host(platform.xs, budget.work, involved)
         if host.journals:
             recover_journals(ctx, host, held=set(domids), required=set(domids))
-            host = ctx.host = read_host(platform.xs, budget.work)
+            host = ctx.host = read_host(platform.xs, budget.work, involved)
         the_plan = _check(platform, host, parsed, params, budget.work)
         before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
         _run(ctx, platform, host, the_plan, params)
@@ -186,6 +192,9 @@ def _with_stubdoms(host, domids):
 
 
 def _run(ctx, platform, host, the_plan, params):
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._engine import execute
+    from ansible_collections.xen.pci.plugins.module_utils._steps import attach_steps, detach_steps
     make_assignable = params.get("make_assignable", False)
     force = params.get("force", False)
     for dp in the_plan.domains:

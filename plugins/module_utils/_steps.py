@@ -23,7 +23,6 @@ from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
 from ansible_collections.xen.pci.plugins.module_utils._steps_backend import (
     BOOKKEEPING, GUEST, STUBDOM, AppendToBackend, DropFromBackend, RemoveFromBackend, RestoreBackend)
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import Claim, Grant, Reset, Revoke, Seize, Unclaim
-from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import DEVICE_ADD_TRIES, QmpAdd, QmpRemove
 
 PCIBACK = "pciback"
 
@@ -54,6 +53,7 @@ def detach_steps(host, dom, bdfs, force, stray=()):
     steps = []
     label = dom.label()
     if dom.type == "hvm" and (bdfs or stray):
+        from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import QmpRemove  # pylint: disable=import-outside-toplevel
         steps.append(QmpRemove(domid=dom.domid, uuid=dom.uuid, label=label, bdfs=list(bdfs) + [str(Bdf.from_qmp_id(q)) for q in stray],
                                force=force))
     if not bdfs:
@@ -97,6 +97,9 @@ def attach_steps(host, dom, funcs, platform, make_assignable):
     before = [d.function().to_dict() for d in _devices(target)]
     steps.append(AppendToBackend(functions=functions, before=before, **_backend(target, role)))
     if dom.type == "hvm":
+        # Only a HVM guest needs the QMP client.
+        from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import (  # pylint: disable=import-outside-toplevel
+            DEVICE_ADD_TRIES, QmpAdd)
         steps.append(QmpAdd(domid=dom.domid, uuid=dom.uuid, label=label, functions=functions,
                             tries=DEVICE_ADD_TRIES if role == STUBDOM else 1))
     return steps

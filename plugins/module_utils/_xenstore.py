@@ -683,25 +683,57 @@ class XenStore:
                 raise self._broken("unexpected reply op %d while waiting for events: %r" % (packet[0], packet[2][:64]))
         return self._events.popleft()
 
+    def _drain(self):
+        """Queue every watch event already on the wire, without waiting."""
+        while self._conn is not None:
+            complete = len(self._rbuf) >= HEADER.size and \
+                len(self._rbuf) >= HEADER.size + HEADER.unpack(self._rbuf[:HEADER.size])[3]
+            if not complete:
+                try:
+                    ready, _w, _x = select.select([self._fd], [], [], 0)
+                except (OSError, ValueError) as exc:
+                    raise self._broken(str(exc)) from exc
+                if not ready:
+                    return
+            packet = self._packet(Deadline(CLEANUP_GRACE, "drain"), "reading queued watch events")
+            if packet is not None:
+                raise self._broken("unexpected reply op %d while waiting for events: %r" % (packet[0], packet[2][:64]))
+
+    @staticmethod
+    def watch_points(paths):
+        """The fewest watches that see every path: a watch fires for its node
+        and every node below, so siblings share one watch on their parent."""
+        parents = {}
+        for path in paths:
+            parents.setdefault(path.rsplit("/", 1)[0] or "/", []).append(path)
+        out = []
+        for parent, children in parents.items():
+            out += [parent] if len(children) > 1 else children
+        return sorted(set(out))
+
     def wait_until(self, paths, check, deadline, doing):
         """Wait until ``check(values)`` returns a true value, re-reading on watch events.
 
-        ``paths``: the nodes to watch and read (one watch each, one pipelined
-        read per wake-up); ``check`` gets {path: value or None} and returns the
-        result to hand back, or None to keep waiting. No polling: between
-        reads we sleep in select() on the connection, until the deadline.
+        ``paths``: the nodes to read (one pipelined read per wake-up); they are
+        watched with as few watches as cover them (``watch_points``).
+        ``check`` gets {path: value or None} and returns the result to hand
+        back, or None to keep waiting. No polling: between reads we sleep in
+        select() on the connection, until the deadline; every event already
+        queued when we wake is taken before the one re-read.
         """
         paths = list(paths)
         tokens = []
         try:
-            tokens = self.watch_many(paths, deadline=deadline)
+            tokens = self.watch_many(self.watch_points(paths), deadline=deadline)
             mine = {t for _p, t in tokens}
             while True:
+                # The watches' own first events are in the queue by now.
+                self._drain()
+                self._events = deque(e for e in self._events if e[1] not in mine)
                 values = self.read_many(paths, deadline=deadline)
                 result = check(values)
                 if result is not None:
                     return result
-                # Drain: one fresh read covers every event queued so far.
                 while True:
                     try:
                         _path, token = self.next_event(deadline)
