@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec  # noqa: E402
 from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError, XenPciError  # noqa: E402
+from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults  # noqa: E402
 from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable  # noqa: E402
 from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # noqa: E402
 from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough  # noqa: E402
@@ -96,13 +99,16 @@ BAD_DOMAIN = st.one_of(st.booleans(), st.floats(), st.none(), st.tuples(st.integ
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host():
+    """One simulated host for every example (short socket paths under /tmp)."""
     xensim_host = pytest.importorskip("xensim.host", reason="xensim (tools/xensim) is not importable")
     xensim_scenario = pytest.importorskip("xensim.scenario", reason="xensim (tools/xensim) is not importable")
-    started = xensim_host.SimHost(xensim_scenario.loads(HOST), str(tmp_path_factory.mktemp("generated")))
+    state = tempfile.mkdtemp(prefix="xg-", dir="/tmp")
+    started = xensim_host.SimHost(xensim_scenario.loads(HOST), state)
     started.start()
     yield started
     started.stop()
+    shutil.rmtree(state, ignore_errors=True)
 
 
 # Totals of every test, appended here and summed by tools/make/units.sh
@@ -127,8 +133,12 @@ def toolstack_writes(host):
 
 
 def params(host, **extra):
-    from conftest import sim_params  # pylint: disable=import-error,import-outside-toplevel
-    return sim_params(host, **dict({"timeout": 10.0}, **extra))
+    p = host_defaults(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
+                      hypervisor="xensim:" + host.paths["hypervisor"], userdata_dir=host.paths["userdata_dir"],
+                      qmp_dir=host.paths["qmp_dir"], timeout=10.0)
+    p.update(state="present", make_assignable=False, force=False, rebind=True, names="keep")
+    p.update(extra)
+    return p
 
 
 def rejected(host, run, names):
