@@ -14,16 +14,13 @@ from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
 
 
-def finish(module, run, needs_pyxs=True, then=None):
+def finish(module, run, needs_pyxs=True):
     """Call ``run()`` and exit the module with its result, or fail with the
-    core's error (message plus its machine-readable details). ``then(result)``
-    may complete the result first (the file attributes of domain_config)."""
+    core's error (message plus its machine-readable details)."""
     if needs_pyxs and not HAS_PYXS:
         module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
     try:
         result = run()
-        if then is not None:
-            then(result)
     except XenPciError as exc:
         module.fail_json(**exc.to_dict())
     if not module._diff:  # pylint: disable=protected-access

@@ -81,8 +81,13 @@ def write_config(path, text, atomic_move=None):
             os.unlink(tmp)
 
 
-def run_domain_config(params, check_mode=False, atomic_move=None, backup_local=None):
-    """Edit the config at ``params['path']``; returns the module result."""
+PER_FILE = ("path", "devices", "state", "passthrough", "e820_host", "pci_permissive", "pci_msitranslate",
+            "pci_power_mgmt", "pci_seize", "backup", "create")
+
+
+def plan_domain_config(params):
+    """The edit of ``params['path']`` (read and edited in memory, nothing
+    written): (result, the new text or None when unchanged, whether it exists)."""
     path = params["path"]
     before = read_config(path, params.get("create", False))
     exists = before is not None
@@ -101,9 +106,76 @@ def run_domain_config(params, check_mode=False, atomic_move=None, backup_local=N
         "diff": {"before": before or "", "after": edit.text, "before_header": path if exists else "/dev/null",
                  "after_header": path},
     }
-    if not changed or check_mode:
-        return result
+    return result, (edit.text if changed else None), exists
+
+
+def _apply(params, planned, atomic_move, backup_local):
+    result, text, exists = planned
+    if text is None:
+        return
     if params.get("backup") and exists:
-        result["backup_file"] = (backup_local or default_backup)(path)
-    write_config(path, edit.text, atomic_move)
-    return result
+        result["backup_file"] = (backup_local or default_backup)(result["path"])
+    write_config(result["path"], text, atomic_move)
+
+
+def run_domain_config(params, check_mode=False, atomic_move=None, backup_local=None):
+    """Edit the config at ``params['path']``; returns the module result."""
+    planned = plan_domain_config(params)
+    if not check_mode:
+        _apply(params, planned, atomic_move, backup_local)
+    return planned[0]
+
+
+def config_params(params):
+    """Each file's own parameters: ``configs`` entries over the task's defaults."""
+    configs = params.get("configs")
+    if configs is None:
+        return [params]
+    if not isinstance(configs, list) or not configs:
+        raise SpecError("configs must be a non-empty list of {path, devices, ...} mappings", input="configs")
+    out, seen = [], {}
+    for index, entry in enumerate(configs):
+        where = "configs[%d]" % index
+        if not isinstance(entry, dict):
+            raise SpecError("%s: expected a mapping with path and devices, got %s %r" % (where, type(entry).__name__, entry),
+                            input=where)
+        unknown = sorted(str(k) for k in entry if k not in PER_FILE)
+        if unknown:
+            raise SpecError("%s: unknown key(s) %s (known: %s)" % (where, ", ".join(unknown), ", ".join(PER_FILE)),
+                            input=where)
+        if not entry.get("path"):
+            raise SpecError("%s: path is required" % where, input=where)
+        merged = dict(params)
+        merged.update({k: v for k, v in entry.items() if v is not None})
+        merged["path"] = os.path.abspath(os.path.expanduser(str(merged["path"])))
+        if merged["path"] in seen:
+            raise SpecError("%s: %s is also configs[%d]" % (where, merged["path"], seen[merged["path"]]), input=where)
+        seen[merged["path"]] = index
+        out.append(merged)
+    return out
+
+
+def run_domain_configs(params, check_mode=False, atomic_move=None, backup_local=None, file_attributes=None):
+    """Several config files in one task (``configs``), or the one of ``path``.
+    Every file is read and edited in memory first: one bad file means
+    nothing is written to any."""
+    many = params.get("configs") is not None
+    plans = []
+    for each in config_params(params):
+        try:
+            plans.append((each, plan_domain_config(each)))
+        except XenPciError as exc:
+            if not many:
+                raise
+            raise type(exc)("%s: %s" % (each["path"], exc.msg), **dict(exc.details, path=each["path"])) from exc
+    for each, planned in plans:
+        if not check_mode:
+            _apply(each, planned, atomic_move, backup_local)
+        if file_attributes is not None:
+            file_attributes(each, planned[0])
+    results = [planned[0] for _each, planned in plans]
+    if not many:
+        return results[0]
+    return {"changed": any(r["changed"] for r in results), "results": results,
+            "actions": ["%s: %s" % (r["path"], a) for r in results for a in r["actions"]],
+            "diff": [r["diff"] for r in results if r["changed"]]}

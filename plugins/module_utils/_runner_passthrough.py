@@ -105,8 +105,13 @@ def declared(the_plan, host, platform):
             bdf = str(func.bdf)
             items.append({"bdf": bdf, "spec": describe(func), "seize": func.seize,
                           "driver": sysfs.driver_name(bdf) if sysfs is not None and sysfs.exists(bdf) else None})
-        out[dom.name or str(dom.domid)] = items
+        out[_name(dom)] = items
     return out
+
+
+def _name(dom):
+    """A guest's key in the results: its name, or its id when it has none."""
+    return dom.name or str(dom.domid)
 
 
 def _result(the_plan, host, domids):
@@ -139,6 +144,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
     result["resolved"] = declared(the_plan, host, platform)
+    result["declared"] = {_name(host.resolve(ref)): {"key": str(ref), "specs": list(specs)} for ref, specs in desired.items()}
     if check_mode or (not the_plan.changed and not host.journals):
         result["warnings_detail"] = untrusted_warnings(platform.xs)
         return result

@@ -45,8 +45,18 @@ options:
   path:
     description:
       - The xl domain config file, for example C(/etc/xen/web1.cfg).
+      - Exactly one of O(path) and O(configs).
     type: path
-    required: true
+  configs:
+    description:
+      - Several config files in one task, each a mapping with its O(path) and any of O(devices), O(state),
+        O(passthrough), O(e820_host), the C(pci_*) options, O(backup) and O(create); what an entry does not give
+        comes from the task's own options.
+      - Every file is read and edited first; a file that cannot be (unreadable, a bad device spec) fails the task
+        before any file is written. The file attributes (O(mode), O(owner)...) apply to every file.
+    type: list
+    elements: dict
+    version_added: 0.2.0
   devices:
     description:
       - PCI devices, each an C(xl) PCI spec string (see the xl-pci-configuration(5) manual page, for example
@@ -132,9 +142,22 @@ EXAMPLES = r"""
     path: /etc/xen/web1.cfg
     devices: ["0000:03:00.0"]
     state: absent
+
+- name: Every guest's config of a host in one task
+  xen.pci.domain_config:
+    configs:
+      - {path: /etc/xen/web1.cfg, devices: ["0000:03:00.0"]}
+      - {path: /etc/xen/db1.cfg, devices: ["0000:04:00.0@5"], pci_permissive: true}
+    state: exact
+    backup: true
 """
 
 RETURN = r"""
+results:
+  description: With O(configs), the result of each file (as the keys below give it for one file), in order.
+  returned: when O(configs) is given
+  type: list
+  elements: dict
 actions:
   description: Changes made (in check mode, that would be made), in order.
   returned: always
@@ -154,7 +177,7 @@ settings:
   sample: {pci_permissive: true}
 path:
   description: The config file.
-  returned: always
+  returned: when O(path) is given
   type: str
   sample: /etc/xen/web1.cfg
 backup_file:
@@ -169,12 +192,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
-from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_config
+from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs
 
 
 def main():
     argument_spec = dict(
-        path=dict(type="path", required=True),
+        path=dict(type="path"),
+        configs=dict(type="list", elements="dict"),
         devices=dict(type="list", elements="raw"),
         state=dict(type="str", choices=["present", "absent", "exact"], default="present"),
         passthrough=dict(type="str", choices=["enabled", "disabled", "sync_pt", "share_pt"]),
@@ -186,17 +210,23 @@ def main():
         backup=dict(type="bool", default=False),
         create=dict(type="bool", default=False),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True,
+                           required_one_of=[("path", "configs")], mutually_exclusive=[("path", "configs")])
 
-    def file_attributes(result):
-        if os.path.exists(module.params["path"]):
+    def file_attributes(params, result):
+        if os.path.exists(params["path"]):
             # owner, group, mode, SELinux context of the file options (in check mode, only reported)
-            file_args = module.load_file_common_arguments(module.params)
+            file_args = module.load_file_common_arguments(module.params, path=params["path"])
             result["changed"] = module.set_fs_attributes_if_different(file_args, result["changed"])
 
-    finish(module, lambda: run_domain_config(module.params, check_mode=module.check_mode, atomic_move=module.atomic_move,
-                                             backup_local=module.backup_local),
-           needs_pyxs=False, then=file_attributes)
+    def run():
+        result = run_domain_configs(module.params, check_mode=module.check_mode, atomic_move=module.atomic_move,
+                                    backup_local=module.backup_local, file_attributes=file_attributes)
+        if "results" in result:
+            result["changed"] = any(r["changed"] for r in result["results"])
+        return result
+
+    finish(module, run, needs_pyxs=False)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,11 @@ resolved:
   returned: always
   type: dict
   sample: {"web1": [{"bdf": "0000:03:00.0", "spec": "0000:03:00.0", "seize": false, "driver": "pciback"}]}
+declared:
+  description: The declaration as given, per guest (by its name): the key it was given under and its specs.
+  returned: always
+  type: dict
+  sample: {"web1": {"key": "web1", "specs": ["0000:03:00.0", {"bdf": "0000:04:00.0", "permissive": true}]}}
 recovered:
   description:
     - Requests a killed run had left unfinished (their journal in xenstore), finished or rolled back by this

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
-from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_config
+from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_config, run_domain_configs
 from ansible_collections.xen.pci.plugins.module_utils._xlconfig import XlConfigError
 
 CONFIG = """\
@@ -130,3 +130,51 @@ def test_module_reports_errors_with_fail_json(cfg, capsys):
     assert failed["error"] == "SpecError"
     mode = run_module({"path": str(cfg), "mode": "0600"}, capsys)
     assert mode["changed"] and stat.S_IMODE(os.stat(cfg).st_mode) == 0o600
+
+
+# -- several files in one task (configs) --------------------------------------
+
+
+def test_several_files_in_one_call_each_with_its_own_options(tmp_path):
+    web, db = tmp_path / "web1.cfg", tmp_path / "db1.cfg"
+    web.write_text(CONFIG)
+    configs = [{"path": str(web), "devices": ["0000:03:00.0", "04:00.0"]},
+               {"path": str(db), "devices": ["05:00.0@3"], "create": True, "pci_permissive": True}]
+    params = dict(params_for(web, state="exact"), path=None, configs=configs)
+    check = run_domain_configs(params, check_mode=True)
+    assert check["changed"] and web.read_text() == CONFIG and not db.exists()
+    real = run_domain_configs(params)
+    assert real["actions"] == check["actions"] and [r["changed"] for r in real["results"]] == [True, True]
+    assert [r["devices"] for r in real["results"]] == [["0000:03:00.0", "0000:04:00.0"], ["0000:05:00.0@03"]]
+    assert db.read_text() == 'pci = ["0000:05:00.0@03"]\npci_permissive = 1\n'
+    assert len(real["diff"]) == 2 and real["diff"][1]["before_header"] == "/dev/null"
+    again = run_domain_configs(params)
+    assert not again["changed"] and again["diff"] == [] and again["actions"] == []
+
+
+def test_one_bad_file_means_no_file_is_written(tmp_path):
+    web, bad = tmp_path / "web1.cfg", tmp_path / "bad.cfg"
+    web.write_text(CONFIG)
+    bad.write_text("pci = [ '0000:03:00.0' ]\npci += [ '0000:04:00.0' ]\n")
+    params = dict(params_for(web), path=None, configs=[{"path": str(web), "devices": ["06:00.0"]},
+                                                        {"path": str(bad), "devices": ["06:00.0"]}])
+    with pytest.raises(XlConfigError, match=str(bad)):
+        run_domain_configs(params)
+    assert web.read_text() == CONFIG
+    for configs, pattern in (([], "non-empty list"), ([{"devices": []}], r"configs\[0\]: path is required"),
+                             ([{"path": str(web), "colour": 1}], r"configs\[0\]: unknown key"),
+                             ([{"path": str(web)}, {"path": str(web)}], r"configs\[1\]: .* is also configs\[0\]")):
+        with pytest.raises(SpecError, match=pattern):
+            run_domain_configs(dict(params, configs=configs))
+
+
+def test_module_with_configs_applies_file_attributes_to_every_file(tmp_path, capsys):
+    web, db = tmp_path / "web1.cfg", tmp_path / "db1.cfg"
+    web.write_text(CONFIG)
+    db.write_text(CONFIG.replace("web1", "db1"))
+    args = {"configs": [{"path": str(web), "devices": ["03:00.0"]}, {"path": str(db)}], "mode": "0600",
+            "_ansible_diff": True}
+    out = run_module(args, capsys)
+    assert out["rc"] == 0 and out["changed"] and [r["changed"] for r in out["results"]] == [True, True]
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in (web, db))
+    assert run_module({"path": str(web), "configs": [{"path": str(db)}]}, capsys)["failed"]
