@@ -9,23 +9,31 @@ from __future__ import annotations
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
-from ansible_collections.xen.pci.plugins.module_utils._validate import common_options, raise_problems
+from ansible_collections.xen.pci.plugins.module_utils._validate import Problem, common_options, raise_problems
+
+DETAILS = ("full", "summary")
 
 
 def run_info(params, platform=None):
     """Inventory of the host's PCI devices and every domain's assignments."""
     problems = []
     common_options(params, problems)
+    if params.get("detail", "full") not in DETAILS:
+        problems.append(Problem("detail must be one of %s, got %r" % (", ".join(DETAILS), params.get("detail")), "detail"))
     raise_problems(problems)
     budget = Budget(params["timeout"], "xen.pci.info")
     platform = platform or platform_from(params)
     host = read_host(platform.xs, budget.work)
     devices = []
     sysfs = platform.sysfs
+    summary = params.get("detail", "full") == "summary"
     if sysfs is not None:
         slots = set(sysfs.pciback_slots()) if sysfs.pciback_loaded() else set()
-        for bdf in sysfs.devices():
-            dev = sysfs.device(bdf).to_dict()
+        listed = sysfs.devices()
+        # summary: the driver of each device (one link read), no attributes.
+        drivers = sysfs.drivers(listed) if summary else {}
+        for bdf in listed:
+            dev = {"bdf": bdf, "driver": drivers[bdf]} if summary else sysfs.device(bdf).to_dict()
             rec = host.libxl_pci.get(bdf, {})
             holder = host.holder_of(bdf)
             dev.update({

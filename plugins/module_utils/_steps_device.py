@@ -66,9 +66,11 @@ class Claim(Step):
                             bdf, driver or "no driver"), device=bdf, domain=domid, driver=driver)
 
             def body(tx):
-                values = ctx.xs.read_many([libxl_pci_path(b, "domid") for b in self.data["bdfs"]], tx=tx, deadline=ctx.deadline)
+                bdfs = self.data["bdfs"]
+                values = ctx.xs.read_many([libxl_pci_path(b, "domid") for b in bdfs] + [libxl_pci_path(b) for b in bdfs],
+                                          tx=tx, deadline=ctx.deadline)
                 changes = Changes()
-                for bdf in self.data["bdfs"]:
+                for bdf in bdfs:
                     have = values[libxl_pci_path(bdf, "domid")]
                     if have is not None and have != str(domid):
                         raise RefusedError("%s was claimed by domid %s meanwhile; not taking it for %s" % (
@@ -76,21 +78,34 @@ class Claim(Step):
                     if have is None:
                         changes.write(libxl_pci_path(bdf, "domid"), str(domid))
                 ctx.xs.apply(changes, tx=tx, deadline=ctx.deadline)
-            ctx.xs.transaction(body, ctx.deadline, what=self.describe())
+                # The device nodes this claim created: its undo removes them too.
+                return [b for b in bdfs if values[libxl_pci_path(b)] is None]
+            self.result["created"] = ctx.xs.transaction(body, ctx.deadline, what=self.describe())
 
     def undo(self, ctx):
-        release(ctx, self.data["domid"], self.data["bdfs"], self.describe())
+        release(ctx, self.data["domid"], self.data["bdfs"], self.describe(), prune=self.result.get("created", ()))
 
 
-def release(ctx, domid, bdfs, what):
-    """Remove the claims of ``bdfs`` that are ``domid``'s; others stay."""
+def release(ctx, domid, bdfs, what, prune=()):
+    """Remove the claims of ``bdfs`` that are ``domid``'s; others stay.
+    Only the ``domid`` node goes, as libxl removes it (its empty device node
+    stays), except for the devices in ``prune``, whose node this request
+    created and whose undo removes it again when it is left empty."""
     with ctx.platform.pool_lock(ctx.deadline):
         def body(tx):
             values = ctx.xs.read_many([libxl_pci_path(b, "domid") for b in bdfs], tx=tx, deadline=ctx.deadline)
-            ours = [libxl_pci_path(b, "domid") for b in bdfs if values[libxl_pci_path(b, "domid")] == str(domid)]
-            if ours:
-                remove_pruned(ctx.xs, ours, "/libxl", ctx.deadline, what, tx=tx)
+            ours = [b for b in bdfs if values[libxl_pci_path(b, "domid")] == str(domid)]
+            for bdf in ours:
+                ctx.xs.rm(libxl_pci_path(bdf, "domid"), tx=tx, deadline=ctx.deadline)
+            _prune(ctx, [b for b in ours if b in set(prune)], tx)
         ctx.xs.transaction(body, ctx.deadline, what=what)
+
+
+def _prune(ctx, bdfs, tx):
+    """Remove the device nodes of ``bdfs`` that are empty (and /libxl/pci
+    itself when it is left empty)."""
+    if bdfs:
+        remove_pruned(ctx.xs, [], "/libxl", ctx.deadline, "", tx=tx, parents=[libxl_pci_path(b) for b in bdfs])
 
 
 @register
@@ -128,6 +143,8 @@ def to_pool(ctx, step, bdf, driver, driver_path):
         if now != driver:
             raise RefusedError("%s is now bound to %s, not to %s as when the request was checked" % (bdf, now, driver),
                                device=bdf, driver=now)
+        if xs.read(libxl_pci_path(bdf), deadline=ctx.deadline) is None:
+            step.result["created"] = True      # the undo removes the device node again
         xs.write(libxl_pci_path(bdf, "driver_path"), driver_path, deadline=ctx.deadline)
         ctx.checkpoint("remembered")
         sysfs.unbind(bdf)
@@ -145,10 +162,11 @@ def to_pool(ctx, step, bdf, driver, driver_path):
         ctx.checkpoint("quarantined")
 
 
-def from_pool(ctx, bdf, driver_path, forget_driver_path):
+def from_pool(ctx, bdf, driver_path, forget_driver_path, prune=False):
     """Take ``bdf`` out of pciback (dequarantine, unbind, remove_slot) and,
     with ``driver_path``, give it back to that dom0 driver. With
-    ``forget_driver_path``, delete libxl's record of it once given back."""
+    ``forget_driver_path``, delete libxl's record of it once given back (the
+    leaf, as libxl does; with ``prune``, its device node too when empty)."""
     sysfs, xs = ctx.platform.sysfs, ctx.xs
     if sysfs.driver_name(bdf) == PCIBACK:
         xenctrl = ctx.platform.xenctrl
@@ -167,7 +185,11 @@ def from_pool(ctx, bdf, driver_path, forget_driver_path):
         sysfs.bind_driver(bdf, driver_path)
         ctx.checkpoint("rebound")
     if forget_driver_path and (not driver_path or sysfs.driver_path(bdf) == driver_path):
-        remove_pruned(xs, [libxl_pci_path(bdf, "driver_path")], "/libxl", ctx.deadline, "forgetting the driver of %s" % bdf)
+        leaf = libxl_pci_path(bdf, "driver_path")
+        if prune:
+            remove_pruned(xs, [leaf], "/libxl", ctx.deadline, "forgetting the driver of %s" % bdf)
+        else:
+            xs.rm(leaf, deadline=ctx.deadline)
 
 
 def _not_someone_elses(ctx, bdf, domid):
@@ -205,7 +227,8 @@ class Seize(Step):
             return
         with ctx.platform.pool_lock(ctx.deadline):
             _not_someone_elses(ctx, bdf, self.data.get("domid"))
-            from_pool(ctx, bdf, self.data["driver_path"] if driver else None, forget_driver_path=bool(driver))
+            from_pool(ctx, bdf, self.data["driver_path"] if driver else None, forget_driver_path=bool(driver),
+                      prune=bool(self.result.get("created")) and self.data.get("domid") is None)
             if driver and ctx.platform.sysfs.driver_name(bdf) != driver:
                 raise XenPciError("%s could not be given back to %s (bound to %s)" % (
                     bdf, driver, ctx.platform.sysfs.driver_name(bdf) or "no driver"), device=bdf, driver=driver)
@@ -268,7 +291,7 @@ class SetName(Step):
         path = libxl_pci_path(self.data["bdf"], "name")
         with ctx.platform.pool_lock(ctx.deadline):
             if value is None:
-                remove_pruned(ctx.xs, [path], "/libxl", ctx.deadline, self.describe())
+                ctx.xs.rm(path, deadline=ctx.deadline)        # the leaf, as libxl removes it
             else:
                 ctx.xs.write(path, value, deadline=ctx.deadline)
 

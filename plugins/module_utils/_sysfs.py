@@ -118,6 +118,7 @@ class Sysfs(object):
     def __init__(self, root=LOGICAL_ROOT, timeout=DEFAULT_TIMEOUT):
         self.root = os.path.abspath(root)
         self.timeout = float(timeout)
+        self._do_flr = None       # does pciback offer do_flr (asked once)
 
     # -- paths -------------------------------------------------------------
 
@@ -278,19 +279,38 @@ class Sysfs(object):
             return None
 
     def device(self, bdf):
-        bdf = self._require(bdf)
-        enable = self.dev_path(bdf, "enable")
+        """Everything ``info`` reports of one device, in few file operations:
+        one listing of its directory says which attributes it has, then each
+        is read once (the driver's path is its name under the drivers'
+        directory, as the kernel links it, not resolved link by link)."""
+        bdf = normalise_bdf(bdf)
+        path = self.dev_path(bdf)
+        try:
+            present = set(os.listdir(path))
+        except OSError as exc:
+            if exc.errno in (_errno.ENOENT, _errno.ENOTDIR):
+                raise SysfsError("%s: no such PCI device (%s does not exist)" % (bdf, path), device=bdf, file=path,
+                                 errno="ENOENT") from exc
+            raise self._error("cannot list %s" % path, exc.errno, bdf, path) from exc
+        driver = self.driver_name(bdf) if "driver" in present else None
         enabled = None
-        if os.path.exists(enable):
-            enabled = self._read(enable, bdf).strip() not in ("", "0")
+        if "enable" in present:
+            enabled = self._read(self.dev_path(bdf, "enable"), bdf).strip() not in ("", "0")
+        if self._do_flr is None:
+            self._do_flr = os.path.exists(self.pciback_path("do_flr"))
         return PciDevice(
             bdf=bdf, vendor=self._hex(bdf, "vendor"), device=self._hex(bdf, "device"),
             klass=self._hex(bdf, "class"),
-            subsystem_vendor=self._hex(bdf, "subsystem_vendor", optional=True),
-            subsystem_device=self._hex(bdf, "subsystem_device", optional=True),
-            driver=self.driver_name(bdf), driver_path=self.driver_path(bdf),
-            resources=self.resources(bdf), irq=self.irq(bdf), reset_method=self.reset_method(bdf),
-            iommu_group=self.iommu_group(bdf), enabled=enabled)
+            subsystem_vendor=self._hex(bdf, "subsystem_vendor") if "subsystem_vendor" in present else None,
+            subsystem_device=self._hex(bdf, "subsystem_device") if "subsystem_device" in present else None,
+            driver=driver, driver_path=LOGICAL_ROOT + "/" + PCI_DRIVERS + "/" + driver if driver else None,
+            resources=self.resources(bdf), irq=self.irq(bdf),
+            reset_method="do_flr" if self._do_flr else ("reset" if "reset" in present else None),
+            iommu_group=self.iommu_group(bdf) if "iommu_group" in present else None, enabled=enabled)
+
+    def drivers(self, bdfs):
+        """{bdf: driver name or None}: one link read per device."""
+        return {bdf: self.driver_name(bdf) for bdf in bdfs}
 
     def pciback_loaded(self):
         return os.path.isdir(self.pciback_path())

@@ -778,15 +778,17 @@ class Changes:
         return iter(self.items)
 
 
-def remove_pruned(xs, paths, stop, deadline, what, tx=0):
-    """Remove ``paths`` and then each parent left empty, up to (not
-    including) ``stop``, as libxl's path cleanup does. In a transaction
-    (unless ``tx`` is one already): pruning a parent another writer has
-    just given a child would delete that child."""
+def remove_pruned(xs, paths, stop, deadline, what, tx=0, parents=()):
+    """Remove ``paths`` and then each parent left empty (and ``parents``, if
+    empty), up to (not including) ``stop``. In a transaction (unless ``tx``
+    is one already): pruning a parent another writer has just given a child
+    would delete that child."""
+    extra = list(parents)
+
     def body(tx):
         for path in paths:
             xs.rm(path, tx=tx, deadline=deadline)
-        parents = sorted({p.rsplit("/", 1)[0] for p in paths}, key=len, reverse=True)
+        parents = sorted({p.rsplit("/", 1)[0] for p in paths} | set(extra), key=len, reverse=True)
         seen = set()
         while parents:
             parent = parents.pop(0)

@@ -32,7 +32,17 @@ attributes:
   idempotent:
     description: Running it twice with the same arguments changes nothing the second time.
     support: full
-options: {}
+options:
+  detail:
+    description:
+      - V(full) reports every attribute of each device (ids, class, resources, IRQ, reset method, IOMMU group).
+      - V(summary) reports only what ownership needs (address, driver, pool, holder, name), reading one link per
+        device instead of a dozen files: the cheap read for fleet reports.
+      - The guests (RV(domains)) are the same in both.
+    type: str
+    choices: [full, summary]
+    default: full
+    version_added: 0.2.0
 seealso:
   - module: xen.pci.passthrough
   - module: xen.pci.assignable
@@ -46,6 +56,11 @@ EXAMPLES = r"""
 - name: List the devices ready for guests
   ansible.builtin.debug:
     msg: "{{ pci.assignable }}"
+
+- name: A cheap read for a fleet report
+  xen.pci.info:
+    detail: summary
+  register: pci_summary
 """
 
 RETURN = r"""
@@ -77,6 +92,13 @@ pciback_loaded:
   description: Whether the xen-pciback driver is loaded in dom0 (C(/sys/bus/pci/drivers/pciback) exists).
   returned: always
   type: bool
+interrupted:
+  description:
+    - Requests a killed run left unfinished (their journal in xenstore); the next M(xen.pci.passthrough) or
+      M(xen.pci.assignable) run finishes or rolls them back. This module only reports them.
+  returned: always
+  type: list
+  elements: dict
 domains:
   description: Every guest, by name, with its PCI backend (if any) and devices.
   returned: always
@@ -100,7 +122,9 @@ from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_in
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(HOST_ARGS), supports_check_mode=True)
+    argument_spec = dict(detail=dict(type="str", choices=["full", "summary"], default="full"))
+    argument_spec.update(HOST_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     finish(module, lambda: run_info(module.params))
 
 

@@ -158,3 +158,15 @@ def test_a_device_moves_between_guests_in_one_exact_call(sim):
     assert real["actions"].index(next(a for a in real["actions"] if "0000:00:11.0" in a and "db" in a)) < \
         real["actions"].index(next(a for a in real["actions"] if "0000:00:11.0" in a and "web" in a))
     assert [d["bdf"] for d in real["domains"]["web"]["devices"]] == ["0000:00:11.0"]
+
+
+def test_info_summary_reads_a_link_per_device_and_reports_ownership(sim):
+    host = sim(HOST)
+    full = run_info(params_for(host))
+    summary = run_info(params_for(host, detail="summary"))
+    keys = ("bdf", "driver", "pciback_slot", "assignable", "assigned_to", "assigned_to_name", "name", "remembered_driver")
+    assert [{k: d[k] for k in keys} for d in summary["devices"]] == [{k: d[k] for k in keys} for d in full["devices"]]
+    assert set(summary["devices"][0]) == set(keys)
+    assert summary["domains"] == full["domains"] and summary["assignable"] == full["assignable"]
+    with pytest.raises(SpecError, match="detail must be one of full, summary"):
+        run_info(params_for(host, detail="brief"))
