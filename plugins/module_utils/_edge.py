@@ -11,14 +11,16 @@ from __future__ import annotations
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import HAS_PYXS, PYXS_IMPORT_ERROR
 
 
 def finish(module, run, needs_pyxs=True):
     """Call ``run()`` and exit the module with its result, or fail with the
     core's error (message plus its machine-readable details)."""
-    if needs_pyxs and not HAS_PYXS:
-        module.fail_json(msg=missing_required_lib("pyxs"), exception=PYXS_IMPORT_ERROR)
+    if needs_pyxs:
+        # Only the modules that talk to xenstored load the client (and pyxs).
+        from ansible_collections.xen.pci.plugins.module_utils import _xenstore  # pylint: disable=import-outside-toplevel
+        if not _xenstore.HAS_PYXS:
+            module.fail_json(msg=missing_required_lib("pyxs"), exception=_xenstore.PYXS_IMPORT_ERROR)
     try:
         result = run()
     except XenPciError as exc:
