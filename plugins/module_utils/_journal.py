@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError, XenstoreError
-from ansible_collections.xen.pci.plugins.module_utils._xenstore import remove_pruned
 
 JOURNAL_ROOT = "/tool/xen-pci/journal"
 # oxenstored refuses values over 2048 bytes (its quota-maxsize), even from dom0.
@@ -123,9 +122,10 @@ class Journal:
         self._send(self._writes(index, entry), deadline, "update")
 
     def finish(self, deadline):
-        """Remove the journal, and its parents once empty (in a transaction:
-        another request may be beginning its own journal there)."""
-        remove_pruned(self.xs, [self.path], "/tool", deadline, "removing the journal %s" % self.path)
+        """Remove the journal (one request). JOURNAL_ROOT itself stays, as
+        libxl's /libxl/pci stays: pruning it would need a transaction (another
+        request may be beginning its journal there) on every request."""
+        self._send([self.xs.rm_request(self.path)], deadline, "remove")
 
 
 def read_journals(xs, keys, deadline):

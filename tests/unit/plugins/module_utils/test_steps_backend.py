@@ -288,9 +288,9 @@ def test_state_read_and_attach_costs_are_few_round_trips(sim, run, params_of):
     run(host, {"domu1": ["00:11.0"]}, platform=platform)
     attach_rts = platform.xs.stats.round_trips - rt
     # read host three times (3 each: before, under the lock, read back), claim (tx: 4),
-    # journal (begin, 3 marks, finish in a tx: 4), backend read + transaction (2 + 4),
-    # confirm (watches, reads, unwatch)
-    assert attach_rts <= 45, attach_rts
+    # journal (begin, 3 marks, finish), backend read + transaction (2 + 4), the
+    # read of the verify (2), confirm (watch, drain and read, wake-ups, unwatch)
+    assert attach_rts <= 36, attach_rts
 
 
 def test_detach_from_a_guest_that_is_not_running_rebuilds_the_backend_without_waiting_for_it(sim, run):
