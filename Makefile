@@ -50,11 +50,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
 
 .PHONY: help deps apt venv pybin sanity units sim-tests robustness lint changelog-lint \
-        integration molecule xen xen-image test demo build clean clean-cache
+        integration molecule xen xen-image test demo build ee-context clean clean-cache
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
-	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint integration molecule xen xen-image build clean clean-cache'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint integration molecule xen xen-image build ee-context clean clean-cache'
 
 ## --- environment -----------------------------------------------------------
 
@@ -134,6 +134,12 @@ demo: deps
 # The collection tarball (galaxy.yml's build_ignore keeps development files out).
 build: venv
 	ansible-galaxy collection build --force --output-path build/
+
+# The build context of an execution environment with xen.pci (Containerfile,
+# _build/ with the artifact) in build/ee/context, from meta/ee/execution-environment.yml;
+# build the image with `podman build build/ee/context` where there is an engine.
+ee-context: venv
+	@tools/make/ee-context.sh build/ee
 
 ## --- housekeeping ----------------------------------------------------------
 
