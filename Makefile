@@ -3,7 +3,8 @@
 #   make demo    converge a simulated Xen host (tools/xensim/scenarios/demo.yaml) with the
 #                rollout playbook, run it again (changed=0), print the report
 #   make test    every test layer (sanity, changelog, units, sim-tests, robustness, lint,
-#                integration, molecule, xen: real Xen under QEMU); fails if any layer fails
+#                integration, molecule, ecosystem, xen: real Xen under QEMU); fails if any
+#                layer fails
 #
 # Both install what they need (apt packages, a pinned Python 3.12 venv) and are
 # fast when nothing changed: the venv is keyed on the hash of the requirements
@@ -50,11 +51,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
 
 .PHONY: help deps apt venv pybin sanity units sim-tests robustness lint changelog-lint \
-        integration molecule xen xen-image test demo build clean clean-cache
+        integration molecule ecosystem xen xen-image test demo build ee-context clean clean-cache
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
-	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint integration molecule xen xen-image build clean clean-cache'
+	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint integration molecule ecosystem xen xen-image build ee-context clean clean-cache'
 
 ## --- environment -----------------------------------------------------------
 
@@ -99,6 +100,11 @@ integration: deps
 molecule: deps
 	@tools/make/molecule.sh
 
+# The collection in an execution environment's build context, run by
+# ansible-runner as AWX runs it, and the molecule template on xensim's wheel.
+ecosystem: deps
+	@tools/make/ecosystem.sh
+
 # Every layer runs even when an earlier one fails, so one run shows all
 # failures; the exit status is non-zero if any failed.
 ## --- real Xen (QEMU TCG): tests/xenvm -------------------------------------
@@ -119,7 +125,7 @@ xen: deps
 	@XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' timeout $(XENVM_TIMEOUT) \
 	    tools/make/pytest-layer.sh xen tests/xenvm -rs -vv --durations=8
 
-TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint integration molecule xen
+TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint integration molecule ecosystem xen
 test: deps
 	@tools/make/run-layers.sh $(TEST_LAYERS)
 
@@ -134,6 +140,12 @@ demo: deps
 # The collection tarball (galaxy.yml's build_ignore keeps development files out).
 build: venv
 	ansible-galaxy collection build --force --output-path build/
+
+# The build context of an execution environment with xen.pci (Containerfile,
+# _build/ with the artifact) in build/ee/context, from meta/ee/execution-environment.yml;
+# build the image with `podman build build/ee/context` where there is an engine.
+ee-context: venv
+	@tools/make/ee-context.sh build/ee
 
 ## --- housekeeping ----------------------------------------------------------
 

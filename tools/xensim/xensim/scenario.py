@@ -15,7 +15,12 @@ from typing import Any
 
 import yaml
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+# The shipped scenarios: tools/xensim/scenarios beside the package in the
+# source tree; inside the package (xensim/scenarios) once installed from the
+# wheel (tools/xensim/pyproject.toml maps the directory there).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+SCENARIO_DIR = next((d for d in (_PACKAGE_DIR / "scenarios", _PACKAGE_DIR.parent / "scenarios") if d.is_dir()),
+                    _PACKAGE_DIR.parent / "scenarios")
 
 # Namespace for the deterministic uuids of domains that do not give one.
 _UUID_NS = uuidlib.UUID("6f1e0a52-3c1d-4bde-9b0e-78656e73696d")
