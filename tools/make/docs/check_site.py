@@ -12,8 +12,9 @@ fails here:
 * every guide of docs/docsite/extra-docs.yml has its page, linked from the
   index, with at least one code example; the troubleshooting guide has a
   section for every error class of the core (plugins/module_utils);
-* no page carries a docutils error, and no page loads anything from the
-  network (the site works offline);
+* no page carries a docutils error, no page loads anything from the
+  network (the site works offline), and every link inside the site leads
+  to a page and an anchor that exist (links.yml's too);
 * headless Chromium renders the index, a module page and a guide: each
   screenshot has the window's size, the theme's dark navigation column and
   a light main column with text in it.
@@ -68,6 +69,7 @@ class Page(html.parser.HTMLParser):
         self.path = path
         self.ids = set()
         self.links = set()
+        self.hrefs = []
         self.headings = []
         self.classes = []
         self.remote = []
@@ -85,6 +87,7 @@ class Page(html.parser.HTMLParser):
             self.classes.extend(attrs["class"].split())
         if tag == "a" and attrs.get("href"):
             self.links.add(attrs["href"].split("#")[0])
+            self.hrefs.append(attrs["href"])
         for key in ("src", "href"):
             value = attrs.get(key) or ""
             loads = tag in ("script", "img", "iframe") or (tag == "link" and attrs.get("rel") != "canonical")
@@ -255,13 +258,29 @@ def check_guides(site, index):
 
 
 def check_all_pages(site):
+    """No docutils error, nothing loaded from the network, and every link
+    inside the site leads to a page (and an anchor) that exists."""
+    pages = {}
     for path in glob.glob(os.path.join(site, "**", "*.html"), recursive=True):
-        page = Page(path)
+        pages[os.path.normpath(path)] = Page(path)
+    for path, page in sorted(pages.items()):
         rel = os.path.relpath(path, site)
         if "system-message" in page.classes:
             fail("%s carries a docutils error (system-message)" % rel)
         if page.remote:
             fail("%s loads from the network: %s" % (rel, ", ".join(page.remote[:3])))
+        for href in page.hrefs:
+            if re.match(r"^[a-z][a-z0-9+.-]*:", href, re.I):
+                continue        # another site, mailto:
+            if href.startswith("/"):
+                fail("%s links to %s, a path from the root, which a site opened from its files does not have" % (rel, href))
+                continue
+            target, _, anchor = href.partition("#")
+            target = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+            if not os.path.exists(target):
+                fail("%s links to %s, which does not exist" % (rel, href))
+            elif anchor and target in pages and anchor not in pages[target].ids:
+                fail("%s links to %s, which has no anchor %s" % (rel, os.path.relpath(target, site), anchor))
 
 
 def check_content(site):

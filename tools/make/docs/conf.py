@@ -35,7 +35,6 @@ html_theme_options = {
     "topbar_links": {},
     "show_extranav": False,
     "show_rtd_ethical_ads": False,
-    "documentation_home_url": "index.html",
     "collapse_navigation": False,
 }
 html_show_sphinx = False
@@ -71,6 +70,13 @@ def _external_label(app, env, node, contnode):  # pylint: disable=unused-argumen
     return ref
 
 
+def _home_link(app, pagename, templatename, context, doctree):  # pylint: disable=unused-argument
+    """The theme's logo links to ``documentation_home_url`` as written; make
+    it the site's index relative to each page, so it works from file://."""
+    context["theme_documentation_home_url"] = context["pathto"](app.config.root_doc)
+
+
 def setup(app):
     app.connect("missing-reference", _external_label)
+    app.connect("html-page-context", _home_link)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
