@@ -275,7 +275,7 @@ def check_all_pages(site):
             if href.startswith("/"):
                 fail("%s links to %s, a path from the root, which a site opened from its files does not have" % (rel, href))
                 continue
-            target, _, anchor = href.partition("#")
+            target, _sep, anchor = href.partition("#")
             target = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
             if not os.path.exists(target):
                 fail("%s links to %s, which does not exist" % (rel, href))
@@ -353,7 +353,7 @@ def judge(png):
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
         if colours is not None and len(colours) < 16:
             problems.append("only %d colours: nothing rendered" % len(colours))
-        nav_mean, _ = luminance(image, NAV_BOX)
+        nav_mean = luminance(image, NAV_BOX)[0]
         main_mean, main_ink = luminance(image, MAIN_BOX)
     if nav_mean > 110:
         problems.append("no dark navigation column (mean luminance %.0f): the theme's style sheets did not apply" % nav_mean)

@@ -82,7 +82,7 @@ def start_simulator(state_dir, scenario, log):
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, "-m", "xensim", "serve", "--scenario", scenario, "--state-dir", state_dir],
         stdout=out, stderr=err, env=env, cwd=ROOT)
-    for _ in range(300):
+    for _attempt in range(300):
         out.seek(0)
         first = out.readline()
         if first.endswith("\n"):
