@@ -82,20 +82,24 @@ def start_simulator(state_dir, scenario, log):
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, "-m", "xensim", "serve", "--scenario", scenario, "--state-dir", state_dir],
         stdout=out, stderr=err, env=env, cwd=ROOT)
+    problem = "did not start within 30 s"
     for _attempt in range(300):
         out.seek(0)
         first = out.readline()
         if first.endswith("\n"):
             served = json.loads(first)
-            if not served.get("sysfs_root"):
-                err.seek(0)
-                raise RuntimeError("the simulator serves no sysfs (FUSE): %s" % err.read()[-2000:])
-            return proc, served
+            if served.get("sysfs_root"):
+                return proc, served
+            problem = "serves no sysfs (FUSE)"
+            break
         if proc.poll() is not None:
+            problem = "exited %d" % proc.returncode
             break
         time.sleep(0.1)
+    # Not left running: the caller has no process to stop.
+    stop_simulator(proc, state_dir)
     err.seek(0)
-    raise RuntimeError("the simulator did not start within 30 s: %s" % err.read()[-2000:])
+    raise RuntimeError("the simulator %s: %s" % (problem, err.read()[-2000:]))
 
 
 def stop_simulator(proc, state_dir):
