@@ -3,8 +3,9 @@
 #   make demo    converge a simulated Xen host (tools/xensim/scenarios/demo.yaml) with the
 #                rollout playbook, run it again (changed=0), print the report
 #   make test    every test layer (sanity, changelog, units, sim-tests, robustness, lint,
-#                integration, molecule, ecosystem, xen: real Xen under QEMU); fails if any
+#                docs, integration, molecule, ecosystem, xen: real Xen under QEMU); fails if any
 #                layer fails
+#   make docs    the documentation site in build/docs/html (linted, built, checked in Chromium)
 #
 # Both install what they need (apt packages, a pinned Python 3.12 venv) and are
 # fast when nothing changed: the venv is keyed on the hash of the requirements
@@ -51,11 +52,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
 
 .PHONY: help deps apt venv pybin sanity units sim-tests robustness lint changelog-lint \
-        integration molecule ecosystem xen xen-image test demo build ee-context clean clean-cache
+        docs integration molecule ecosystem xen xen-image test demo build ee-context clean clean-cache
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
-	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint integration molecule ecosystem xen xen-image build ee-context clean clean-cache'
+	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint docs integration molecule ecosystem xen xen-image build ee-context clean clean-cache'
 
 ## --- environment -----------------------------------------------------------
 
@@ -94,6 +95,13 @@ robustness: deps
 lint: deps
 	@tools/make/lint.sh
 
+# The documentation site (tools/make/docs.sh): antsibull-docs lint, the RST
+# and the Sphinx HTML in build/docs, checked in headless Chromium.
+DOCS_APT := chromium fonts-dejavu-core
+docs: deps
+	@tools/make/apt-deps.sh $(DOCS_APT)
+	@tools/make/docs.sh
+
 integration: deps
 	@tools/make/integration.sh
 
@@ -125,7 +133,7 @@ xen: deps
 	@XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' timeout $(XENVM_TIMEOUT) \
 	    tools/make/pytest-layer.sh xen tests/xenvm -rs -vv --durations=8
 
-TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint integration molecule ecosystem xen
+TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint docs integration molecule ecosystem xen
 test: deps
 	@tools/make/run-layers.sh $(TEST_LAYERS)
 

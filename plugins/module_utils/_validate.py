@@ -235,6 +235,11 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
                                     domain=dom.label()))
             continue
         labels[dom.domid] = ref
+        if dom.domid == 0 or dom.is_stubdom:
+            # For every state: a stub domain's devices are its guest's (a detach
+            # there would leave the guest's QEMU with the device), dom0 has none.
+            check_domain(dom, platform, problems, where)
+            continue
         if state == "absent":
             resolved[dom.domid] = _absent_bdfs(host, dom, specs)
             continue

@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils import _steps_qmp
 from ansible_collections.xen.pci.plugins.module_utils._deadline import Deadline
-from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError
+from ansible_collections.xen.pci.plugins.module_utils._errors import HotplugError, QmpConnectionError, RefusedError
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host
 
@@ -164,3 +164,13 @@ def test_multifunction_device_keeps_its_function_numbers_in_pv_and_hvm(sim, run)
     run(host, {"pv1": ["0000:00:14.0", "0000:00:14.1"]}, state="absent")
     hvm = run(host, {"hvm1": ["00:14.*@6"]})
     assert {b: (d["vslot"], d["vfunc"]) for b, d in hvm["devices"].items()} == {"0000:00:14.1": (6, 1), "0000:00:14.0": (6, 0)}
+
+
+def test_a_stub_domain_named_instead_of_its_guest_is_refused_whatever_the_state(sim, run):
+    """Detaching from the stub domain itself would leave the device in the guest's QEMU."""
+    host = sim(STUBDOM_HOTPLUG)
+    for state in ("present", "absent", "exact"):
+        with pytest.raises(RefusedError, match=r"win1-dm \(domid 4\) is the stub domain of domid 3; give the devices to that guest"):
+            run(host, {"4": ["0000:00:10.0"]}, state=state)
+    assert peek(host, STUB_BE + "/dev-0") == "0000:00:10.0"
+    assert "pci-pt-00_10.0" in [d["id"] for d in host.qemu.devices(3)]
