@@ -37,7 +37,7 @@ options:
     description:
       - V(full) reports every attribute of each device (ids, class, resources, IRQ, reset method, IOMMU group).
       - V(summary) reports only what ownership needs (address, driver, pool, holder, name), reading one link per
-        device instead of a dozen files: the cheap read for fleet reports.
+        device instead of a dozen files. It is the cheap read for fleet reports.
       - The guests (RV(domains)) are the same in both.
     type: str
     choices: [full, summary]

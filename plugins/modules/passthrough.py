@@ -155,7 +155,7 @@ resolved:
   type: dict
   sample: {"web1": [{"bdf": "0000:03:00.0", "spec": "0000:03:00.0", "seize": false, "driver": "pciback"}]}
 declared:
-  description: The declaration as given, per guest (by its name): the key it was given under and its specs.
+  description: The declaration as given, per guest (by its name), with the key it was given under and its specs.
   returned: always
   type: dict
   sample: {"web1": {"key": "web1", "specs": ["0000:03:00.0", {"bdf": "0000:04:00.0", "permissive": true}]}}

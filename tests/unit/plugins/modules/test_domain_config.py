@@ -156,8 +156,8 @@ def test_one_bad_file_means_no_file_is_written(tmp_path):
     web, bad = tmp_path / "web1.cfg", tmp_path / "bad.cfg"
     web.write_text(CONFIG)
     bad.write_text("pci = [ '0000:03:00.0' ]\npci += [ '0000:04:00.0' ]\n")
-    params = dict(params_for(web), path=None, configs=[{"path": str(web), "devices": ["06:00.0"]},
-                                                        {"path": str(bad), "devices": ["06:00.0"]}])
+    configs = [{"path": str(web), "devices": ["06:00.0"]}, {"path": str(bad), "devices": ["06:00.0"]}]
+    params = dict(params_for(web), path=None, configs=configs)
     with pytest.raises(XlConfigError, match=str(bad)):
         run_domain_configs(params)
     assert web.read_text() == CONFIG
