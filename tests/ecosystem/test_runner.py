@@ -93,12 +93,15 @@ def _events(artifacts):
     return sorted(events, key=lambda e: e["counter"])
 
 
-def _task_results(events, action):
-    """host -> the runner_on_ok results of the tasks running action."""
+def _task_results(events, action, phase):
+    """host -> the runner_on_ok results of the tasks running action in one
+    phase of the role (the prefix of the task's name, e.g. "Hotplug")."""
     out = {}
     for e in events:
-        if e["event"] == "runner_on_ok" and e["event_data"].get("resolved_action") == action:
-            out.setdefault(e["event_data"]["host"], []).append(e["event_data"]["res"])
+        data = e["event_data"]
+        if e["event"] == "runner_on_ok" and data.get("resolved_action") == action and \
+                data.get("task", "").startswith(phase + " |"):
+            out.setdefault(data["host"], []).append(data["res"])
     return out
 
 
@@ -130,18 +133,25 @@ def _check_job(artifacts, first, collection):
     paths = {e["event_data"]["task_path"].rsplit(":", 1)[0] for e in role_tasks}
     assert paths and all(p.startswith(collection + "/") for p in paths), paths
 
-    hotplug = _task_results(events, "xen.pci.passthrough")
+    hotplug = _task_results(events, "xen.pci.passthrough", "Hotplug")
+    preflight = _task_results(events, "xen.pci.passthrough", "Preflight")
     stats = [e for e in events if e["event"] == "playbook_on_stats"][0]["event_data"]
     assert set(stats["ok"]) == set(HOSTS) and not stats["failures"] and not stats["dark"], stats
     changed = {h: stats["changed"].get(h, 0) for h in HOSTS}
+    assert {h: len(preflight[h]) for h in HOSTS} == {h: 1 for h in HOSTS}
     if first:
         assert all(changed[h] > 0 for h in HOSTS), changed
         assert {h: [r["changed"] for r in hotplug[h]] for h in HOSTS} == {h: [True] for h in HOSTS}
+        assert all(preflight[h][0]["actions"] for h in HOSTS)
+        seen = {h: hotplug[h][0]["domains"] for h in HOSTS}
     else:
+        # Nothing to do: the preflight's plan is empty and the hotplug is not called.
         assert changed == {h: 0 for h in HOSTS}, changed
-        assert {h: [r["changed"] for r in hotplug[h]] for h in HOSTS} == {h: [False] for h in HOSTS}
+        assert {h: preflight[h][0]["actions"] for h in HOSTS} == {h: [] for h in HOSTS}
+        assert hotplug == {}, hotplug
+        seen = {h: preflight[h][0]["domains"] for h in HOSTS}
     # What the hosts have: the declared devices, connected.
-    a, b = hotplug["xen-a"][0]["domains"], hotplug["xen-b"][0]["domains"]
+    a, b = seen["xen-a"], seen["xen-b"]
     assert sorted(d["bdf"] for d in a["sandbox"]["devices"]) == ["0000:00:11.0", "0000:00:12.0"]
     assert [d["bdf"] for d in a["builder"]["devices"]] == ["0000:00:10.0"]
     assert sorted(d["bdf"] for d in b["builder"]["devices"]) == ["0000:00:10.0", "0000:00:11.0"]
