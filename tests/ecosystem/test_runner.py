@@ -24,6 +24,7 @@ import yaml
 
 from conftest import run_group  # pylint: disable=import-error
 
+PLAN_PLAY = "Plan the rollout"
 ROLLOUT_PLAY = "Roll out Xen PCI passthrough"
 HOSTS = ("xen-a", "xen-b")
 # What each host declares (inventory host variables), on tools/xensim/scenarios/demo.yaml.
@@ -114,18 +115,25 @@ def _check_job(artifacts, first, collection):
     assert kinds[0] == "playbook_on_start" and kinds[-1] == "playbook_on_stats", kinds
     assert not [e for e in events if e["event"] in ("runner_on_failed", "runner_on_unreachable")]
 
-    # serial [1, '25%']: the rollout play runs in two batches of one host,
-    # each host's tasks all inside its own batch, in inventory order.
-    batches = []
-    current = None
+    # The plan play runs every host in one batch; the rollout play, serial
+    # [1, '25%'], runs in two batches of one host, each host's tasks all
+    # inside its own batch, in inventory order; a host whose plan has nothing
+    # to change only skips the role there.
+    batches = {PLAN_PLAY: [], ROLLOUT_PLAY: []}
+    ran = {PLAN_PLAY: set(), ROLLOUT_PLAY: set()}
+    play = current = None
     for e in events:
         if e["event"] == "playbook_on_play_start":
-            current = set() if e["event_data"]["play"] == ROLLOUT_PLAY else None
+            play = e["event_data"]["play"]
+            current = set() if play in batches else None
             if current is not None:
-                batches.append(current)
+                batches[play].append(current)
         elif current is not None and e["event"].startswith("runner_on_"):
             current.add(e["event_data"]["host"])
-    assert batches == [{"xen-a"}, {"xen-b"}], batches
+            if e["event"] != "runner_on_skipped":
+                ran[play].add(e["event_data"]["host"])
+    assert batches == {PLAN_PLAY: [set(HOSTS)], ROLLOUT_PLAY: [{"xen-a"}, {"xen-b"}]}, batches
+    assert ran == {PLAN_PLAY: set(HOSTS), ROLLOUT_PLAY: set(HOSTS) if first else set()}, ran
 
     # Every host ran the role's tasks, from the collection installed from its artifact.
     role_tasks = [e for e in events if e["event"] == "runner_on_ok" and e["event_data"].get("resolved_role") == "xen.pci.passthrough"]
@@ -138,7 +146,8 @@ def _check_job(artifacts, first, collection):
     stats = [e for e in events if e["event"] == "playbook_on_stats"][0]["event_data"]
     assert set(stats["ok"]) == set(HOSTS) and not stats["failures"] and not stats["dark"], stats
     changed = {h: stats["changed"].get(h, 0) for h in HOSTS}
-    assert {h: len(preflight[h]) for h in HOSTS} == {h: 1 for h in HOSTS}
+    # The plan's preflight, and on the first run the rolled-out role's own.
+    assert {h: len(preflight[h]) for h in HOSTS} == {h: 2 if first else 1 for h in HOSTS}
     if first:
         assert all(changed[h] > 0 for h in HOSTS), changed
         assert {h: [r["changed"] for r in hotplug[h]] for h in HOSTS} == {h: [True] for h in HOSTS}
