@@ -91,7 +91,9 @@ def measure(fn, platform):
 
 def main(argv):
     sizes = [int(a) for a in argv] or [10, 50, 200, 500]
-    rows = []
+    # Each row as soon as it is measured: a size the machine cannot hold
+    # still leaves the smaller ones on record.
+    print("%7s  %-18s %6s %9s %9s %9s" % ("guests", "operation", "trips", "requests", "files", "seconds"), flush=True)
     for guests in sizes:
         with tempfile.TemporaryDirectory(prefix="hr-", dir="/tmp") as tmp:
             started = time.monotonic()
@@ -111,14 +113,13 @@ def main(argv):
                                  ("info (full)", lambda: run_info(params, platform=platform)),
                                  ("info (summary)", lambda: run_info(dict(params, detail="summary"), platform=platform)),
                                  ("no-op passthrough", lambda: run_passthrough(params, declared, platform=platform))):
-                    rows.append((guests, name, measure(fn, platform)))
+                    m = measure(fn, platform)
+                    print("%7d  %-18s %6d %9d %9d %9.3f" % (guests, name, m["round_trips"], m["requests"], m["files"],
+                                                             m["seconds"]), flush=True)
                 platform.close()
             finally:
                 host.stop()
         print("# %d guests x %d devices: simulated host ready in %.0f s" % (guests, PER_GUEST, setup), file=sys.stderr)
-    print("%7s  %-18s %6s %9s %9s %9s" % ("guests", "operation", "trips", "requests", "files", "seconds"))
-    for guests, name, m in rows:
-        print("%7d  %-18s %6d %9d %9d %9.3f" % (guests, name, m["round_trips"], m["requests"], m["files"], m["seconds"]))
     return 0
 
 

@@ -416,7 +416,11 @@ class SimHost:
         for dom in self.scenario.domains:
             if not dom.is_stubdom and dom.state != "creating":
                 self._make_guest_kernel(dom)
-        await self.asettle(30)
+        # Every initial device is a backend reconfiguration to settle: a host
+        # of hundreds of guests needs more than a small one, more still on a
+        # loaded machine.
+        devices = sum(len(dom.devices) for dom in self.scenario.domains)
+        await self.asettle(30 + 0.1 * devices + 0.1 * len(self.scenario.domains))
 
     async def astop(self) -> None:
         for comp in reversed(self.components):
