@@ -243,6 +243,47 @@ def test_11_domain_config_recreate(host, ansible):
     assert host.pci_list() == [EDU, TESTDEV]
 
 
+def _xl_tasks(ansible, verb, devices):
+    """``xl pci-<verb>`` of each device as an ansible.builtin.command module
+    run (the baseline a playbook would use without the collection);
+    playbook seconds."""
+    result, seconds = ansible.run("command", commands=[["xl", "pci-" + verb, DOMU, bdf] for bdf in devices])
+    assert not result.get("failed"), json.dumps(result, indent=2)[:4000]
+    return seconds
+
+
+def test_12_tasks_next_to_xl_tasks(host, ansible):
+    """Our attach and detach as whole tasks next to xl pci-attach/pci-detach
+    as command tasks, both paying Ansible's floor: one device, then three
+    devices in one task next to three xl module runs."""
+    ansible.ok("passthrough detach 10.0+11.0 (one task)", "passthrough", domain=DOMU, devices=[EDU, TESTDEV],
+               state="absent")
+    host.wait_guest([])
+    ansible.ok("assignable 12.0 take_from_driver", "assignable", devices=[E1000], take_from_driver=True)
+    wait_driver(host, E1000, "pciback")
+    rows = []
+    for label, devices in (("1 device", [EDU]), ("3 devices", [EDU, TESTDEV, E1000])):
+        ours_attach = ansible.run("passthrough", domain=DOMU, devices=devices)
+        assert ours_attach[0].get("changed") is True, ours_attach[0]
+        host.wait_guest(devices)
+        ours_detach = ansible.run("passthrough", domain=DOMU, devices=devices, state="absent")
+        assert ours_detach[0].get("changed") is True, ours_detach[0]
+        host.wait_guest([])
+        xl_attach = _xl_tasks(ansible, "attach", devices)
+        host.wait_guest(devices)
+        assert host.pci_list() == sorted(devices)
+        xl_detach = _xl_tasks(ansible, "detach", devices)
+        host.wait_guest([])
+        assert host.pci_list() == []
+        rows.append(("attach " + label, ours_attach[1], xl_attach))
+        rows.append(("detach " + label, ours_detach[1], xl_detach))
+    for op, ours, xl in rows:
+        TIMINGS.append(("task: %s (ours: one task; xl: one command run per device)" % op, ours, xl,
+                        "ours/xl %.2fx" % (ours / xl)))
+    ansible.ok("assignable 12.0 absent", "assignable", devices=[E1000], state="absent")
+    wait_driver(host, E1000, "e1000")
+
+
 def test_zz_timings(host, capsys):
     text = timings_table("real Xen 4.17 (QEMU TCG) ansible scenario: whole ansible-playbook runs from the controller "
                          "(ssh, module transfer, python in dom0); xl measured in dom0:", TIMINGS)
