@@ -130,7 +130,7 @@ def _check_job(artifacts, first, collection):
                 batches[play].append(current)
         elif current is not None and e["event"].startswith("runner_on_"):
             current.add(e["event_data"]["host"])
-            if e["event"] != "runner_on_skipped":
+            if e["event"] not in ("runner_on_start", "runner_on_skipped"):
                 ran[play].add(e["event_data"]["host"])
     assert batches == {PLAN_PLAY: [set(HOSTS)], ROLLOUT_PLAY: [{"xen-a"}, {"xen-b"}]}, batches
     assert ran == {PLAN_PLAY: set(HOSTS), ROLLOUT_PLAY: set(HOSTS) if first else set()}, ran
