@@ -628,13 +628,15 @@ class _Ops:
                     attrs.update(_PCIBACK_ATTRS)
                     if m.has_do_flr:
                         attrs["do_flr"] = 0o200
-                bound = sorted(d.bdf for d in m.devices.values() if d.driver == drv.name)
                 if n == 4:
+                    bound = sorted(d.bdf for d in m.devices.values() if d.driver == drv.name)
                     return _Node("dir", entries=sorted(attrs) + bound)
                 if n == 5:
+                    # One device looked up by name, not the whole host scanned:
+                    # a lookup must cost the same on a host of 2,000 devices.
                     name = parts[4]
-                    if name in bound:
-                        dev = m.devices[name]
+                    dev = m.devices.get(name)
+                    if dev is not None and dev.driver == drv.name:
                         return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
                     if name in attrs:
                         return self._driver_attr(drv.name, name, attrs[name])
@@ -642,12 +644,14 @@ class _Ops:
         if top == "devices":
             if n == 1:
                 return _Node("dir", entries=sorted({d.parent_dir for d in m.devices.values()}))
-            devs = {d.bdf: d for d in m.devices.values() if d.parent_dir == parts[1]}
-            if not devs:
-                raise KeyError(path)
             if n == 2:
-                return _Node("dir", entries=sorted(devs))
-            dev = devs[parts[2]]
+                devs = sorted(d.bdf for d in m.devices.values() if d.parent_dir == parts[1])
+                if not devs:
+                    raise KeyError(path)
+                return _Node("dir", entries=devs)
+            dev = m.devices[parts[2]]
+            if dev.parent_dir != parts[1]:
+                raise KeyError(path)
             if n == 3:
                 return self._dev_dir(dev)
             if n == 4:
