@@ -564,6 +564,8 @@ class _Node:
         self.kind = kind          # dir | link | file
         self.mode = mode
         self.target = target
+        # A directory's entries: a list, or a function listing them, called
+        # only by readdir (a path walk's lookups must not list the host).
         self.entries = entries
         self.read = read          # () -> bytes
         self.write = write        # (bytes) -> SysfsEvent
@@ -614,7 +616,7 @@ class _Ops:
                 return _Node("dir", entries=["devices", "drivers"])
             if parts[2] == "devices":
                 if n == 3:
-                    return _Node("dir", entries=sorted(m.devices))
+                    return _Node("dir", entries=lambda: sorted(m.devices))
                 dev = m.devices[parts[3]]
                 if n == 4:
                     return _Node("link", target="../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
@@ -629,8 +631,8 @@ class _Ops:
                     if m.has_do_flr:
                         attrs["do_flr"] = 0o200
                 if n == 4:
-                    bound = sorted(d.bdf for d in m.devices.values() if d.driver == drv.name)
-                    return _Node("dir", entries=sorted(attrs) + bound)
+                    return _Node("dir", entries=lambda: sorted(attrs) + sorted(
+                        d.bdf for d in m.devices.values() if d.driver == drv.name))
                 if n == 5:
                     # One device looked up by name, not the whole host scanned:
                     # a lookup must cost the same on a host of 2,000 devices.
@@ -645,10 +647,10 @@ class _Ops:
             if n == 1:
                 return _Node("dir", entries=sorted({d.parent_dir for d in m.devices.values()}))
             if n == 2:
-                devs = sorted(d.bdf for d in m.devices.values() if d.parent_dir == parts[1])
-                if not devs:
+                if not any(d.parent_dir == parts[1] for d in m.devices.values()):
                     raise KeyError(path)
-                return _Node("dir", entries=devs)
+                return _Node("dir", entries=lambda: sorted(d.bdf for d in m.devices.values()
+                                                           if d.parent_dir == parts[1]))
             dev = m.devices[parts[2]]
             if dev.parent_dir != parts[1]:
                 raise KeyError(path)
@@ -739,7 +741,11 @@ class _Ops:
         node = self._lookup(path)
         if node.kind != "dir":
             raise _fuse.FuseOSError(errno.ENOTDIR)
-        return [".", ".."] + list(node.entries)
+        entries = node.entries
+        if callable(entries):
+            with self.model.lock:
+                entries = entries()
+        return [".", ".."] + list(entries)
 
     def readlink(self, path):
         node = self._lookup(path)
