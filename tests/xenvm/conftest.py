@@ -309,17 +309,30 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
     stop_shared()
 
 
+def shared_vm():
+    """The shared VM (booted on first use, or pytest.skip)."""
+    if "vm" not in SHARED:
+        start = time.monotonic()
+        try:
+            vm, owned = boot_or_skip(xenvm_artifacts("shared-vm"))
+        except BaseException:
+            LAYER_TIMES["boots"].append("no VM after %.1f s" % (time.monotonic() - start))
+            write_layer_times()
+            raise
+        SHARED.update(vm=vm, owned=owned, artifacts=xenvm_artifacts("shared-vm"),
+                      events={"image+boot": time.monotonic() - start, "boot": vm.boot_seconds,
+                              "boot attempts": "; ".join(vm.attempts)})
+        LAYER_TIMES["boots"].append("%.1f s (%s)" % (time.monotonic() - start, "; ".join(vm.attempts)))
+        write_layer_times()
+    return SHARED["vm"]
+
+
 def vm_fixture_body(sub, domain):
     """Generator body of the module-scoped fixtures of the XENVM_SHARED
     modules: yields a Host on the shared VM (booted on first use) and
     destroys the module's guest afterwards."""
     artifacts = xenvm_artifacts(sub)
-    if "vm" not in SHARED:
-        start = time.monotonic()
-        vm, owned = boot_or_skip(xenvm_artifacts("shared-vm"))
-        SHARED.update(vm=vm, owned=owned, artifacts=xenvm_artifacts("shared-vm"),
-                      events={"image+boot": time.monotonic() - start, "boot": vm.boot_seconds,
-                              "boot attempts": "; ".join(vm.attempts)})
+    shared_vm()
     host = Host(SHARED["vm"], artifacts, domain)
     host.install()
     try:
@@ -334,3 +347,63 @@ def timings_table(title, rows):
     for op, ours, xl, note in rows:
         lines.append("| %s | %s | %s | %s |" % (op, "-" if ours is None else "%.2f" % ours, "-" if xl is None else "%.2f" % xl, note))
     return "\n".join(lines)
+
+
+# -- the layer's times: boots and every test, in $XENVM_TIMES -----------------
+# Rewritten after each test, so that a layer killed by its time limit still
+# tells where its time went and which test was running (tools/make/xen.sh
+# prints the file and puts it in run-layers.sh's summary).
+
+LAYER_TIMES = {"boots": [], "tests": {}, "running": None}
+
+
+def pytest_runtest_logstart(nodeid, location):  # pylint: disable=unused-argument
+    LAYER_TIMES["running"] = (nodeid, time.monotonic())
+    write_layer_times()
+
+
+def pytest_runtest_logreport(report):
+    entry = LAYER_TIMES["tests"].setdefault(report.nodeid, {"seconds": 0.0, "outcome": "passed"})
+    entry["seconds"] += report.duration
+    if report.failed:
+        entry["outcome"] = "FAILED" if report.when == "call" else "ERROR"
+    elif report.skipped and entry["outcome"] == "passed":
+        entry["outcome"] = "skipped"
+
+
+def pytest_runtest_logfinish(nodeid, location):  # pylint: disable=unused-argument
+    LAYER_TIMES["running"] = None
+    write_layer_times()
+
+
+def layer_times_text():
+    """Boots, each module's total, the slowest tests; then every test (indented)."""
+    tests = LAYER_TIMES["tests"]
+    lines = ["boot: %s" % b for b in LAYER_TIMES["boots"]] or ["boot: none"]
+    modules = {}
+    for nodeid, entry in tests.items():
+        module = modules.setdefault(nodeid.split("::")[0].rsplit("/", 1)[-1], {"seconds": 0.0, "count": 0, "outcomes": {}})
+        module["seconds"] += entry["seconds"]
+        module["count"] += 1
+        module["outcomes"][entry["outcome"]] = module["outcomes"].get(entry["outcome"], 0) + 1
+    for name, module in modules.items():
+        lines.append("%s: %.1f s, %s" % (name, module["seconds"], ", ".join(
+            "%d %s" % (n, outcome) for outcome, n in sorted(module["outcomes"].items()))))
+    slowest = sorted(tests.items(), key=lambda item: -item[1]["seconds"])[:5]
+    if slowest:
+        lines.append("slowest: " + ", ".join("%s %.1f s" % (nodeid.split("::")[-1], e["seconds"]) for nodeid, e in slowest))
+    running = LAYER_TIMES["running"]
+    if running is not None:
+        lines.append("RUNNING when this was written: %s (for %.0f s)" % (running[0], time.monotonic() - running[1]))
+    lines.extend("    %-60s %7.1f s  %s" % (nodeid.split("/", 2)[-1], e["seconds"], e["outcome"]) for nodeid, e in tests.items())
+    return "\n".join(lines) + "\n"
+
+
+def write_layer_times():
+    path = os.environ.get("XENVM_TIMES")
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(layer_times_text())
+    os.replace(tmp, path)
