@@ -458,10 +458,13 @@ class XenVM:
     def boot(self, timeout=READY_TIMEOUT, attempts=2):
         """Boot and wait for the readiness marker and ssh; retry once (a rare
         memory corruption of dom0 under TCG was seen) when the layer's budget
-        leaves room for it.  Raises Unavailable after the last attempt."""
+        leaves room for it.  An attempt takes at most ``timeout`` s and half
+        of the budget left (the tests need the other half).  Raises
+        Unavailable after the last attempt."""
         for attempt in range(1, attempts + 1):
             left = budget_left()
-            limit = timeout if left is None else min(timeout, left - BUDGET_RESERVE)
+            # At most half of what is left: the tests need the rest.
+            limit = timeout if left is None else min(timeout, (left - BUDGET_RESERVE) / 2)
             if attempt > 1 and left is not None and limit < min(timeout, 1.5 * self.last_attempt_seconds()):
                 self.attempts.append("attempt %d not started: %.0f s left of the layer's budget (XENVM_TIMEOUT)" % (
                     attempt, left))
