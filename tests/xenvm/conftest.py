@@ -314,9 +314,18 @@ def stop_shared():
         vm.stop()
 
 
+# A test does not start with less of the layer's budget left than this: the
+# layer ends with its report instead of being killed in the middle of a test.
+TEST_MARGIN = 90.0
+
+
 def pytest_runtest_setup(item):
     if not getattr(item.module, "XENVM_SHARED", False):
         stop_shared()
+    left = xenvm.budget_left()
+    if left is not None and left < TEST_MARGIN:
+        LAYER_TIMES["not run"].append(item.nodeid)
+        pytest.skip("NOT RUN: the layer's budget (XENVM_TIMEOUT) is spent, %.0f s left" % left)
 
 
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
@@ -371,7 +380,7 @@ def timings_table(title, rows):
 # tells where its time went and which test was running (tools/make/xen.sh
 # prints the file and puts it in run-layers.sh's summary).
 
-LAYER_TIMES = {"boots": [], "tests": {}, "running": None}
+LAYER_TIMES = {"boots": [], "tests": {}, "running": None, "not run": []}
 
 
 def pytest_runtest_logstart(nodeid, location):  # pylint: disable=unused-argument
@@ -409,6 +418,9 @@ def layer_times_text():
     slowest = sorted(tests.items(), key=lambda item: -item[1]["seconds"])[:5]
     if slowest:
         lines.append("slowest: " + ", ".join("%s %.1f s" % (nodeid.split("::")[-1], e["seconds"]) for nodeid, e in slowest))
+    if LAYER_TIMES["not run"]:
+        lines.append("BUDGET SPENT: %d test(s) not run, from %s" % (
+            len(LAYER_TIMES["not run"]), LAYER_TIMES["not run"][0].split("/", 2)[-1]))
     running = LAYER_TIMES["running"]
     if running is not None:
         lines.append("RUNNING when this was written: %s (for %.0f s)" % (running[0], time.monotonic() - running[1]))
