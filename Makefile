@@ -130,10 +130,13 @@ xen-image: deps
 # paces its boot against the same deadline (tools/make/xen.sh). SIGKILL after
 # 30 s more: QEMU dies with its owner then too (PR_SET_PDEATHSIG).
 # -vv (pytest-layer.sh passes -q): every real-Xen step by name in the CI log.
+# The artifacts of the last run of this work tree: one directory per work
+# tree (a CI clone and a developer's checkout share CACHE and may run at once).
+XENVM_LAST := $(CACHE)/xenvm/artifacts/last-$(shell printf %s '$(ROOT)' | sha256sum | cut -c1-12)
 xen: deps
 	@tools/make/apt-deps.sh $(XENVM_APT)
-	@rm -rf '$(CACHE)/xenvm/artifacts/last'
-	@XENVM_TIMEOUT=$(XENVM_TIMEOUT) XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' \
+	@rm -rf '$(XENVM_LAST)'
+	@XENVM_TIMEOUT=$(XENVM_TIMEOUT) XENVM_ARTIFACTS='$(XENVM_LAST)' \
 	    timeout --kill-after=30 $(XENVM_TIMEOUT) tools/make/xen.sh -rs -vv --durations=8
 
 # The test harness's own tests (tests/harness): the real-Xen VM dies with its
