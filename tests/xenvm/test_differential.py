@@ -42,7 +42,7 @@ import time
 
 import pytest
 
-from conftest import EDU, SHARED, TESTDEV, import_paths, skip_if_unavailable, timings_table, vm_fixture_body
+from conftest import EDU, SHARED, TESTDEV, import_paths, paced, skip_if_unavailable, timings_table, vm_fixture_body
 
 DOMU = "diffu"
 SETTLE_TIMEOUT = 30.0
@@ -118,14 +118,14 @@ def wait_settled(host, what):
     """The snapshot once settled and equal on two reads in a row (bounded)."""
     start = time.monotonic()
     last = None
-    while time.monotonic() - start < SETTLE_TIMEOUT:
+    while time.monotonic() - start < paced(SETTLE_TIMEOUT):
         tree = snapshot(host)
         if settled(tree) and tree == last:
             return tree
         last = tree
         time.sleep(0.5)
     pytest.fail("xenstore did not settle within %d s after %s: last snapshot\n%s\n%s" % (
-        SETTLE_TIMEOUT, what, "\n".join("%s = %r %s" % (p, v[0], v[1]) for p, v in sorted((last or {}).items())),
+        paced(SETTLE_TIMEOUT), what, "\n".join("%s = %r %s" % (p, v[0], v[1]) for p, v in sorted((last or {}).items())),
         host.diagnose()))
     return None
 
