@@ -3,8 +3,8 @@
 #   make demo    converge a simulated Xen host (tools/xensim/scenarios/demo.yaml) with the
 #                rollout playbook, run it again (changed=0), print the report
 #   make test    every test layer (sanity, changelog, units, sim-tests, robustness, lint,
-#                docs, integration, molecule, ecosystem, xen: real Xen under QEMU); fails if any
-#                layer fails
+#                docs, integration, molecule, ecosystem, harness, xen: real Xen under QEMU);
+#                fails if any layer fails
 #   make docs    the documentation site in build/docs/html (linted, built, checked in Chromium)
 #
 # Both install what they need (apt packages, a pinned Python 3.12 venv) and are
@@ -52,11 +52,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 APT_PACKAGES := xenstore-utils qemu-system-x86 libfuse2 fuse3 shellcheck rsync git
 
 .PHONY: help deps apt venv pybin sanity units sim-tests robustness lint changelog-lint \
-        docs integration molecule ecosystem xen xen-image test demo build ee-context clean clean-cache
+        docs integration molecule ecosystem harness xen xen-image test demo build ee-context clean clean-cache
 
 help:
 	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
-	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint docs integration molecule ecosystem xen xen-image build ee-context clean clean-cache'
+	@echo 'other targets: deps venv sanity changelog-lint units sim-tests robustness lint docs integration molecule ecosystem harness xen xen-image build ee-context clean clean-cache'
 
 ## --- environment -----------------------------------------------------------
 
@@ -126,14 +126,26 @@ xen-image: deps
 	@tools/make/apt-deps.sh $(XENVM_APT)
 	@timeout 900 python3 tests/xenvm/build_image.py
 
+# XENVM_TIMEOUT bounds the whole layer, image build included; the harness
+# paces its boot against the same deadline (tools/make/xen.sh). SIGKILL after
+# 30 s more: QEMU dies with its owner then too (PR_SET_PDEATHSIG).
 # -vv (pytest-layer.sh passes -q): every real-Xen step by name in the CI log.
+# The artifacts of the last run of this work tree: one directory per work
+# tree (a CI clone and a developer's checkout share CACHE and may run at once).
+XENVM_LAST := $(CACHE)/xenvm/artifacts/last-$(shell printf %s '$(ROOT)' | sha256sum | cut -c1-12)
 xen: deps
 	@tools/make/apt-deps.sh $(XENVM_APT)
-	@rm -rf '$(CACHE)/xenvm/artifacts/last'
-	@XENVM_ARTIFACTS='$(CACHE)/xenvm/artifacts/last' timeout $(XENVM_TIMEOUT) \
-	    tools/make/pytest-layer.sh xen tests/xenvm -rs -vv --durations=8
+	@rm -rf '$(XENVM_LAST)'
+	@XENVM_TIMEOUT=$(XENVM_TIMEOUT) XENVM_ARTIFACTS='$(XENVM_LAST)' \
+	    timeout --kill-after=30 $(XENVM_TIMEOUT) tools/make/xen.sh -rs -vv --durations=8
 
-TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint docs integration molecule ecosystem xen
+# The test harness's own tests (tests/harness): the real-Xen VM dies with its
+# owner on every path (signals, SIGKILL, timeout, stale pidfiles). QEMU only,
+# no image: seconds.
+harness: deps
+	@tools/make/pytest-layer.sh harness tests/harness -rs
+
+TEST_LAYERS := sanity changelog-lint units sim-tests robustness lint docs integration molecule ecosystem harness xen
 test: deps
 	@tools/make/run-layers.sh $(TEST_LAYERS)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 
@@ -30,6 +31,17 @@ EDU, TESTDEV, E1000 = "0000:00:10.0", "0000:00:11.0", "0000:00:12.0"
 GUEST_ID = {EDU: "1234:11e8", TESTDEV: "1b36:0005", E1000: "8086:100e"}
 GUEST_TIMEOUT = 45.0
 GUEST_UP_TIMEOUT = 90.0
+# The limits here (commands in dom0, guest and backend waits, playbooks) are
+# for a machine on which dom0 boots in NOMINAL_BOOT seconds; a busier one
+# gets them stretched by its measured boot time (every wait still ends as
+# soon as what it waits for is there).  XENVM_TIMEOUT bounds the whole.
+NOMINAL_BOOT = 120.0
+PACE = {"factor": 1.0}
+
+
+def paced(seconds):
+    """``seconds`` stretched by this run's pace factor (1 to 5)."""
+    return seconds * PACE["factor"]
 
 DOMU_CFG = """\
 name = "%s"
@@ -70,13 +82,27 @@ def boot_or_skip(artifacts):
         vm.port, vm.serial_log = data["port"], data["serial"]
         vm.attempts.append("reused the VM of %s" % state)
         return vm, False
+    if UNAVAILABLE:
+        # One verdict per run: the next module does not try to boot again.
+        pytest.skip("real Xen unavailable: %s" % UNAVAILABLE[0])
     try:
         return xenvm.XenVM.booted(workdir=os.path.join(artifacts, "vm")), True
     except xenvm.Unavailable as exc:
+        UNAVAILABLE.append(str(exc))
         banner = "\n" + "!" * 78 + "\nREAL-XEN TESTS SKIPPED: %s\n" % exc + "!" * 78 + "\n"
         sys.stderr.write(banner)
         pytest.skip("real Xen unavailable: %s" % exc)
     return None, False
+
+
+UNAVAILABLE = []    # why this run has no VM, once a boot gave up
+
+
+def skip_if_unavailable():
+    """For tests that use no VM themselves but compare what the VM's tests
+    collected: skip (not fail) when the run had no VM."""
+    if UNAVAILABLE:
+        pytest.skip("real Xen unavailable: %s" % UNAVAILABLE[0])
 
 
 def collections_path(tmp_root):
@@ -128,8 +154,18 @@ class Host:
         self.domain = domain
         self.domid = None
 
+    def run(self, command, timeout):
+        """vm.run with a paced limit; a command over it fails the test with the diagnosis."""
+        limit = paced(timeout)
+        try:
+            return self.vm.run(command, timeout=limit, check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail("dom0 command did not finish within %.0f s (pace factor %.1f): %s\n%s" % (
+                limit, PACE["factor"], command, self.diagnose()))
+        return None
+
     def sh(self, command, timeout=60.0, check=True):
-        proc = self.vm.run(command, timeout=timeout, check=False)
+        proc = self.run(command, timeout)
         if check and proc.returncode != 0:
             pytest.fail("dom0 command failed (exit %d): %s\nstdout: %s\nstderr: %s\n%s" % (
                 proc.returncode, command, proc.stdout.strip(), proc.stderr.strip(), self.diagnose()))
@@ -138,7 +174,7 @@ class Host:
     def timed(self, command, timeout=90.0):
         """(seconds measured in dom0, CompletedProcess): no ssh overhead in the time."""
         wrapped = "s=$(date +%%s.%%N); %s; rc=$?; e=$(date +%%s.%%N); echo \"XENVM-TIME $s $e $rc\" >&2; exit $rc" % command
-        proc = self.vm.run(wrapped, timeout=timeout, check=False)
+        proc = self.run(wrapped, timeout)
         for line in proc.stderr.splitlines():
             if line.startswith("XENVM-TIME "):
                 fields = line.split()
@@ -202,6 +238,7 @@ class Host:
         return seconds
 
     def wait_up(self, timeout=GUEST_UP_TIMEOUT):
+        timeout = paced(timeout)
         start = time.monotonic()
         while self.sh("xenstore-read /local/domain/%d/data/xenvm-guest" % self.domid, check=False).stdout.strip() != "ready":
             if time.monotonic() - start > timeout:
@@ -211,6 +248,7 @@ class Host:
 
     def destroy(self, timeout=60.0):
         """``xl destroy`` and wait (bounded) until xl no longer lists the guest."""
+        timeout = paced(timeout)
         self.sh("xl destroy %s" % self.domain, check=False)
         start = time.monotonic()
         while self.sh("xl domid %s" % self.domain, check=False).returncode == 0:
@@ -230,6 +268,7 @@ class Host:
 
     def wait_guest(self, want, timeout=GUEST_TIMEOUT):
         """Wait until the guest sees exactly the devices ``want``; seconds waited."""
+        timeout = paced(timeout)
         start = time.monotonic()
         want_ids = sorted(GUEST_ID[b] for b in want)
         view = {}
@@ -300,13 +339,46 @@ def stop_shared():
         vm.stop()
 
 
+# A test does not start with less of the layer's budget left than this: the
+# layer ends with its report instead of being killed in the middle of a test.
+TEST_MARGIN = 90.0
+
+
 def pytest_runtest_setup(item):
     if not getattr(item.module, "XENVM_SHARED", False):
         stop_shared()
+    left = xenvm.budget_left()
+    if left is not None and left < TEST_MARGIN:
+        LAYER_TIMES["not run"].append(item.nodeid)
+        pytest.skip("NOT RUN: the layer's budget (XENVM_TIMEOUT) is spent, %.0f s left" % left)
 
 
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
     stop_shared()
+
+
+def shared_vm():
+    """The shared VM (booted on first use, or pytest.skip)."""
+    if "vm" not in SHARED:
+        if UNAVAILABLE:
+            pytest.skip("real Xen unavailable: %s" % UNAVAILABLE[0])
+        start = time.monotonic()
+        try:
+            vm, owned = boot_or_skip(xenvm_artifacts("shared-vm"))
+        except BaseException:
+            LAYER_TIMES["boots"].append("no VM after %.1f s: %s" % (
+                time.monotonic() - start, (UNAVAILABLE or ["interrupted"])[0].replace("\n", " | ")))
+            write_layer_times()
+            raise
+        if vm.boot_seconds:
+            PACE["factor"] = min(5.0, max(1.0, vm.boot_seconds / NOMINAL_BOOT))
+        SHARED.update(vm=vm, owned=owned, artifacts=xenvm_artifacts("shared-vm"),
+                      events={"image+boot": time.monotonic() - start, "boot": vm.boot_seconds,
+                              "boot attempts": "; ".join(vm.attempts)})
+        LAYER_TIMES["boots"].append("%.1f s (%s); limits paced x%.1f" % (
+            time.monotonic() - start, "; ".join(vm.attempts), PACE["factor"]))
+        write_layer_times()
+    return SHARED["vm"]
 
 
 def vm_fixture_body(sub, domain):
@@ -314,12 +386,7 @@ def vm_fixture_body(sub, domain):
     modules: yields a Host on the shared VM (booted on first use) and
     destroys the module's guest afterwards."""
     artifacts = xenvm_artifacts(sub)
-    if "vm" not in SHARED:
-        start = time.monotonic()
-        vm, owned = boot_or_skip(xenvm_artifacts("shared-vm"))
-        SHARED.update(vm=vm, owned=owned, artifacts=xenvm_artifacts("shared-vm"),
-                      events={"image+boot": time.monotonic() - start, "boot": vm.boot_seconds,
-                              "boot attempts": "; ".join(vm.attempts)})
+    shared_vm()
     host = Host(SHARED["vm"], artifacts, domain)
     host.install()
     try:
@@ -334,3 +401,66 @@ def timings_table(title, rows):
     for op, ours, xl, note in rows:
         lines.append("| %s | %s | %s | %s |" % (op, "-" if ours is None else "%.2f" % ours, "-" if xl is None else "%.2f" % xl, note))
     return "\n".join(lines)
+
+
+# -- the layer's times: boots and every test, in $XENVM_TIMES -----------------
+# Rewritten after each test, so that a layer killed by its time limit still
+# tells where its time went and which test was running (tools/make/xen.sh
+# prints the file and puts it in run-layers.sh's summary).
+
+LAYER_TIMES = {"boots": [], "tests": {}, "running": None, "not run": []}
+
+
+def pytest_runtest_logstart(nodeid, location):  # pylint: disable=unused-argument
+    LAYER_TIMES["running"] = (nodeid, time.monotonic())
+    write_layer_times()
+
+
+def pytest_runtest_logreport(report):
+    entry = LAYER_TIMES["tests"].setdefault(report.nodeid, {"seconds": 0.0, "outcome": "passed"})
+    entry["seconds"] += report.duration
+    if report.failed:
+        entry["outcome"] = "FAILED" if report.when == "call" else "ERROR"
+    elif report.skipped and entry["outcome"] == "passed":
+        entry["outcome"] = "skipped"
+
+
+def pytest_runtest_logfinish(nodeid, location):  # pylint: disable=unused-argument
+    LAYER_TIMES["running"] = None
+    write_layer_times()
+
+
+def layer_times_text():
+    """Boots, each module's total, the slowest tests; then every test (indented)."""
+    tests = LAYER_TIMES["tests"]
+    lines = ["boot: %s" % b for b in LAYER_TIMES["boots"]] or ["boot: none"]
+    modules = {}
+    for nodeid, entry in tests.items():
+        module = modules.setdefault(nodeid.split("::")[0].rsplit("/", 1)[-1], {"seconds": 0.0, "count": 0, "outcomes": {}})
+        module["seconds"] += entry["seconds"]
+        module["count"] += 1
+        module["outcomes"][entry["outcome"]] = module["outcomes"].get(entry["outcome"], 0) + 1
+    for name, module in modules.items():
+        lines.append("%s: %.1f s, %s" % (name, module["seconds"], ", ".join(
+            "%d %s" % (n, outcome) for outcome, n in sorted(module["outcomes"].items()))))
+    slowest = sorted(tests.items(), key=lambda item: -item[1]["seconds"])[:5]
+    if slowest:
+        lines.append("slowest: " + ", ".join("%s %.1f s" % (nodeid.split("::")[-1], e["seconds"]) for nodeid, e in slowest))
+    if LAYER_TIMES["not run"]:
+        lines.append("BUDGET SPENT: %d test(s) not run, from %s" % (
+            len(LAYER_TIMES["not run"]), LAYER_TIMES["not run"][0].split("/", 2)[-1]))
+    running = LAYER_TIMES["running"]
+    if running is not None:
+        lines.append("RUNNING when this was written: %s (for %.0f s)" % (running[0], time.monotonic() - running[1]))
+    lines.extend("    %-60s %7.1f s  %s" % (nodeid.split("/", 2)[-1], e["seconds"], e["outcome"]) for nodeid, e in tests.items())
+    return "\n".join(lines) + "\n"
+
+
+def write_layer_times():
+    path = os.environ.get("XENVM_TIMES")
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(layer_times_text())
+    os.replace(tmp, path)

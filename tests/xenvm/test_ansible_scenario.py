@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import E1000, EDU, REMOTE, TESTDEV, collections_path, timings_table, vm_fixture_body
+from conftest import E1000, EDU, REMOTE, TESTDEV, collections_path, paced, timings_table, vm_fixture_body
 
 XENVM_SHARED = True    # conftest.py: one VM with test_differential.py
 DOMU = "ansu"
@@ -68,10 +68,10 @@ class Ansible:
         start = time.monotonic()
         try:
             proc = subprocess.run([self.binary, "-i", self.inventory, "-e", "@" + extra_file, PLAYBOOK], cwd=self.workdir,
-                                  env=self.env, capture_output=True, text=True, timeout=PLAY_TIMEOUT, check=False)
+                                  env=self.env, capture_output=True, text=True, timeout=paced(PLAY_TIMEOUT), check=False)
         except subprocess.TimeoutExpired as exc:
             pytest.fail("ansible-playbook (%s %s) did not finish within %d s:\n%s\n%s" % (
-                module, options, PLAY_TIMEOUT, exc.stdout, self.host.diagnose()))
+                module, options, paced(PLAY_TIMEOUT), exc.stdout, self.host.diagnose()))
         seconds = time.monotonic() - start
         with open(os.path.join(self.workdir, name + ".log"), "w", encoding="utf-8") as handle:
             handle.write(proc.stdout + proc.stderr)
@@ -120,6 +120,7 @@ def missing(host, name):
 
 
 def wait_driver(host, bdf, want, timeout=20.0):
+    timeout = paced(timeout)
     start = time.monotonic()
     while host.driver(bdf) != want:
         if time.monotonic() - start > timeout:

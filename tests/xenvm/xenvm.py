@@ -11,7 +11,22 @@ Library::
 built, boot failed twice): callers skip with its message, loudly.
 
 CLI (``python3 tests/xenvm/xenvm.py ...``): ``build``, ``boot`` (leaves QEMU
-running, state in ``--state``), ``ssh -- CMD``, ``stop``.
+running, state in ``--state``), ``ssh -- CMD``, ``stop``, ``reap``.
+
+Lifetime: a QEMU never outlives the process that started it (its owner).
+QEMU runs in its own process group, is recorded in a pidfile under
+``<cache>/qemu-pids/`` with its owner's pid and start time, and dies with its
+owner on every path: ``stop()``, an exit handler, SIGTERM/SIGINT/SIGHUP
+handlers, and ``PR_SET_PDEATHSIG`` (SIGKILL of the owner kills QEMU).  Every
+boot first reaps the recorded QEMUs whose owner is dead and leaves all others
+alone (another run's live VM, a VM the CLI left running on purpose).
+
+Readiness, not fixed limits: a boot attempt waits for the marker as long as
+the serial console makes progress; it fails when the console stays silent
+for ``XENVM_STALL_TIMEOUT`` seconds, on a fatal line, or when the layer's
+budget (``XENVM_DEADLINE``, an epoch time set from ``XENVM_TIMEOUT``) would
+be spent, so a slow but healthy boot on a busy machine is not thrown away
+and booted again.
 
 QEMU runs TCG by default: ``/dev/kvm`` may be kvm-pvm (no VT-x/AMD-V), under
 which Xen hangs building dom0; KVM is used only when the host has
@@ -21,6 +36,9 @@ kvm_intel/kvm_amd and the CPU flag, or ``XENVM_ACCEL=kvm`` forces it.
 from __future__ import annotations
 
 import argparse
+import atexit
+import ctypes
+import ctypes.util
 import json
 import os
 import shlex
@@ -31,6 +49,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import io
 import time
 
@@ -44,7 +63,14 @@ QEMU = "qemu-system-x86_64"
 XEN_CMDLINE = ("console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=2 bootscrub=0 "
                "loglvl=all guest_loglvl=all")
 DOM0_CMDLINE = "root=/dev/vda rw console=hvc0 earlyprintk=xen"
-READY_TIMEOUT = 120.0
+# Upper bound of one boot attempt (the layer's budget may cut it shorter).
+READY_TIMEOUT = 600.0
+# A boot attempt whose serial console shows nothing new for this long hangs.
+STALL_TIMEOUT = float(os.environ.get("XENVM_STALL_TIMEOUT") or 150.0)
+# Left of the layer's budget when a boot gives up, so that the layer ends
+# with its report (a loud skip) instead of being killed by its time limit.
+BUDGET_RESERVE = 60.0
+PR_SET_PDEATHSIG = 1
 # Serial-log lines that mean this boot will never become ready: retry at once.
 FATAL_PATTERNS = ("Panic on CPU", "Kernel panic", "XENVM-NOT-READY", "cannot mount", "(XEN) Reboot in")
 
@@ -83,13 +109,202 @@ def free_port():
         return sock.getsockname()[1]
 
 
+# -- lifetime: no QEMU outlives its owner -------------------------------------
+
+def process_start(pid):
+    """Start time (clock ticks since boot) of the live process ``pid``; None
+    when there is none (a zombie counts as gone).  With the pid it names one
+    process for good: a pid reused later has another start time."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except (OSError, TypeError):
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def is_running(pid, start):
+    return pid is not None and start is not None and process_start(pid) == start
+
+
+def wait_gone(pid, start, timeout=10.0):
+    """True once the process (pid, start) is gone, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while is_running(pid, start):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def kill_qemu(pid, start):
+    """SIGKILL the QEMU (pid, start) and its process group (it leads one);
+    nothing when that process is gone or the pid now names another."""
+    if not is_running(pid, start):
+        return False
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def registry_dir(cache_root=None):
+    """The pidfiles of the QEMUs started from this cache (one per QEMU)."""
+    return os.path.join(cache_root or build_image.default_cache_root(), "qemu-pids")
+
+
+def read_records(registry):
+    """[(path, record)] of every pidfile in ``registry``."""
+    records = []
+    try:
+        names = sorted(os.listdir(registry))
+    except FileNotFoundError:
+        return records
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(registry, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                records.append((path, json.load(handle)))
+        except (OSError, ValueError):
+            continue            # being written, or removed meanwhile
+    return records
+
+
+def reap_stale(registry, say=None):
+    """Kill the recorded QEMUs whose owner is dead; drop the pidfiles of
+    QEMUs that are gone.  A QEMU whose owner lives (another run's VM) and a
+    detached one (``owner_pid`` null: ``xenvm.py boot``) are left alone.
+    Returns the records of the QEMUs killed."""
+    killed = []
+    for path, record in read_records(registry):
+        pid, start = record.get("qemu_pid"), record.get("qemu_start")
+        if not is_running(pid, start):
+            _unlink(path)
+            continue
+        owner = record.get("owner_pid")
+        if owner is None or is_running(owner, record.get("owner_start")):
+            continue
+        kill_qemu(pid, start)
+        if wait_gone(pid, start):
+            _unlink(path)
+        killed.append(record)
+        if say:
+            say("xenvm: killed QEMU %d of dead owner %d (%s)" % (pid, owner, record.get("workdir")))
+    return killed
+
+
+def unregistered_qemus(registry):
+    """Pids of running ``-name xen-pci-xenvm`` QEMUs that no pidfile records
+    (another checkout's older harness, or a leftover): reported, never killed."""
+    known = {record.get("qemu_pid") for _path, record in read_records(registry)}
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in known:
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == QEMU.encode() and b"xen-pci-xenvm" in argv:
+            found.append(int(name))
+    return found
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_json(path, data):
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.rename(tmp, path)
+
+
+def _die_with_parent(parent):
+    """preexec_fn of QEMU: SIGKILL it when its parent (the owner) dies, even
+    by SIGKILL; exit at once if the owner died before the request took."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def preexec():
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)     # pylint: disable=protected-access
+    return preexec
+
+
+# The VMs this process started and has not stopped or detached: stopped at
+# exit and on SIGTERM/SIGINT/SIGHUP, before the signal takes its course.
+_LIVE = {}
+_PREVIOUS = {}
+
+
+def stop_live():
+    for vm in list(_LIVE.values()):
+        try:
+            vm.stop()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+
+def _on_signal(signum, frame):
+    stop_live()
+    previous = _PREVIOUS.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def guard_process():
+    """Install the exit and signal handlers once per process (signal
+    handlers only from the main thread; pdeathsig covers the rest)."""
+    if _PREVIOUS.get("installed"):
+        return
+    _PREVIOUS["installed"] = True
+    atexit.register(stop_live)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        previous = signal.getsignal(signum)
+        if previous is _on_signal or previous == signal.SIG_IGN:
+            continue
+        _PREVIOUS[signum] = previous
+        signal.signal(signum, _on_signal)
+
+
+# -- the layer's time budget ----------------------------------------------------
+
+def budget_left():
+    """Seconds left of the layer's budget (``XENVM_DEADLINE``), None if unbounded."""
+    deadline = os.environ.get("XENVM_DEADLINE")
+    if not deadline:
+        return None
+    return float(deadline) - time.time()
+
+
 def image_or_unavailable(cache_root=None, build=True):
     """The image directory; builds it if allowed.  Raises Unavailable."""
     path = build_image.image_dir(cache_root)
     if build_image.image_complete(path):
         return path
     if not build:
-        raise Unavailable("no xenvm image at %s and building is disabled" % path)
+        why = os.environ.get("XENVM_IMAGE_ERROR") or "building is disabled"
+        raise Unavailable("no xenvm image at %s: %s" % (path, why))
     try:
         return build_image.ensure_image(cache_root)
     except build_image.BuildError as exc:
@@ -99,17 +314,26 @@ def image_or_unavailable(cache_root=None, build=True):
 class XenVM:
     """One QEMU running Xen + dom0.  ``stop()`` always kills QEMU."""
 
-    def __init__(self, image, workdir=None, memory=1024, smp=2):
+    def __init__(self, image, workdir=None, memory=1024, smp=2, die_with_owner=True):
         self.image = image
         self.workdir = workdir or os.path.join(image, "..", "run-%d" % os.getpid())
         self.memory = memory
         self.smp = smp
+        # The image lies in <cache root>/<recipe hash>: the pidfiles beside it.
+        self.registry = registry_dir(os.path.dirname(os.path.abspath(image)))
+        # False only for the CLI's boot, whose QEMU outlives the CLI process
+        # (it is detached once ready; killed at the next boot if the CLI dies first).
+        self.die_with_owner = die_with_owner
+        self.stall_timeout = STALL_TIMEOUT
         self.proc = None
         self.pid = None
+        self.pid_start = None
+        self.pidfile = None
         self.port = None
         self.serial_log = None
         self.boot_seconds = None
         self.attempts = []          # one line per boot attempt, for the report
+        self.attempt_seconds = []   # seconds of each failed attempt
         self.accel = "tcg"
         self.key = os.path.join(image, "id_ed25519")
         # One ssh master connection for every command: a new connection costs
@@ -152,6 +376,9 @@ class XenVM:
 
     def _start(self, attempt):
         os.makedirs(self.workdir, exist_ok=True)
+        os.makedirs(self.registry, exist_ok=True)
+        reap_stale(self.registry, say=sys.stderr.write)
+        guard_process()
         self.port = free_port()
         self.serial_log = os.path.join(self.workdir, "serial-%d.log" % attempt)
         if os.path.exists(self.serial_log):      # a previous run's: QEMU appends
@@ -161,11 +388,33 @@ class XenVM:
             handle.write(" ".join(shlex.quote(a) for a in argv) + "\n# accel: %s (%s)\n" % (self.accel, why))
         stderr = open(os.path.join(self.workdir, "qemu-%d.stderr" % attempt), "wb")  # pylint: disable=consider-using-with
         try:
+            # Its own process group: stop() kills the group; a terminal's or
+            # timeout's signal to ours reaches it only through our handlers.
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,  # pylint: disable=consider-using-with
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent(os.getpid()) if self.die_with_owner else None)
         finally:
             stderr.close()
         self.pid = self.proc.pid
+        self.pid_start = process_start(self.pid)
+        _LIVE[self.pid] = self
+        self.pidfile = os.path.join(self.registry, "%d.json" % self.pid)
+        self._record(owner=os.getpid())
+
+    def _record(self, owner):
+        """The pidfile: QEMU and its owner (None: detached), each by pid and start time."""
+        _write_json(self.pidfile, {
+            "qemu_pid": self.pid, "qemu_start": self.pid_start, "owner_pid": owner,
+            "owner_start": process_start(owner) if owner is not None else None,
+            "owner_argv": sys.argv[:4], "workdir": self.workdir, "port": self.port,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def detach(self):
+        """Leave QEMU running after this process ends (``xenvm.py boot``);
+        ``stop()`` from another process (the CLI's state file) ends it."""
+        _LIVE.pop(self.pid, None)
+        self._record(owner=None)
+        self.proc = None
 
     def serial(self):
         try:
@@ -175,11 +424,16 @@ class XenVM:
             return ""
 
     def _wait_ready(self, timeout):
+        """Seconds until the readiness marker.  Waits while the serial console
+        makes progress; fails on a fatal line, QEMU's exit, a console silent
+        for ``stall_timeout`` s, or after ``timeout`` s."""
         start = time.monotonic()
-        while time.monotonic() - start < timeout:
+        seen, progress = -1, start
+        while True:
             text = self.serial()
+            now = time.monotonic()
             if build_image.READY_MARKER + " " in text:
-                return time.monotonic() - start
+                return now - start
             for pattern in FATAL_PATTERNS:
                 if pattern in text:
                     raise BootFailed("serial log shows %r: %s" % (pattern, tail(text)))
@@ -192,27 +446,50 @@ class XenVM:
                 except OSError:
                     pass
                 raise BootFailed("QEMU exited with %s: %s\n%s" % (self.proc.returncode, err.strip(), tail(text)))
+            if len(text) != seen:
+                seen, progress = len(text), now
+            if now - progress > self.stall_timeout:
+                raise BootFailed("the serial console showed nothing new for %d s (%d bytes after %.0f s): %s" % (
+                    self.stall_timeout, seen, now - start, tail(text)))
+            if now - start > timeout:
+                raise BootFailed("no %s on the serial console within %ds: %s" % (build_image.READY_MARKER, timeout, tail(text)))
             time.sleep(0.25)
-        raise BootFailed("no %s on the serial console within %ds: %s" % (build_image.READY_MARKER, timeout, tail(self.serial())))
 
     def boot(self, timeout=READY_TIMEOUT, attempts=2):
         """Boot and wait for the readiness marker and ssh; retry once (a rare
-        memory corruption of dom0 under TCG was seen).  Raises Unavailable after the last attempt."""
+        memory corruption of dom0 under TCG was seen) when the layer's budget
+        leaves room for it.  An attempt takes at most ``timeout`` s and half
+        of the budget left (the tests need the other half).  Raises
+        Unavailable after the last attempt."""
         for attempt in range(1, attempts + 1):
+            left = budget_left()
+            # At most half of what is left: the tests need the rest.
+            limit = timeout if left is None else min(timeout, (left - BUDGET_RESERVE) / 2)
+            if attempt > 1 and left is not None and limit < min(timeout, 1.5 * self.last_attempt_seconds()):
+                self.attempts.append("attempt %d not started: %.0f s left of the layer's budget (XENVM_TIMEOUT)" % (
+                    attempt, left))
+                break
+            if limit <= 0:
+                self.attempts.append("attempt %d not started: the layer's budget is spent (XENVM_TIMEOUT)" % attempt)
+                break
             start = time.monotonic()
             self._start(attempt)
             try:
-                marker = self._wait_ready(timeout)
-                self.wait_ssh(max(10.0, timeout - marker))
+                marker = self._wait_ready(limit)
+                self.wait_ssh(max(10.0, limit - marker))
                 self.boot_seconds = time.monotonic() - start
                 self.attempts.append("attempt %d: ready in %.1f s (marker after %.1f s, accel %s)"
                                      % (attempt, self.boot_seconds, marker, self.accel))
                 return self
             except BootFailed as exc:
                 self.attempts.append("attempt %d FAILED after %.1f s: %s" % (attempt, time.monotonic() - start, exc))
+                self.attempt_seconds.append(time.monotonic() - start)
                 sys.stderr.write("xenvm: boot %s\n" % self.attempts[-1])
                 self.stop()
         raise Unavailable("Xen did not boot in %d attempts:\n%s" % (attempts, "\n".join(self.attempts)))
+
+    def last_attempt_seconds(self):
+        return self.attempt_seconds[-1] if self.attempt_seconds else 0.0
 
     def wait_ssh(self, timeout):
         start = time.monotonic()
@@ -271,21 +548,32 @@ class XenVM:
     # -- teardown ---------------------------------------------------------
 
     def stop(self):
-        """Kill QEMU (its whole process group), whatever state it is in."""
-        self.close_ssh()
+        """Kill QEMU (its whole process group), whatever state it is in, and
+        drop its pidfile."""
         pid, self.pid = self.pid, None
         if pid is None:
+            self.close_ssh()
             return
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _LIVE.pop(pid, None)
+        start = self.pid_start
         if self.proc is not None:
+            # Our child, not reaped yet: the pid cannot name another process.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
             self.proc = None
+        elif start is not None:
+            kill_qemu(pid, start)
+            wait_gone(pid, start)
+        pidfile = self.pidfile or os.path.join(self.registry, "%d.json" % pid)
+        if not is_running(pid, start):
+            _unlink(pidfile)
+        self.close_ssh()
 
     def close_ssh(self):
         """End the ssh master connection of this VM, if there is one."""
@@ -300,13 +588,15 @@ class XenVM:
         self.stop()
 
     @classmethod
-    def booted(cls, cache_root=None, workdir=None, timeout=READY_TIMEOUT):
-        """Build (or reuse) the image and boot it.  Raises Unavailable."""
+    def booted(cls, cache_root=None, workdir=None, timeout=READY_TIMEOUT, die_with_owner=True):
+        """Build (or reuse) the image and boot it.  Raises Unavailable.
+        ``XENVM_BUILD=0``: never build here (``XENVM_IMAGE_ERROR`` says why)."""
         if shutil.which(QEMU) is None:
             raise Unavailable("%s is not installed (apt-get install qemu-system-x86)" % QEMU)
         if shutil.which("ssh") is None:
             raise Unavailable("ssh (openssh-client) is not installed")
-        vm = cls(image_or_unavailable(cache_root), workdir=workdir)
+        image = image_or_unavailable(cache_root, build=os.environ.get("XENVM_BUILD", "1") != "0")
+        vm = cls(image, workdir=workdir, die_with_owner=die_with_owner)
         try:
             return vm.boot(timeout=timeout)
         except BaseException:
@@ -337,24 +627,35 @@ def main(argv=None):
     ssh.add_argument("--stdin", action="store_true", help="pass our standard input to the command")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("stop", help="kill the QEMU started by boot")
+    sub.add_parser("reap", help="kill the recorded QEMUs whose owner is dead; list the unrecorded ones")
     args = parser.parse_args(argv)
     state_file = _state_path(args)
     try:
         if args.cmd == "build":
             print(image_or_unavailable(args.cache))
             return 0
+        if args.cmd == "reap":
+            registry = registry_dir(args.cache)
+            killed = reap_stale(registry, say=lambda line: sys.stdout.write(line + "\n"))
+            others = unregistered_qemus(registry)
+            if others:
+                print("xenvm: running xen-pci-xenvm QEMUs not recorded here (not ours to kill): %s"
+                      % " ".join(map(str, others)))
+            print("xenvm: reaped %d QEMU(s) of dead owners" % len(killed))
+            return 0
         if args.cmd == "boot":
+            # Not tied to this process: detached once ready (until then a
+            # kill of this process leaves a pidfile with a dead owner, which
+            # the next boot reaps).
             vm = XenVM.booted(args.cache, workdir=os.path.join(os.path.dirname(state_file), "cli-run"),
-                              timeout=args.timeout)
-            vm.proc = None      # leave it running
-            with open(state_file, "w", encoding="utf-8") as handle:
-                json.dump({"pid": vm.pid, "port": vm.port, "image": vm.image, "serial": vm.serial_log}, handle)
+                              timeout=args.timeout, die_with_owner=False)
+            vm.detach()
+            _write_json(state_file, {"pid": vm.pid, "pid_start": vm.pid_start, "port": vm.port, "image": vm.image,
+                                     "serial": vm.serial_log, "key": vm.key, "pidfile": vm.pidfile,
+                                     "boot": "; ".join(vm.attempts)})
             print("dom0 ready: ssh -i %s -p %d root@127.0.0.1 (%s)" % (vm.key, vm.port, "; ".join(vm.attempts)))
             return 0
-        with open(state_file, encoding="utf-8") as handle:
-            state = json.load(handle)
-        vm = XenVM(state["image"])
-        vm.pid, vm.port, vm.serial_log = state["pid"], state["port"], state["serial"]
+        vm = from_state(state_file)
         if args.cmd == "ssh":
             command = " ".join(shlex.quote(a) for a in args.command if a != "--") or "true"
             proc = vm.run(command, timeout=args.timeout, check=False, stdin=sys.stdin.buffer.read() if args.stdin else None)
@@ -370,6 +671,17 @@ def main(argv=None):
     except FileNotFoundError:
         sys.stderr.write("xenvm: no running VM (no %s); use boot first\n" % state_file)
         return 1
+
+
+def from_state(state_file):
+    """The XenVM a state file (``xenvm.py boot``) describes; ``stop()`` on it
+    kills that QEMU only if its pid still names it."""
+    with open(state_file, encoding="utf-8") as handle:
+        state = json.load(handle)
+    vm = XenVM(state["image"])
+    vm.pid, vm.port, vm.serial_log = state["pid"], state["port"], state["serial"]
+    vm.pid_start, vm.pidfile = state.get("pid_start"), state.get("pidfile")
+    return vm
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # molecule scenarios of the collection (extensions/molecule/<scenario>/), once
-# there are any. The `xen` scenario needs a real Xen VM (see docs) and is not
-# part of `make test`; MOLECULE_SCENARIOS names the ones that run here.
+# there are any. The `xen` scenario needs the real-Xen VM: the xen layer runs
+# it on its own VM (tests/xenvm/test_molecule_xen.py), not this one;
+# MOLECULE_SCENARIOS names the ones that run here.
 set -euo pipefail
 # shellcheck source=tools/make/layer-lib.sh
 source "$XEN_PCI_ROOT/tools/make/layer-lib.sh"

@@ -4,12 +4,15 @@
 # exits non-zero if any layer failed. A layer that printed "LAYER: SKIPPED"
 # (no tests yet, see layer-lib.sh) counts as skipped. Each layer is bounded
 # (XEN_PCI_LAYER_TIMEOUT seconds, default 1800): a hung test fails its layer
-# instead of eating CI's whole budget.
+# instead of eating CI's whole budget. A layer may say more in the summary
+# (the xen layer: its image, boot and test times) by writing lines to the
+# file XEN_PCI_LAYER_NOTES names.
 set -uo pipefail
 limit=${XEN_PCI_LAYER_TIMEOUT:-1800}
 cd "$XEN_PCI_ROOT" || exit 1
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+notes=$(mktemp -d)
+trap 'rm -rf "$log" "$notes"' EXIT
 declare -A state seconds
 passed=0 failed=0 skipped=0
 for layer in "$@"; do
@@ -17,7 +20,7 @@ for layer in "$@"; do
     echo "=== make $layer"
     start=$SECONDS
     # timeout signals make's whole process group (the layer's test processes too).
-    timeout --kill-after=30 "$limit" make --no-print-directory "$layer" 2>&1 | tee "$log"
+    XEN_PCI_LAYER_NOTES=$notes/$layer timeout --kill-after=30 "$limit" make --no-print-directory "$layer" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     if ((status == 0)) && grep -q "^$layer: SKIPPED" "$log"; then
         state[$layer]=skipped
@@ -36,6 +39,9 @@ echo
 echo "=== summary"
 for layer in "$@"; do
     printf '  %-16s %-7s %4ss\n' "$layer" "${state[$layer]}" "${seconds[$layer]}"
+    if [[ -s $notes/$layer ]]; then
+        sed 's/^/      /' "$notes/$layer"
+    fi
 done
 # A plain closing line that CI log readers understand (it counts layers, not tests).
 echo "layers: $passed passed, $failed failed, $skipped skipped"
