@@ -79,18 +79,8 @@ class Run:
 
     def tagged(self):
         """Pids of running QEMUs carrying this test's -name."""
-        pids = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % name, "rb") as handle:
-                    argv = handle.read().split(b"\0")
-            except OSError:
-                continue
-            if self.tag.encode() in argv and xenvm.process_start(int(name)) is not None:
-                pids.append(int(name))
-        return pids
+        return [pid for pid, argv in xenvm.processes()
+                if self.tag.encode() in argv and xenvm.process_start(pid) is not None]
 
     def cleanup(self):
         for proc in self.owners:

@@ -202,22 +202,24 @@ def reap_stale(registry, say=None):
     return killed
 
 
+def processes():
+    """(pid, argv as bytes) of every process that can still be read."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as handle:
+                yield int(name), handle.read().split(b"\0")
+        except OSError:
+            continue
+
+
 def unregistered_qemus(registry):
     """Pids of running ``-name xen-pci-xenvm`` QEMUs that no pidfile records
     (another checkout's older harness, or a leftover): reported, never killed."""
     known = {record.get("qemu_pid") for _path, record in read_records(registry)}
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in known:
-            continue
-        try:
-            with open("/proc/%s/cmdline" % name, "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == QEMU.encode() and b"xen-pci-xenvm" in argv:
-            found.append(int(name))
-    return found
+    return [pid for pid, argv in processes()
+            if pid not in known and argv and os.path.basename(argv[0]) == QEMU.encode() and b"xen-pci-xenvm" in argv]
 
 
 def _unlink(path):
