@@ -12,12 +12,13 @@ for ignore in "$XEN_PCI_ROOT"/tests/sanity/ignore-*.txt; do
     fi
 done
 
-if is_git_root; then
+if is_git_root && [[ ${XEN_PCI_COPY_TREE:-0} != 1 ]]; then
     collection=$(link_tree)
 else
-    # ansible-test would walk the directory, caches and venvs included.
+    # ansible-test would walk the directory, caches and venvs included
+    # (XEN_PCI_COPY_TREE=1: a run beside others, tools/make/matrix.sh).
     collection=$(copy_tree)
-    echo "sanity: $XEN_PCI_ROOT is not a git checkout; checking a clean copy in $collection"
+    echo "sanity: checking a clean copy of $XEN_PCI_ROOT in $collection"
 fi
 
 # Without --python ansible-test runs each test on every supported Python found

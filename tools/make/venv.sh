@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Creates the controller venv $XEN_PCI_VENV from requirements/ (pinned), then
-# writes the stamp file given as $1. The Makefile calls this only when the
-# stamp (keyed on the requirements' hash) is missing.
+# venv.sh STAMP [DIRECT LOCKED]: creates the venv $XEN_PCI_VENV from the
+# requirements file DIRECT (pinned direct dependencies) constrained by LOCKED
+# (everything pinned, written by tools/make/lock.sh) with $PYTHON_BASE, then
+# writes the stamp file STAMP. Default: the controller venv
+# (requirements/controller.txt, requirements/constraints.txt). The callers
+# (the Makefile, tools/make/matrix.sh) key both the venv's directory and the
+# stamp's name on the requirements' hash and call this only when the stamp is
+# missing.
 set -euo pipefail
 stamp=$1
-venv=$XEN_PCI_VENV
+direct=${2:-requirements/controller.txt}
+locked=${3:-requirements/constraints.txt}
+venv=${XEN_PCI_VENV:?}
 python_base=${PYTHON_BASE:?}
-[[ -x $python_base ]] || { echo "venv: no Python 3.12 interpreter (PYTHON_BASE=$python_base); install it with pyenv or set PYTHON_BASE" >&2; exit 1; }
+[[ -x $python_base ]] || { echo "venv: no interpreter at PYTHON_BASE=$python_base; install it with pyenv or set PYTHON_BASE" >&2; exit 1; }
+cd "${XEN_PCI_ROOT:-$(dirname "$0")/../..}"
 
 # Two make runs on one machine (a CI clone and a work tree) share the venv:
 # one builds it, the other waits and then finds the stamp.
@@ -21,7 +29,7 @@ if [[ -e $venv && ! -f $venv/pyvenv.cfg ]]; then
     echo "venv: $venv exists and is not a venv; refusing to replace it" >&2
     exit 1
 fi
-echo "venv: creating $venv from $python_base"
+echo "venv: creating $venv from $python_base ($direct)"
 rm -rf "$venv"
 mkdir -p "$(dirname "$venv")"
 "$python_base" -m venv "$venv"
@@ -29,7 +37,7 @@ log=$venv/pip-install.log
 # pip's output goes to a log (this machine's index configuration makes it
 # noisy); it is shown only if the install fails.
 if ! timeout 1800 "$venv/bin/python" -m pip install --disable-pip-version-check \
-        -r requirements/controller.txt -c requirements/constraints.txt >"$log" 2>&1; then
+        -r "$direct" -c "$locked" >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "venv: pip install failed (full log: $log)" >&2
     exit 1
