@@ -114,8 +114,8 @@ def main(argv):
                                  ("info (summary)", lambda: run_info(dict(params, detail="summary"), platform=platform)),
                                  ("no-op passthrough", lambda: run_passthrough(params, declared, platform=platform))):
                     m = measure(fn, platform)
-                    print("%7d  %-18s %6d %9d %9d %9.3f" % (guests, name, m["round_trips"], m["requests"], m["files"],
-                                                             m["seconds"]), flush=True)
+                    row = (guests, name, m["round_trips"], m["requests"], m["files"], m["seconds"])
+                    print("%7d  %-18s %6d %9d %9d %9.3f" % row, flush=True)
                 platform.close()
             finally:
                 host.stop()

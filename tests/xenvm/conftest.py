@@ -43,6 +43,7 @@ def paced(seconds):
     """``seconds`` stretched by this run's pace factor (1 to 5)."""
     return seconds * PACE["factor"]
 
+
 DOMU_CFG = """\
 name = "%s"
 type = "pv"
