@@ -256,7 +256,11 @@ def _xl_tasks(ansible, verb, devices):
 def test_12_tasks_next_to_xl_tasks(host, ansible):
     """Our attach and detach as whole tasks next to xl pci-attach/pci-detach
     as command tasks, both paying Ansible's floor: one device, then three
-    devices in one task next to three xl module runs."""
+    devices in one task next to three xl module runs.  A measurement (about
+    270 s of the layer's budget), so run on request only:
+    ``XENVM_TASK_COSTS=1 make xen``."""
+    if os.environ.get("XENVM_TASK_COSTS") != "1":
+        pytest.skip("a measurement, not a check of its own (about 270 s): XENVM_TASK_COSTS=1 make xen runs it")
     ansible.ok("passthrough detach 10.0+11.0 (one task)", "passthrough", domain=DOMU, devices=[EDU, TESTDEV],
                state="absent")
     host.wait_guest([])
