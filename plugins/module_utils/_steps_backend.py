@@ -31,12 +31,15 @@ from ansible_collections.xen.pci.plugins.module_utils._state import (
     backend_path, error_path, frontend_path, read_backend, state_name, xs_int)
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes, remove_pruned
 
-# Caps on single waits, inside the request's own deadline. libxl waits 10 s
-# for a backend; real Xen under QEMU TCG showed pcifront taking 8 s for a
-# removal cycle and 14 s to go Connected, so the caps leave room for slow guests.
-BACKEND_WAIT = 30.0
+# A wait the request cannot succeed without (pciback reaching Connected, the
+# guest releasing a device, a stub domain connecting) may spend the whole
+# forward budget: the task's timeout is the user's limit, and the budget's
+# reserve still pays for the undo. libxl gives up after 10 s (60 s for a stub
+# domain) whatever the host's load; on a loaded host real Xen's pcifront took
+# over 30 s for one removal cycle. Only the optional wait is capped: a guest
+# without pcifront never connects, and waiting for it changes nothing but
+# the warning.
 GUEST_CONNECT_WAIT = 30.0
-STUBDOM_CONNECT_WAIT = 60.0       # libxl: the stub domain's backend within 60 s
 # Between removing a backend and creating it again (see rebuild).
 REBUILD_SETTLE = 0.5
 # With force, the share of the remaining forward budget the guest gets to
@@ -126,7 +129,7 @@ class BackendOps:
                     domain=self.domid, backend_state=failed[0], error_node=failed[1])
             return True if _int(values[self.be + "/state"]) == CONNECTED else None
 
-        sub = self.ctx.deadline.sub(BACKEND_WAIT, "backend Connected")
+        sub = self.ctx.deadline.sub(self.ctx.deadline.remaining(), "backend Connected")
         try:
             self.wait(paths, check, sub, "waiting for the PCI backend of %s to be Connected (4) %s" % (self.label, why))
         except DeadlineExceeded as exc:
@@ -167,12 +170,13 @@ class BackendOps:
         for bdf, i in zip(bdfs, indices):
             self.ctx.report.devices[bdf] = {"index": i, "state": INITIALISED, "vdev": values.get("%s/vdev-%d" % (self.be, i))}
 
-    def wait_frontend(self, seconds, hard):
+    def wait_frontend(self, seconds=None, hard=False):
         """After creating a backend: wait for both ends to be Connected. A
         guest that never loaded pcifront never connects: with ``hard``
         (a stub domain, whose QEMU needs the device) that is an error,
-        otherwise a warning (the guest sees the devices when it connects)."""
-        sub = self.ctx.deadline.sub(seconds, "frontend connect")
+        otherwise a warning (the guest sees the devices when it connects).
+        ``seconds``: a cap on the wait (None: the rest of the budget)."""
+        sub = self.ctx.deadline.sub(self.ctx.deadline.remaining() if seconds is None else seconds, "frontend connect")
         paths = [self.be + "/state", self.fe + "/state", error_path(self.domid)]
 
         def check(values):
@@ -348,7 +352,7 @@ class BackendOps:
 
     def await_release(self, gone, deadline):
         """Wait until the cycle is over (backend back at Connected)."""
-        sub = deadline.sub(BACKEND_WAIT, "guest release")
+        sub = deadline.sub(deadline.remaining(), "guest release")
         paths = [self.be + "/state", error_path(self.domid)]
 
         def check(values):
@@ -513,7 +517,7 @@ class AppendToBackend(Step):
             # pciback exports on its own (probe, or its Initialised watch).
             ops.confirm_exported(indices, bdfs, need_connected=False)
             if role == STUBDOM:
-                ops.wait_frontend(STUBDOM_CONNECT_WAIT, hard=True)
+                ops.wait_frontend(hard=True)
             elif role == GUEST and self.result.get("created") and self.result.get("running", True) and \
                     not ctx.platform.domain_paused(ops.domid):
                 ops.wait_frontend(GUEST_CONNECT_WAIT, hard=False)
