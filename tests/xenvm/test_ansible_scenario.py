@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import E1000, EDU, REMOTE, TESTDEV, collections_path, paced, timings_table, vm_fixture_body
+from conftest import E1000, EDU, REMOTE, REQUEST_TIMEOUT, TESTDEV, collections_path, paced, timings_table, vm_fixture_body
 
 XENVM_SHARED = True    # conftest.py: one VM with test_differential.py
 DOMU = "ansu"
@@ -61,6 +61,8 @@ class Ansible:
         name = "%02d-%s" % (self.count, module)
         result_file = os.path.join(self.workdir, name + ".result.json")
         extra = {"xenvm_module": module, "xenvm_result_file": result_file}
+        if module in ("assignable", "passthrough", "info"):
+            extra["xenvm_timeout"] = round(paced(REQUEST_TIMEOUT))
         extra.update(("xenvm_" + key, value) for key, value in options.items())
         extra_file = os.path.join(self.workdir, name + ".vars.json")
         with open(extra_file, "w", encoding="utf-8") as handle:

@@ -25,7 +25,7 @@ import time
 import pytest
 
 import xenvm
-from conftest import ROOT, shared_vm, xenvm_artifacts
+from conftest import REQUEST_TIMEOUT, ROOT, paced, shared_vm, xenvm_artifacts
 
 XENVM_SHARED = True    # conftest.py: the VM of test_ansible_scenario.py and test_differential.py
 MOLECULE_TIMEOUT = 900.0
@@ -44,7 +44,8 @@ def test_molecule_xen_scenario(tmp_path):
                      encoding="utf-8")
     left = xenvm.budget_left()
     limit = MOLECULE_TIMEOUT if left is None else max(60.0, min(MOLECULE_TIMEOUT, left - 30.0))
-    env = dict(os.environ, XENVM_STATE=str(state), ANSIBLE_NOCOLOR="1", NO_COLOR="1",
+    env = dict(os.environ, XENVM_STATE=str(state), XENVM_REQUEST_TIMEOUT="%.0f" % paced(REQUEST_TIMEOUT),
+               ANSIBLE_NOCOLOR="1", NO_COLOR="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     log = os.path.join(xenvm_artifacts("molecule"), "molecule-test-xen.log")
     start = time.monotonic()
