@@ -99,7 +99,11 @@ def attach_steps(host, dom, funcs, platform, make_assignable):
     if dom.type == "hvm":
         # Only a HVM guest needs the QMP client.
         from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import (  # pylint: disable=import-outside-toplevel
-            DEVICE_ADD_TRIES, QmpAdd)
+            DEVICE_ADD_TRIES, QmpAdd, RecordSlots)
         steps.append(QmpAdd(domid=dom.domid, uuid=dom.uuid, label=label, functions=functions,
                             tries=DEVICE_ADD_TRIES if role == STUBDOM else 1))
+        unplaced = [f["bdf"] for f in functions if not f.get("vdevfn")]
+        if role != STUBDOM and unplaced:
+            # A stub domain's backend is its own PV one: its slots are not the guest's.
+            steps.append(RecordSlots(domid=dom.domid, uuid=dom.uuid, label=label, bdfs=unplaced))
     return steps

@@ -17,6 +17,8 @@ from ansible_collections.xen.pci.plugins.module_utils._engine import Step, regis
 from ansible_collections.xen.pci.plugins.module_utils._errors import (
     DeadlineExceeded, HotplugError, QmpConnectionError, QmpError, XenPciError)
 from ansible_collections.xen.pci.plugins.module_utils._qmp import DEFAULT_TIMEOUT, QmpSession
+from ansible_collections.xen.pci.plugins.module_utils._state import backend_path, read_backend
+from ansible_collections.xen.pci.plugins.module_utils._xenstore import Changes
 
 DEVICE_ADD_TRIES = 10             # libxl, with a stub domain: 10 tries, 1 s apart (Qubes issue 6203)
 DEVICE_ADD_PAUSE = 1.0
@@ -124,6 +126,48 @@ class QmpAdd(Step):
                     left.append("%s (%s)" % (qdev, exc.msg))
         if left:
             raise HotplugError("QEMU of %s still has %s" % (self.data["label"], "; ".join(left)), domain=self.data["domid"])
+
+
+@register
+class RecordSlots(Step):
+    """``vdevfn-N`` in the guest's backend for each function QEMU placed
+    where it chose (no slot was asked for): the slot ``query-pci`` shows,
+    as libxl records it, so that ``xl pci-list`` and the next request's
+    slot checks see where the device is. data: domid, uuid, label, bdfs."""
+
+    kind = "qmp-record-slots"
+
+    def describe(self):
+        return "record the virtual slots of %s in the PCI backend of %s" % (", ".join(self.data["bdfs"]), self.data["label"])
+
+    def touches(self):
+        return ["%s (vdevfn keys of %s)" % (backend_path(self.data["domid"]), ", ".join(self.data["bdfs"]))]
+
+    def do(self, ctx):
+        with open_session(ctx, self.data) as qmp:
+            placed = {d.qdev_id: d for d in qmp.query_pci(deadline=_command(ctx))}
+        wanted = {b: placed[Bdf.parse(b).qmp_id] for b in self.data["bdfs"] if Bdf.parse(b).qmp_id in placed}
+
+        def body(tx):
+            backend = read_backend(ctx.xs, self.data["domid"], ctx.deadline, tx=tx)
+            changes = Changes()
+            for dev in backend.devices if backend is not None else ():
+                qdev = wanted.get(str(dev.bdf))
+                if qdev is not None and not dev.vdevfn:
+                    changes.write("%s/vdevfn-%d" % (backend.path, dev.index), "%x" % (qdev.slot << 3 | qdev.function))
+            if changes:
+                ctx.xs.apply(changes, tx=tx, deadline=ctx.deadline)
+            return len(changes)
+
+        self.result["written"] = ctx.xs.transaction(body, ctx.deadline, what="recording the virtual slots of %s in %s" % (
+            ", ".join(self.data["bdfs"]), self.data["label"]))
+
+    def verify(self, ctx):
+        """Nothing to confirm beyond the transaction: a key that did not get
+        written leaves ``xl pci-list`` showing slot 00, not the guest broken."""
+
+    def undo(self, ctx):
+        """The keys go with their index when the backend entry is undone."""
 
 
 @register
