@@ -237,9 +237,14 @@ def _handle_failure(ctx, journal, steps, index, stage, exc):
             ctx.report.warnings.append("%s: confirmed only after the forward deadline (%s)" % (where, exc.msg))
             ctx.report.step(where)
             return None
-    passed = [i for i, s in enumerate(steps[:index + 1]) if s.no_return and (i < index or _effective(ctx, s))]
+    # A no_return step whose do() completed has passed its point of no
+    # return even when the host does not show the effect yet (a device_del
+    # the guest has not acknowledged stays pending in QEMU); one that failed
+    # inside do() is asked.
+    passed = [i for i, s in enumerate(steps[:index + 1])
+              if s.no_return and (i < index or stage != "do" or _effective(ctx, s))]
     if passed:
-        _mark(ctx, journal, index, "failed", step.result)
+        _mark(ctx, journal, index, "failed" if stage == "do" else "sent", step.result)
         rest = ["%s (%s)" % (s.describe(), ", ".join(s.touches()) or "-") for s in steps[index:]]
         left = ["unfinished: %s" % "; ".join(rest), "the journal %s, so that the next run finishes it" % journal.path]
         ctx.report.left += left
@@ -331,7 +336,7 @@ def recover(ctx, record, domain_uuid=None):
     reached = min(reached, len(steps) - 1)
     forward = None
     for i in range(reached + 1):
-        if steps[i].no_return and statuses[i] != "undone" and (statuses[i] == "done" or _effective(ctx, steps[i])):
+        if steps[i].no_return and statuses[i] != "undone" and (statuses[i] in ("done", "sent") or _effective(ctx, steps[i])):
             forward = i
             break
     if forward is None:

@@ -37,7 +37,9 @@ from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
 JOURNAL_ROOT = "/tool/xen-pci/journal"
 # oxenstored refuses values over 2048 bytes (its quota-maxsize), even from dom0.
 _CHUNK = 1800
-STATUSES = ("planned", "done", "undone", "failed")
+# "sent": the step's change was made but not confirmed (a device_del the
+# guest has not acknowledged yet); a rerun finishes it forward.
+STATUSES = ("planned", "done", "sent", "undone", "failed")
 
 
 def journal_path(key):

@@ -115,14 +115,39 @@ def test_unplug_never_acknowledged_is_bounded_and_force_completes_it(sim, run, m
     with pytest.raises(HotplugError, match=r"did not release 0000:00:10.0.*use force") as info:
         run(host, {"hvm1": ["0000:00:10.0"]}, state="absent")
     assert time.monotonic() - start < _steps_qmp.UNPLUG_WAIT + 5
-    assert info.value.details["changed"] is False
+    # The device_del stays pending in QEMU (the guest may still acknowledge
+    # it): said, not reported as undone.
+    assert info.value.details["changed"] is True and "undone" not in info.value.msg
+    assert "cannot be taken back (device_del 0000:00:10.0" in info.value.msg and info.value.details["journal"]
     assert peek(host, "/libxl/pci/0000-00-10-0/domid") == "5"
     out = run(host, {"hvm1": ["0000:00:10.0"]}, state="absent", force=True)
+    assert [r["outcome"] for r in out["recovered"]] == ["finished"], out["recovered"]
     assert devices_of(out, "hvm1") == []
     assert peek(host, "/libxl/pci/0000-00-10-0/domid") is None
     assert any("forced" in w for w in out["warnings_detail"])
     # QEMU still has it (the guest never let go): said, not hidden.
     assert any("pci-pt-00_10.0" in left for left in out["left"])
+
+
+def test_the_slot_qemu_chose_is_recorded_as_vdevfn_as_libxl_does(sim, run, params_of):
+    """Real Xen 4.17: after xl pci-attach to a HVM guest, vdevfn-N holds the
+    devfn query-pci shows (xl pci-list prints it); a requested slot is
+    written as asked, before device_add."""
+    host = sim(DOM0_QEMU)
+    run(host, {"hvm1": ["00:10.0", "00:11.0@7"]})
+    platform = platform_from(params_of(host))
+    placed = {d.qdev_id: d.slot << 3 | d.function
+              for d in _steps_qmp.qemu_devices(platform, 5, None, "hvm1", Deadline(5))}
+    be = "/local/domain/0/backend/pci/5/0"
+    index = {peek(host, be + "/dev-%d" % i): i for i in range(2)}
+    assert peek(host, be + "/vdevfn-%d" % index["0000:00:10.0"]) == "%x" % placed["pci-pt-00_10.0"]
+    assert peek(host, be + "/vdevfn-%d" % index["0000:00:11.0"]) == "38" == "%x" % placed["pci-pt-00_11.0"]
+    # What the host read sees; a rerun changes nothing.
+    again = run(host, {"hvm1": ["00:10.0", "00:11.0@7"]})
+    assert again["changed"] is False
+    state = read_host(platform.xs, Deadline(5))
+    assert {str(d.bdf): d.vdevfn for d in state.resolve("hvm1").devices} == {
+        "0000:00:10.0": placed["pci-pt-00_10.0"], "0000:00:11.0": 0x38}
 
 
 def test_qmp_socket_missing_is_a_clear_error_before_any_xenstore_write(sim, run, params_of):
