@@ -49,7 +49,7 @@ XEN_PACKAGE = "xen-hypervisor-4.17-amd64"
 XEN_GZ = "boot/xen-4.17-amd64.gz"
 KERNEL_META = "linux-image-amd64"
 ROOTFS_PACKAGES = ("systemd-sysv", "udev", "kmod", "openssh-server", "xen-utils-4.17", "xenstore-utils", "python3",
-                   "python3-pyxs", "iproute2", "pciutils", "procps", "busybox")
+                   "python3-pyxs", "iproute2", "pciutils", "procps", "busybox", "qemu-system-xen")
 # dom0 modules (backends, the virtio disk/NIC, the e1000 dom0 holds) plus the
 # guest's pcifront, all copied into the rootfs with their dependencies.
 DOM0_MODULES = ("xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xen-pciback", "xen-blkback",

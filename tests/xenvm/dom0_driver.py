@@ -8,6 +8,7 @@ test_differential.py, with plugins/module_utils under PYTHONPATH).
 
 ``XEN_PCI_TIMEOUT`` (seconds, default 60): the request's timeout, which the
 test stretches on a slow machine as it does its own limits.
+``XEN_PCI_FORCE=1``: a detach with force.
 
 Prints one JSON object: ok, seconds (the core's own call, connect excluded),
 import_seconds, connect_seconds, in_process_seconds, attached/detached, actions, warnings, and on failure the
@@ -39,7 +40,7 @@ def main(argv):
         start = time.monotonic()
         result["import_seconds"] = round(start - STARTED, 3)
         params = host_defaults(timeout=float(os.environ.get("XEN_PCI_TIMEOUT") or 60.0), state="present" if op == "attach" else "absent", make_assignable=False,
-                               force=False)
+                               force=os.environ.get("XEN_PCI_FORCE", "0") == "1")
         if op not in ("attach", "detach"):
             raise SystemExit("unknown op %r" % op)
         platform = platform_from(params)
@@ -51,7 +52,8 @@ def main(argv):
         now = {d["bdf"] for dom in outcome["domains"].values() for d in dom["devices"]}
         done = sorted(set(bdfs) & now) if op == "attach" else sorted(before - now)
         result.update(ok=True, attached=done if op == "attach" else [], detached=done if op == "detach" else [],
-                      actions=outcome["actions"], warnings=outcome["warnings_detail"], waited=outcome.get("waited", 0))
+                      actions=outcome["actions"], warnings=outcome["warnings_detail"], waited=outcome.get("waited", 0),
+                      left=outcome.get("left", []))
     except Exception as exc:  # pylint: disable=broad-except
         # Everything goes back to the test verbatim: a real-Xen failure is the finding.
         result["error"] = {"type": type(exc).__name__, "msg": str(exc),

@@ -66,7 +66,7 @@ QEMU = "qemu-system-x86_64"
 # on a 2-core host: with 2 CPUs dom0 booted in 86 s and a guest came up in
 # 30 s; with 1, in 32 s and 12 s (idle: 21/28 s and 9/10 s).
 SMP = 1
-XEN_CMDLINE = ("console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=%d bootscrub=0 "
+XEN_CMDLINE = ("console=com1 com1=115200,8n1 dom0_mem=768M,max:768M dom0_max_vcpus=%d bootscrub=0 "
                "loglvl=all guest_loglvl=all")
 DOM0_CMDLINE = "root=/dev/vda rw console=hvc0 earlyprintk=xen"
 # Upper bound of one boot attempt (the layer's budget may cut it shorter).
@@ -322,7 +322,7 @@ def image_or_unavailable(cache_root=None, build=True):
 class XenVM:
     """One QEMU running Xen + dom0.  ``stop()`` always kills QEMU."""
 
-    def __init__(self, image, workdir=None, memory=1024, smp=None, die_with_owner=True):
+    def __init__(self, image, workdir=None, memory=2048, smp=None, die_with_owner=True):
         self.image = image
         self.workdir = workdir or os.path.join(image, "..", "run-%d" % os.getpid())
         self.memory = memory
