@@ -44,6 +44,9 @@ class Platform:
     locking: bool = True
     qmp_dir: str = "/var/run/xen"
     _xenctrl: object = field(default=None, repr=False)
+    # QEMU ids whose forced unplug timed out in this task (the recovery of a
+    # journal, then the request itself): waited for and reported once.
+    unplug_timed_out: set = field(default_factory=set, repr=False)
     _grants: object = field(default=None, repr=False)
     _pool: object = field(default=None, repr=False)
     _pool_depth: int = field(default=0, repr=False)

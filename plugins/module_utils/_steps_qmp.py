@@ -215,6 +215,8 @@ class QmpRemove(Step):
         with open_session(ctx, self.data) as qmp:
             for bdf in self.data["bdfs"]:
                 qdev = Bdf.parse(bdf).qmp_id
+                if force and qdev in ctx.platform.unplug_timed_out:
+                    continue    # this task waited for it already and said so
                 try:
                     how = qmp.wait_device_gone(qdev, ctx.deadline.sub(UNPLUG_WAIT, "unplug"))
                     ctx.report.step("QEMU of %s released %s (%s)" % (self.data["label"], bdf, how))
@@ -227,6 +229,7 @@ class QmpRemove(Step):
                             "guest does or restarts, and the next run removes it" % (self.data["label"], qdev, bdf))
                     ctx.report.warnings.append("forced: " + left)
                     ctx.report.left.append(left)
+                    ctx.platform.unplug_timed_out.add(qdev)
 
     def effective(self, ctx):
         try:
