@@ -6,9 +6,9 @@ qemu-xen (``/usr/libexec/xen-qemu-system-i386`` in dom0), created paused
 QMP path needs none).
 
 The same sequence is run by ``xl`` and by our core (dom0_driver.py), each on
-a fresh guest: attach A (no backend), attach B (backend present), detach A
-(the paused guest never acknowledges the unplug: a bounded failure that
-changes nothing), detach A forced. After every step the xenstore trees
+a fresh guest: attach A (no backend), attach B at virtual slot 7 (backend
+present), detach A (the paused guest never acknowledges the unplug: a
+bounded failure, and the unplug stays pending in QEMU), detach A forced. After every step the xenstore trees
 (backend, frontend, ``/libxl/pci``), QEMU's own view (``query-pci``: slot,
 function, ids) and ``xl pci-list`` are compared.
 
@@ -118,8 +118,9 @@ def xl(host, args):
     return seconds, proc.returncode, "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("XENVM-TIME "))
 
 
+# B asks for virtual slot 7 (xl's BDF@VSLOT); A goes where QEMU puts it.
 STEPS = (("attach", EDU, False, "attach A (no backend)"),
-         ("attach", TESTDEV, False, "attach B (backend present)"),
+         ("attach", TESTDEV + "@7", False, "attach B (backend present)"),
          ("detach", EDU, False, "detach A, never acknowledged"),
          ("detach", EDU, True, "detach A forced"))
 
@@ -172,6 +173,7 @@ def test_our_sequence(host):
     _tree, view, listed = by_step["attach B (backend present)"]
     assert sorted(d["qdev_id"] for d in view) == ["pci-pt-00_10.0", "pci-pt-00_11.0"], view
     slots = {d["qdev_id"]: "%02x.%x" % (d["slot"], d["function"]) for d in view}
+    assert slots["pci-pt-00_11.0"] == "07.0", slots
     assert listed == sorted([(slots["pci-pt-00_10.0"], EDU), (slots["pci-pt-00_11.0"], TESTDEV)]), (listed, view)
     # The forced detach: gone from xenstore, still in the paused guest's QEMU
     # (it never acknowledges), and said so.
