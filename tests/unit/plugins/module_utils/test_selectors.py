@@ -204,3 +204,27 @@ def test_assignable_by_label_in_four_steps(sim, params_of):
     assert [d["bdf"] for d in real["devices"]] == ["0000:00:19.0"]
     gone = run_assignable(params_of(host, devices=[{"select": {"label": "Onboard LAN"}}], state="absent"))
     assert gone["changed"] is True and host.sysfs.driver_of("0000:00:19.0") == "e1000"
+
+
+def test_domain_configs_get_the_addresses_never_the_same_twice(sim, tmp_path):
+    from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs  # pylint: disable=import-outside-toplevel
+    host = sim(HOST)
+    web, db = tmp_path / "web.cfg", tmp_path / "db.cfg"
+    web.write_text('name = "web"\n')
+    db.write_text('name = "db"\npci = [ "0000:00:1d.0" ]\n')
+    entry = {"select": NIC, "count": 1, "permissive": True}
+    params = {"configs": [{"path": str(web), "devices": [entry]}, {"path": str(db), "devices": [entry]}],
+              "state": "exact", "sysfs_root": host.paths["sysfs_root"], "create": False, "backup": False}
+    check = run_domain_configs(params, check_mode=True)
+    assert check["changed"] is True and web.read_text() == 'name = "web"\n'
+    real = run_domain_configs(params)
+    # db keeps the NIC its file lists; web gets the next free one, not db's
+    assert real["results"][1]["selected"][0]["bdfs"] == ["0000:00:1d.0"]
+    assert real["results"][0]["selected"][0]["bdfs"] == ["0000:01:00.0"]
+    assert '"0000:01:00.0,permissive=1"' in web.read_text()
+    assert '"0000:00:1d.0,permissive=1"' in db.read_text()
+    assert run_domain_configs(params)["changed"] is False
+    assert run_domain_configs(params, check_mode=True)["changed"] is False
+    with pytest.raises(SpecError) as err:
+        run_domain_configs(dict(params, configs=[{"path": str(web), "devices": [{"select": NIC, "count": 4}]}]))
+    assert "configs[%s][0]" % web in err.value.msg and "asks for 4 devices" in err.value.msg
