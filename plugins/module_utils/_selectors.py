@@ -244,3 +244,21 @@ def selector_fields(selectors):
     for sel in selectors:
         out |= sel.fields
     return out
+
+
+def expand_selected(specs, selected):
+    """``specs`` with each selector entry replaced by the devices the module
+    chose for it (``selected``: a result's [{entry, bdfs}] for this list),
+    its other keys kept: what a guest's config file gets, so that it names
+    the devices the hotplug attached."""
+    chosen = {item["entry"]: item["bdfs"] for item in selected or []}
+    out = []
+    for index, spec in enumerate(specs or []):
+        if not is_selector(spec):
+            out.append(spec)
+            continue
+        if index not in chosen:
+            raise SpecError("entry #%d is a selector that the result does not resolve" % index)
+        options = {k: v for k, v in spec.items() if k not in (SELECT, COUNT)}
+        out.extend(dict(options, bdf=bdf) for bdf in chosen[index])
+    return out
