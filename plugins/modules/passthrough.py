@@ -54,18 +54,18 @@ options:
       - PCI devices of O(domain), each an C(xl) PCI spec string (see the xl-pci-configuration man page),
         for example V(0000:03:00.0@4,permissive=1) or a dictionary with the same keys.
       - A device is named by C(bdf) or by C(name) (a name given with C(xl pci-assignable-add -n)).
-      - A device may also be named by what it is, a selector (see the Device selectors guide): a dictionary
+      - A device may also be named by what it is, a selector (see the Device selectors guide), a dictionary
         with C(select), a mapping of any of C(id) (V(10de:20b0), vendor:device in hex), C(vendor), C(device),
         C(subsystem) (V(17aa:1234)), C(subsystem_vendor), C(subsystem_device), C(class) (V(0x02) base class,
         V(0x0200) class and subclass, V(0x020000) with the programming interface), C(serial) (the PCIe Device Serial
         Number as lspci shows it, V(00-1b-21-ff-ff-6c-3a-2e)), C(path) (where it sits, the root bus then slot.function
-        per hop: V(pci0000:00/1c.0/00.0), stable when buses are renumbered) and C(label) (the firmware's name, sysfs
-        C(label)); every key given must match. Quote the hex values: YAML reads an unquoted V(8086) as a decimal number.
+        per hop, V(pci0000:00/1c.0/00.0), stable when buses are renumbered) and C(label) (the firmware's name, sysfs
+        C(label)); every key given must match. Quote the hex values, YAML reads an unquoted V(8086) as a decimal number.
       - C(count) says how many devices the selector stands for. Not given, it must match exactly one device;
         a number N takes N of the matches; V(all) takes every match. Too few matches (or several without C(count))
         fail the task before anything changes, listing the candidates.
       - The other keys of a selector (C(permissive), C(seize), C(msitranslate), C(power_mgmt), C(rdm_policy), and
-        C(vslot) when it stands for one device) apply to each device it chooses. The choice is stable: the guest's own
+        C(vslot) when it stands for one device) apply to each device it chooses. The choice is stable, the guest's own
         devices first, then those bound to C(pciback) and free, then the others, each in address order. A device given
         by another entry of the task is skipped by C(count=N) and refused (naming both entries) otherwise; a device of
         another guest is never taken by C(count=N). See RV(selected).
