@@ -74,8 +74,6 @@ options:
     type: path
     default: /sys
     version_added: 0.2.0
-    type: list
-    elements: raw
   state:
     description:
       - V(present) adds the listed devices that are missing and rewrites those listed with other options.
