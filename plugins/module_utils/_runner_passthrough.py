@@ -121,8 +121,15 @@ def _select(platform, host, parsed, params, desired):
         except XenPciError:
             return None     # passthrough_host says the domain is unknown
 
+    def bdf_of_name(name):
+        try:
+            return host.bdf_for_name(name)
+        except XenPciError:
+            return None     # passthrough_host says the name is unknown
+
     where_of = "devices" if params.get("domain") is not None else "assignments"
-    concrete, selected, problems = select_devices(platform.sysfs, desired, owner_of, host.holder_of, where_of)
+    concrete, selected, problems = select_devices(platform.sysfs, desired, owner_of, host.holder_of, where_of,
+                                                  bdf_of_name=bdf_of_name)
     raise_problems(problems)
     parsed, problems = passthrough_input(params, concrete)
     raise_problems(problems)

@@ -166,12 +166,13 @@ def has_selectors(desired):
         isinstance(specs, list) and any(is_selector(s) for s in specs) for specs in desired.values())
 
 
-def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None):
+def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None, bdf_of_name=None):
     """Replace every selector entry of ``desired`` ({ref: entries}, shapes
     already checked) by the devices it chooses on this host. Returns
     (desired with addresses only, {ref: [{entry, select, count, bdfs}]},
     problems). ``owner_of(ref)``: the domid whose devices come first (None
-    when unknown); ``holder_of(bdf)``: the domid holding a device, or None."""
+    when unknown); ``holder_of(bdf)``: the domid holding a device, or None;
+    ``bdf_of_name(name)``: the address a ``name=`` entry stands for, or None."""
     problems: List[Problem] = []
     parsed = {}
     claimed = {}
@@ -182,9 +183,10 @@ def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None
                 parsed[(ref, index)] = parse_selector(spec, PASSTHROUGH_KEYS if spec_keys is None else spec_keys)
                 continue
             try:
-                address = PciSpec.coerce(spec).address
+                given = PciSpec.coerce(spec)
             except SpecError:
                 continue        # passthrough_input reports it
+            address = given.address or (bdf_of_name(given.name) if bdf_of_name else None)
             if address:
                 claimed.setdefault(address, "%s[%d]" % (where, index))
     if not parsed:

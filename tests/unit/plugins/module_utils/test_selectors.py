@@ -228,3 +228,15 @@ def test_domain_configs_get_the_addresses_never_the_same_twice(sim, tmp_path):
     with pytest.raises(SpecError) as err:
         run_domain_configs(dict(params, configs=[{"path": str(web), "devices": [{"select": NIC, "count": 4}]}]))
     assert "configs[%s][0]" % web in err.value.msg and "asks for 4 devices" in err.value.msg
+
+
+def test_a_device_given_by_its_name_is_not_chosen_again(sim, params_of):
+    host = sim(HOST.replace("driver: pciback, pcie: false}", "driver: pciback, pcie: false, name: nic9}"))
+    params = params_of(host, make_assignable=True)
+    out = run_passthrough(params, {"web": [{"select": NIC, "count": 1, "seize": True}], "db": ["name=nic9"]},
+                          check_mode=True)
+    # 00:1d.0 would come first (assignable, free), but db asks for it by name
+    assert out["selected"]["web"][0]["bdfs"] == ["0000:00:19.0"]
+    with pytest.raises(SpecError) as err:
+        run_passthrough(params, {"web": [{"select": {"path": "pci0000:00/1d.0"}}], "db": ["name=nic9"]}, check_mode=True)
+    assert "0000:00:1d.0, which assignments[db][0] also gives" in err.value.msg
