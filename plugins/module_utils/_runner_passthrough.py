@@ -24,7 +24,7 @@ from ansible_collections.xen.pci.plugins.module_utils._journal import domain_key
 from ansible_collections.xen.pci.plugins.module_utils._plan import describe, describe_bdf, plan
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
-    Problem, consent_of, passthrough_host, passthrough_input, raise_problems)
+    Problem, consent_of, has_selectors, passthrough_host, passthrough_input, raise_problems, select_devices)
 
 
 def domain_summary(host, domids):
@@ -109,6 +109,33 @@ def declared(the_plan, host, platform):
     return out
 
 
+def _select(platform, host, parsed, params, desired):
+    """Selector entries -> the devices they choose on this host, once per
+    request (before the first plan, check mode alike): (parsed specs, report)."""
+    if not has_selectors(desired):
+        return parsed, {}
+
+    def owner_of(ref):
+        try:
+            return host.resolve(ref).domid
+        except XenPciError:
+            return None     # passthrough_host says the domain is unknown
+
+    def bdf_of_name(name):
+        try:
+            return host.bdf_for_name(name)
+        except XenPciError:
+            return None     # passthrough_host says the name is unknown
+
+    where_of = "devices" if params.get("domain") is not None else "assignments"
+    concrete, selected, problems = select_devices(platform.sysfs, desired, owner_of, host.holder_of, where_of,
+                                                  bdf_of_name=bdf_of_name)
+    raise_problems(problems)
+    parsed, problems = passthrough_input(params, concrete)
+    raise_problems(problems)
+    return parsed, selected
+
+
 def _name(dom):
     """A guest's key in the results: its name, or its id when it has none."""
     return dom.name or str(dom.domid)
@@ -140,10 +167,12 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     except XenPciError as exc:
         # Nothing was read, nothing done: say what the request was for.
         raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
+    parsed, selected = _select(platform, host, parsed, params, desired)
     the_plan = _check(platform, host, parsed, params, budget.work)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
     result["resolved"] = declared(the_plan, host, platform)
+    result["selected"] = {_name(host.resolve(ref)): items for ref, items in selected.items()}
     result["declared"] = {_name(host.resolve(ref)): {"key": str(ref), "specs": list(specs)} for ref, specs in desired.items()}
     if check_mode or (not the_plan.changed and not host.journals):
         result["warnings_detail"] = untrusted_warnings(platform.xs)

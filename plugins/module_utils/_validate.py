@@ -17,11 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._bdf import SPEC_KEYS, Bdf, PciSpec
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
+from ansible_collections.xen.pci.plugins.module_utils._selectors import Inventory, choose, is_selector, parse_selector, selector_fields
 
+# What a selector entry may add to each device it chooses (a name is a lookup here).
+PASSTHROUGH_KEYS = tuple(k for k in SPEC_KEYS if k not in ("bdf", "name"))
 # Longest domain name we take (xl's own limit is xenstore's: 4096 bytes).
 NAME_MAX = 256
 
@@ -142,6 +145,10 @@ def passthrough_input(params, desired):
         for index, spec in enumerate(specs):
             item = "%s[%d]" % (where_of if where_of == "devices" else where, index)
             try:
+                if is_selector(spec):
+                    # resolved on the host (select_devices), then checked as addresses
+                    parse_selector(spec, PASSTHROUGH_KEYS)
+                    continue
                 out.append(PciSpec.coerce(spec))
             except SpecError as exc:
                 problems.append(Problem("%s (device #%d of %s): %s" % (item, index, label, exc.msg), item, domain=label,
@@ -152,6 +159,65 @@ def passthrough_input(params, desired):
     if state != "absent":
         problems += _declared_twice(parsed, where_of)
     return parsed, problems
+
+
+def has_selectors(desired):
+    return isinstance(desired, dict) and any(
+        isinstance(specs, list) and any(is_selector(s) for s in specs) for specs in desired.values())
+
+
+def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None, bdf_of_name=None):
+    """Replace every selector entry of ``desired`` ({ref: entries}, shapes
+    already checked) by the devices it chooses on this host. Returns
+    (desired with addresses only, {ref: [{entry, select, count, bdfs}]},
+    problems). ``owner_of(ref)``: the domid whose devices come first (None
+    when unknown); ``holder_of(bdf)``: the domid holding a device, or None;
+    ``bdf_of_name(name)``: the address a ``name=`` entry stands for, or None."""
+    problems: List[Problem] = []
+    parsed = {}
+    claimed = {}
+    for ref, specs in desired.items():
+        where = where_of if ref is None or where_of == "devices" else "%s[%s]" % (where_of, ref)
+        for index, spec in enumerate(specs):
+            if is_selector(spec):
+                parsed[(ref, index)] = parse_selector(spec, PASSTHROUGH_KEYS if spec_keys is None else spec_keys)
+                continue
+            try:
+                given = PciSpec.coerce(spec)
+            except SpecError:
+                continue        # passthrough_input reports it
+            address = given.address or (bdf_of_name(given.name) if bdf_of_name else None)
+            if address:
+                claimed.setdefault(address, "%s[%d]" % (where, index))
+    if not parsed:
+        return desired, {}, problems
+    if sysfs is None:
+        return desired, {}, [Problem("%s: selectors need sysfs (sysfs_root) to find the devices" % where_of, where_of)]
+    inventory = Inventory(sysfs, selector_fields(parsed.values()))
+    out, report = {}, {}
+    for ref, specs in desired.items():
+        where = where_of if ref is None or where_of == "devices" else "%s[%s]" % (where_of, ref)
+        owner = owner_of(ref)
+        entries = []
+        for index, spec in enumerate(specs):
+            sel = parsed.get((ref, index))
+            if sel is None:
+                entries.append(spec)
+                continue
+            item = "%s[%d]" % (where, index)
+            try:
+                bdfs = choose(sel, item, owner, inventory, holder_of, claimed)
+            except SpecError as exc:
+                problems.append(Problem(exc.msg, item, domain=None if ref is None else str(ref),
+                                        device=sel.describe(), details={"candidates": exc.details.get("candidates")}))
+                continue
+            for bdf in bdfs:
+                claimed[bdf] = item
+                entries.append(dict(sel.options, bdf=bdf))
+            report.setdefault(ref, []).append({"entry": index, "select": dict(sel.given["select"]),
+                                               "count": sel.count, "bdfs": bdfs})
+        out[ref] = entries
+    return out, report, problems
 
 
 def _duplicates(specs, where, label):

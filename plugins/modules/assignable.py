@@ -42,6 +42,11 @@ options:
         dictionary with C(bdf) and/or C(name).
       - C(name) is the libxl device name (C(xl pci-assignable-add -n)). With O(state=present) and a
         C(bdf), the device gets that name; a C(name) alone names a device that already carries it.
+      - A device may also be named by what it is, a dictionary with C(select) and optionally C(count) and C(name),
+        with the keys of M(xen.pci.passthrough)'s selectors (C(id), C(vendor), C(device), C(subsystem),
+        C(subsystem_vendor), C(subsystem_device), C(class), C(serial), C(path), C(label)). Without C(count) it must
+        match exactly one device; C(count=N) takes N (devices already in the pool first, then by address);
+        C(count=all) every match. See RV(selected).
     type: list
     elements: raw
     required: true
@@ -101,6 +106,20 @@ EXAMPLES = r"""
     devices: ["0000:04:00.0"]
     state: absent
 
+- name: Every NIC of one model into the pool, whatever its address on this host
+  xen.pci.assignable:
+    devices:
+      - select: {id: "8086:100e", class: "0x0200"}
+        count: all
+    take_from_driver: true
+
+- name: The on-board NIC, found by its firmware label, named lan0
+  xen.pci.assignable:
+    devices:
+      - select: {label: "Onboard LAN"}
+        name: lan0
+    take_from_driver: true
+
 - name: Forget the names of listed devices that are given without one
   xen.pci.assignable:
     devices: ["0000:03:00.0"]
@@ -108,6 +127,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+selected:
+  description: What each selector entry of O(devices) chose - its index, C(select), C(count) and the addresses.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"entry": 0, "select": {"label": "Onboard LAN"}, "count": null, "bdfs": ["0000:00:19.0"]}]
 actions:
   description: Steps taken, in order (in check mode, the steps that would be taken).
   returned: always

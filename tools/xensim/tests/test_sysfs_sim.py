@@ -353,3 +353,79 @@ def test_sysfs_uses_the_hosts_fault_registry(tmp_path):
         assert len(faults.rules) == 1
     finally:
         fs.stop_sync()
+
+
+NESTED = {
+    "devices": [
+        {"bdf": "00:1c.0", "vendor": 0x8086, "device": 0xA110, "class": 0x060400, "driver": "pcieport"},
+        {"bdf": "01:00.0", "vendor": 0x8086, "device": 0x100E, "class": 0x020000, "driver": "pciback",
+         "parent": "0000:00:1c.0", "subsystem_vendor": 0x8086, "subsystem_device": 0x0001, "iommu_group": 7,
+         "serial": 0x0011223344556677, "label": "NIC 2", "revision": 3},
+        {"bdf": "00:1d.0", "vendor": 0x8086, "device": 0x100E, "class": 0x020000, "pcie": False},
+    ],
+}
+
+
+@pytest.fixture
+def nested(tmp_path):
+    why = SysfsFS.available()
+    if why:
+        pytest.skip("FUSE sysfs cannot run here: %s" % why)
+    fs = SysfsFS(make_host(tmp_path, NESTED))
+    fs.start_sync()
+    yield fs
+    fs.stop_sync()
+
+
+def test_devices_behind_a_bridge_live_in_its_directory(nested):
+    fs = nested
+    link = p(fs, "bus/pci/devices/0000:01:00.0")
+    assert os.readlink(link) == "../../../devices/pci0000:00/0000:00:1c.0/0000:01:00.0"
+    real = os.path.realpath(link)
+    assert real == os.path.realpath(p(fs, "devices/pci0000:00/0000:00:1c.0/0000:01:00.0"))
+    # the root bus lists the bridge, not its child; the bridge lists the child beside its attributes
+    assert sorted(os.listdir(p(fs, "devices/pci0000:00"))) == ["0000:00:1c.0", "0000:00:1d.0"]
+    assert "0000:01:00.0" in os.listdir(p(fs, "devices/pci0000:00/0000:00:1c.0"))
+    assert not os.path.exists(p(fs, "devices/pci0000:00/0000:01:00.0"))
+    assert not os.path.exists(p(fs, "devices/pci0000:01"))
+    # relative links out of the nested directory still land at the root
+    assert os.path.realpath(os.path.join(real, "driver")) == os.path.realpath(p(fs, "bus/pci/drivers/pciback"))
+    assert os.path.realpath(os.path.join(real, "subsystem")) == os.path.realpath(p(fs, "bus/pci"))
+    assert os.path.realpath(os.path.join(real, "iommu_group")) == os.path.realpath(p(fs, "kernel/iommu_groups/7"))
+    assert os.path.realpath(p(fs, "bus/pci/drivers/pciback/0000:01:00.0")) == real
+    assert os.path.realpath(p(fs, "kernel/iommu_groups/7/devices/0000:01:00.0")) == real
+
+
+def test_label_only_where_the_firmware_gives_one(nested):
+    fs = nested
+    with open(p(fs, "bus/pci/devices/0000:01:00.0/label")) as f:
+        assert f.read() == "NIC 2\n"
+    assert "label" not in os.listdir(p(fs, "bus/pci/devices/0000:00:1d.0"))
+    assert not os.path.exists(p(fs, "bus/pci/devices/0000:00:1d.0/label"))
+
+
+def test_config_space_agrees_with_the_id_files(nested):
+    fs = nested
+    path = p(fs, "bus/pci/devices/0000:01:00.0/config")
+    assert os.path.getsize(path) == 4096
+    with open(path, "rb") as f:
+        cfg = f.read()
+    assert len(cfg) == 4096
+    assert int.from_bytes(cfg[0:2], "little") == 0x8086 and int.from_bytes(cfg[2:4], "little") == 0x100E
+    assert cfg[8] == 3 and int.from_bytes(cfg[9:12], "little") == 0x020000 and cfg[0x0E] == 0
+    assert int.from_bytes(cfg[0x2C:0x2E], "little") == 0x8086 and int.from_bytes(cfg[0x2E:0x30], "little") == 0x0001
+    assert cfg[0x06] & 0x10 and cfg[cfg[0x34]] == 0x10            # capability list: PCI Express first
+    header = int.from_bytes(cfg[0x100:0x104], "little")
+    assert header & 0xFFFF == 0x0003 and header >> 20 == 0
+    assert int.from_bytes(cfg[0x104:0x10C], "little") == 0x0011223344556677
+    # a read at an offset pages through the same bytes
+    with open(path, "rb") as f:
+        f.seek(0x104)
+        assert f.read(8) == cfg[0x104:0x10C]
+    with open(p(fs, "bus/pci/devices/0000:00:1c.0/config"), "rb") as f:
+        bridge = f.read()
+    assert bridge[0x0E] == 1 and int.from_bytes(bridge[0x100:0x104], "little") == 0
+    with open(p(fs, "bus/pci/devices/0000:00:1d.0/config"), "rb") as f:
+        conventional = f.read()
+    assert len(conventional) == 256 and not conventional[0x06] & 0x10
+    assert write(path, b"\0") == errno.EACCES

@@ -85,6 +85,14 @@ class DeviceSpec:
     # an optional name (-> /libxl/pci/<bdf>/name).
     original_driver: str | None = None
     name: str | None = None
+    # Identity beyond the ids: the firmware's label (sysfs ``label``, only
+    # when set), the PCIe Device Serial Number (an extended capability in
+    # config space), whether the function is PCIe (4096 bytes of config
+    # space) or conventional PCI (256), and the bridge it sits behind.
+    label: str | None = None
+    serial: int | None = None
+    pcie: bool = True
+    parent: str | None = None
 
 
 @dataclasses.dataclass
@@ -195,7 +203,7 @@ def _mapping(value: Any, field: str, allowed: set[str]) -> dict[str, Any]:
 
 _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsystem_device",
                 "revision", "driver", "hidden", "resources", "irq", "reset", "iommu_group",
-                "original_driver", "name"}
+                "original_driver", "name", "label", "serial", "pcie", "parent"}
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
 _TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored"}
@@ -235,6 +243,15 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         if driver != "pciback" or hidden:
             raise ScenarioError(f"{where}.original_driver: only for a device made assignable (driver: pciback, not hidden)")
     iommu = raw.get("iommu_group")
+    serial = raw.get("serial")
+    pcie = _bool(raw.get("pcie", True), f"{where}.pcie")
+    if serial is not None:
+        serial = _int(serial, f"{where}.serial", 0, (1 << 64) - 1)
+        if not pcie:
+            raise ScenarioError(f"{where}.serial: a serial number is a PCIe extended capability; conventional PCI has none")
+    parent = raw.get("parent")
+    if parent is not None:
+        parent = normalise_bdf(parent, f"{where}.parent")
     return DeviceSpec(
         bdf=bdf,
         vendor=_int(raw["vendor"], f"{where}.vendor", 0, 0xFFFF),
@@ -251,6 +268,10 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         iommu_group=None if iommu is None else _int(iommu, f"{where}.iommu_group", 0),
         original_driver=original,
         name=None if raw.get("name") is None else _str(raw["name"], f"{where}.name"),
+        label=None if raw.get("label") is None else _str(raw["label"], f"{where}.label"),
+        serial=serial,
+        pcie=pcie,
+        parent=parent,
     )
 
 
@@ -347,6 +368,21 @@ def parse(data: Any, source: str | None = None) -> Scenario:
         if dev.bdf in seen:
             raise ScenarioError(f"devices[{dev.bdf}]: duplicate BDF")
         seen.add(dev.bdf)
+    by_bdf = {d.bdf: d for d in devices}
+    for dev in devices:
+        if dev.parent is None:
+            continue
+        bridge = by_bdf.get(dev.parent)
+        if bridge is None or bridge.klass >> 8 != 0x0604:
+            raise ScenarioError(f"devices[{dev.bdf}].parent: {dev.parent} is not a PCI-to-PCI bridge (class 0x0604xx) in devices")
+        if bridge.bdf[:4] != dev.bdf[:4] or bridge.bdf[5:7] == dev.bdf[5:7]:
+            raise ScenarioError(f"devices[{dev.bdf}].parent: a device behind {dev.parent} is in its segment, on another bus")
+        hop, chain = bridge, {dev.bdf}
+        while hop is not None:
+            if hop.bdf in chain:
+                raise ScenarioError(f"devices[{dev.bdf}].parent: the bridges form a loop")
+            chain.add(hop.bdf)
+            hop = by_bdf.get(hop.parent) if hop.parent else None
     domains = [_parse_domain(d, f"domains[{i}]") for i, d in enumerate(domains_raw)]
     by_id: dict[int, DomainSpec] = {}
     names: set[str] = set()

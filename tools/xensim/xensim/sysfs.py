@@ -15,7 +15,15 @@ toolstack touches:
   as ``drivers/xen/xen-pciback/pci_stub.c`` creates them.  Upstream Linux
   has no ``do_flr`` (a distribution patch does); the simulator leaves it out
   unless ``pciback_do_flr: true`` is set in the scenario;
-* ``kernel/iommu_groups/<n>/devices/<bdf>``.
+* ``kernel/iommu_groups/<n>/devices/<bdf>``;
+* a device behind a PCI-to-PCI bridge (scenario ``parent:``) lives in its
+  bridge's directory, ``devices/pci0000:00/0000:00:1c.0/0000:01:00.0``, as
+  the kernel nests them, and its ``bus/pci/devices`` link resolves there;
+* ``label`` only for devices whose firmware names them (scenario
+  ``label:``), and ``config``: the function's config space as bytes, 4096
+  for PCIe (``pcie: true``, the default) and 256 for conventional PCI, its
+  header agreeing with vendor/device/class/subsystem and, for a device with
+  a ``serial:``, the Device Serial Number extended capability at 0x100.
 
 Semantics follow ``drivers/base/bus.c`` (bind/unbind), ``drivers/pci/
 pci-driver.c`` (new_id/remove_id), ``drivers/pci/pci-sysfs.c`` (reset,
@@ -205,11 +213,21 @@ class PciDev:
     in_use_by: int | None = None      # domid of the guest pciback exports it to
     quirk_fields: list[tuple[int, int, int]] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)   # "reset", "do_flr", "pciback-release"
+    label: str | None = None
+    serial: int | None = None
+    pcie: bool = True
+    revision: int = 0
+    parent: str | None = None         # the bridge it sits behind
+    # Its directory under devices/: the root bus, the bridges, itself.
+    dir_parts: tuple = ()
 
     @property
-    def parent_dir(self) -> str:
-        dom, bus, _unused1, _unused = _split_bdf(self.bdf)
-        return "pci%04x:%02x" % (dom, bus)
+    def is_bridge(self) -> bool:
+        return self.klass >> 8 == 0x0604
+
+    @property
+    def cfg_size(self) -> int:
+        return 4096 if self.pcie else 256
 
 
 @dataclass
@@ -244,6 +262,21 @@ class PciModel:
         self.has_do_flr = do_flr
         for entry in devices:
             self._add_device(entry)
+        for dev in self.devices.values():
+            dev.dir_parts = self._dir_parts(dev)
+
+    def _dir_parts(self, dev: PciDev) -> tuple:
+        chain = [dev.bdf]
+        top = dev
+        while top.parent is not None:
+            top = self.devices[top.parent]
+            chain.append(top.bdf)
+        dom, bus, _unused1, _unused = _split_bdf(top.bdf)
+        return ("pci%04x:%02x" % (dom, bus),) + tuple(reversed(chain))
+
+    def children(self, parts: tuple) -> list[str]:
+        """The devices whose directory is directly in ``parts``'s."""
+        return sorted(d.bdf for d in self.devices.values() if d.dir_parts[:-1] == parts)
 
     def _add_device(self, entry: Any) -> None:
         bdf = normalise_bdf(_field(entry, "bdf"))
@@ -261,6 +294,11 @@ class PciModel:
             irq=int(_field(entry, "irq", 0) or 0),
             has_reset=bool(_field(entry, "reset", False)),
             iommu_group=_field(entry, "iommu_group"),
+            label=_field(entry, "label"),
+            serial=_field(entry, "serial"),
+            pcie=bool(_field(entry, "pcie", True)),
+            revision=int(_field(entry, "revision", 0) or 0),
+            parent=normalise_bdf(_field(entry, "parent")) if _field(entry, "parent") else None,
         )
         driver = _field(entry, "driver")
         hidden = bool(_field(entry, "hidden", False))
@@ -514,6 +552,10 @@ class PciModel:
             return b"0x%04x\n" % getattr(dev, attr)
         if attr == "class":
             return b"0x%06x\n" % dev.klass
+        if attr == "label" and dev.label is not None:
+            return dev.label.encode() + b"\n"
+        if attr == "config":
+            return config_space(dev)
         if attr == "irq":
             return b"%u\n" % dev.irq
         if attr == "enable":
@@ -549,6 +591,7 @@ class PciModel:
 _DEVICE_ATTRS = {
     "vendor": 0o444, "device": 0o444, "subsystem_vendor": 0o444, "subsystem_device": 0o444,
     "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "reset": 0o200,
+    "label": 0o444, "config": 0o444,
 }
 _DRIVER_ATTRS = {"bind": 0o200, "unbind": 0o200, "new_id": 0o200, "remove_id": 0o200}
 _PCIBACK_ATTRS = {
@@ -557,10 +600,35 @@ _PCIBACK_ATTRS = {
 }
 
 
-class _Node:
-    __slots__ = ("kind", "mode", "target", "entries", "read", "write")
+def config_space(dev: PciDev) -> bytes:
+    """The function's config space as ``config`` shows it to root: a type 0
+    (or, for a bridge, type 1) header; a PCIe function has its PCI Express
+    capability at 0x40 and, with a serial, the DSN extended capability at
+    0x100 (an empty extended list reads as a zero header)."""
+    cfg = bytearray(dev.cfg_size)
+    cfg[0x00:0x04] = dev.vendor.to_bytes(2, "little") + dev.device.to_bytes(2, "little")
+    cfg[0x08] = dev.revision
+    cfg[0x09:0x0C] = dev.klass.to_bytes(3, "little")      # prog-if, subclass, base class
+    cfg[0x0E] = 0x01 if dev.is_bridge else 0x00
+    if not dev.is_bridge:
+        cfg[0x2C:0x30] = dev.subsystem_vendor.to_bytes(2, "little") + dev.subsystem_device.to_bytes(2, "little")
+    if dev.pcie:
+        cfg[0x06] = 0x10                                    # status: capability list
+        cfg[0x34] = 0x40
+        port_type = 0x4 if dev.is_bridge and dev.parent is None else (0x6 if dev.is_bridge else 0x0)
+        cfg[0x40:0x44] = bytes([0x10, 0x00]) + (0x2 | port_type << 4).to_bytes(2, "little")
+        if dev.serial is not None:
+            # header: ID 0x0003, version 1, next 0; then the 64-bit serial, low dword first
+            cfg[0x100:0x104] = (0x0003 | 1 << 16).to_bytes(4, "little")
+            cfg[0x104:0x10C] = dev.serial.to_bytes(8, "little")
+    return bytes(cfg)
 
-    def __init__(self, kind, mode=0o755, target=None, entries=None, read=None, write=None):
+
+class _Node:
+    __slots__ = ("kind", "mode", "target", "entries", "read", "write", "size")
+
+    def __init__(self, kind, mode=0o755, target=None, entries=None, read=None, write=None, size=4096):
+        self.size = size          # st_size of a file (kernfs gives attributes 4096, config its cfg_size)
         self.kind = kind          # dir | link | file
         self.mode = mode
         self.target = target
@@ -595,9 +663,11 @@ class _Ops:
     # -- tree ------------------------------------------------------------
 
     def _dev_dir(self, dev: PciDev) -> _Node:
-        entries = [a for a in _DEVICE_ATTRS if a != "reset" or dev.has_reset]
+        entries = [a for a in _DEVICE_ATTRS if (a != "reset" or dev.has_reset) and (a != "label" or dev.label is not None)]
         entries += ["subsystem"] + (["driver"] if dev.driver else []) + (
             ["iommu_group"] if dev.iommu_group is not None else [])
+        if dev.is_bridge:
+            return _Node("dir", entries=lambda: entries + self.model.children(dev.dir_parts))
         return _Node("dir", entries=entries)
 
     def _resolve(self, path: str) -> _Node:
@@ -619,7 +689,7 @@ class _Ops:
                     return _Node("dir", entries=lambda: sorted(m.devices))
                 dev = m.devices[parts[3]]
                 if n == 4:
-                    return _Node("link", target="../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                    return _Node("link", target="../../../devices/" + "/".join(dev.dir_parts))
                 raise KeyError(path)     # the kernel resolves the link; FUSE does too
             if parts[2] == "drivers":
                 if n == 3:
@@ -639,26 +709,28 @@ class _Ops:
                     name = parts[4]
                     dev = m.devices.get(name)
                     if dev is not None and dev.driver == drv.name:
-                        return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                        return _Node("link", target="../../../../devices/" + "/".join(dev.dir_parts))
                     if name in attrs:
                         return self._driver_attr(drv.name, name, attrs[name])
             raise KeyError(path)
         if top == "devices":
             if n == 1:
-                return _Node("dir", entries=sorted({d.parent_dir for d in m.devices.values()}))
+                return _Node("dir", entries=sorted({d.dir_parts[0] for d in m.devices.values()}))
             if n == 2:
-                if not any(d.parent_dir == parts[1] for d in m.devices.values()):
+                if not any(d.dir_parts[0] == parts[1] for d in m.devices.values()):
                     raise KeyError(path)
-                return _Node("dir", entries=lambda: sorted(d.bdf for d in m.devices.values()
-                                                           if d.parent_dir == parts[1]))
-            dev = m.devices[parts[2]]
-            if dev.parent_dir != parts[1]:
+                return _Node("dir", entries=lambda: m.children((parts[1],)))
+            # Walk down the bridges: each component a device in the one before.
+            dev, i = None, 2
+            while i < n:
+                child = m.devices.get(parts[i])
+                if child is not None and child.dir_parts == tuple(parts[1:i + 1]):
+                    dev, i = child, i + 1
+                    continue
+                if dev is not None and i == n - 1:
+                    return self._dev_attr(dev, parts[i])
                 raise KeyError(path)
-            if n == 3:
-                return self._dev_dir(dev)
-            if n == 4:
-                return self._dev_attr(dev, parts[3])
-            raise KeyError(path)
+            return self._dev_dir(dev)
         if top == "kernel":
             if n == 1:
                 return _Node("dir", entries=["iommu_groups"])
@@ -679,17 +751,22 @@ class _Ops:
                 return _Node("dir", entries=sorted(d.bdf for d in members))
             if n == 5:
                 dev = {d.bdf: d for d in members}[parts[4]]
-                return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                return _Node("link", target="../../../../devices/" + "/".join(dev.dir_parts))
         raise KeyError(path)
 
     def _dev_attr(self, dev: PciDev, name: str) -> _Node:
         m = self.model
+        up = "../" * (len(dev.dir_parts) + 1)     # from the device's directory to the root
         if name == "driver" and dev.driver:
-            return _Node("link", target="../../../bus/pci/drivers/%s" % dev.driver)
+            return _Node("link", target=up + "bus/pci/drivers/%s" % dev.driver)
         if name == "subsystem":
-            return _Node("link", target="../../../bus/pci")
+            return _Node("link", target=up + "bus/pci")
         if name == "iommu_group" and dev.iommu_group is not None:
-            return _Node("link", target="../../../kernel/iommu_groups/%s" % dev.iommu_group)
+            return _Node("link", target=up + "kernel/iommu_groups/%s" % dev.iommu_group)
+        if name == "label" and dev.label is None:
+            raise KeyError(name)
+        if name == "config":
+            return _Node("file", 0o444, read=lambda: m.show_device(dev, name), size=dev.cfg_size)
         if name == "reset" and dev.has_reset:
             return _Node("file", 0o200, write=lambda buf: m.reset(dev.bdf, buf))
         if name == "enable":
@@ -734,7 +811,7 @@ class _Ops:
         elif node.kind == "link":
             base.update(st_mode=stat.S_IFLNK | 0o777, st_nlink=1, st_size=len(node.target))
         else:
-            base.update(st_mode=stat.S_IFREG | node.mode, st_nlink=1, st_size=4096)
+            base.update(st_mode=stat.S_IFREG | node.mode, st_nlink=1, st_size=node.size)
         return base
 
     def readdir(self, path, fh):
