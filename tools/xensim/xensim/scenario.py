@@ -79,6 +79,11 @@ class DeviceSpec:
     resources: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
     irq: int = 0
     reset: bool = True
+    # The kernel's reset methods (reset_method's words); None: flr when
+    # ``reset``, none otherwise. The config space is built to agree.
+    reset_method: list[str] | None = None
+    # Config space byte 0x0e, low 7 bits: 0 endpoint, 1 PCI bridge, 2 CardBus.
+    header_type: int = 0
     iommu_group: int | None = None
     # libxl bookkeeping for devices made assignable with pci-assignable-add:
     # the driver they were taken from (-> /libxl/pci/<bdf>/driver_path) and
@@ -127,6 +132,11 @@ class Scenario:
     timing_scale: float = 0.1
     # Which xenstored the store answers like (xenstore/store.py FLAVOURS).
     xenstored: str = "oxenstored"
+    # Xen booted with a working IOMMU (physinfo's directio capability).
+    iommu: bool = True
+    # xen-pciback as a loaded module or built into the dom0 kernel.
+    pciback: str = "module"
+    pciback_do_flr: bool = False
     source: str | None = None
 
     def device(self, bdf: str) -> DeviceSpec | None:
@@ -194,11 +204,30 @@ def _mapping(value: Any, field: str, allowed: set[str]) -> dict[str, Any]:
 
 
 _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsystem_device",
-                "revision", "driver", "hidden", "resources", "irq", "reset", "iommu_group",
-                "original_driver", "name"}
+                "revision", "driver", "hidden", "resources", "irq", "reset", "reset_method",
+                "header_type", "iommu_group", "original_driver", "name"}
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
-_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored"}
+_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored", "iommu", "pciback",
+             "pciback_do_flr"}
+# The kernel's reset methods, in the order it tries them (pci_reset_fn_methods).
+RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+PCIBACK_MODES = ("module", "builtin")
+
+
+def _reset_methods(raw: Any, reset: bool, where: str) -> list[str]:
+    if "reset_method" not in raw:
+        return ["flr"] if reset else []
+    value = raw["reset_method"]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ScenarioError(f"{where}.reset_method: expected a list of method names")
+    unknown = sorted(set(value) - set(RESET_METHODS))
+    if unknown:
+        raise ScenarioError(f"{where}.reset_method: unknown method(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(RESET_METHODS)})")
+    if "reset" in raw and bool(value) != reset:
+        raise ScenarioError(f"{where}.reset: {reset} disagrees with reset_method {value}")
+    return [m for m in RESET_METHODS if m in value]
 
 
 def _parse_device(raw: Any, where: str) -> DeviceSpec:
@@ -235,6 +264,8 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         if driver != "pciback" or hidden:
             raise ScenarioError(f"{where}.original_driver: only for a device made assignable (driver: pciback, not hidden)")
     iommu = raw.get("iommu_group")
+    reset = _bool(raw.get("reset", True), f"{where}.reset")
+    methods = _reset_methods(raw, reset, where)
     return DeviceSpec(
         bdf=bdf,
         vendor=_int(raw["vendor"], f"{where}.vendor", 0, 0xFFFF),
@@ -247,7 +278,9 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         hidden=hidden,
         resources=resources,
         irq=_int(raw.get("irq", 0), f"{where}.irq", 0, 0xFFFF),
-        reset=_bool(raw.get("reset", True), f"{where}.reset"),
+        reset=bool(methods),
+        reset_method=methods,
+        header_type=_int(raw.get("header_type", 0), f"{where}.header_type", 0, 2),
         iommu_group=None if iommu is None else _int(iommu, f"{where}.iommu_group", 0),
         original_driver=original,
         name=None if raw.get("name") is None else _str(raw["name"], f"{where}.name"),
@@ -407,6 +440,9 @@ def parse(data: Any, source: str | None = None) -> Scenario:
         faults=[dict(f) for f in faults],
         timing_scale=float(scale),
         xenstored=xenstored,
+        iommu=_bool(data.get("iommu", True), "iommu"),
+        pciback=_choice(data.get("pciback", "module"), "pciback", PCIBACK_MODES),
+        pciback_do_flr=_bool(data.get("pciback_do_flr", False), "pciback_do_flr"),
         source=source,
     )
 

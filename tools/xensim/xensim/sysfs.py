@@ -6,8 +6,11 @@ toolstack touches:
 * ``bus/pci/devices/<bdf>``: symlinks into ``devices/pci<seg>:<bus>/<bdf>``,
   each device directory holding ``vendor``, ``device``, ``subsystem_vendor``,
   ``subsystem_device``, ``class``, ``resource``, ``irq``, ``enable``,
-  ``reset`` (only for devices that have a reset method), and the ``driver``,
-  ``iommu_group`` and ``subsystem`` symlinks;
+  ``config`` (the configuration space: header type, the PM capability with
+  its No_Soft_Reset bit, the PCI Express capability with its FLR bit, the
+  AF capability, agreeing with the device's reset methods), ``reset`` and
+  ``reset_method`` (Linux 5.15+; both only for devices that have a reset
+  method), and the ``driver``, ``iommu_group`` and ``subsystem`` symlinks;
 * ``bus/pci/drivers/<name>/`` with ``bind``, ``unbind``, ``new_id``,
   ``remove_id`` and one symlink per bound device; for ``pciback`` (the name
   xen-pciback registers) also ``new_slot``, ``remove_slot``, ``slots``,
@@ -15,7 +18,10 @@ toolstack touches:
   as ``drivers/xen/xen-pciback/pci_stub.c`` creates them.  Upstream Linux
   has no ``do_flr`` (a distribution patch does); the simulator leaves it out
   unless ``pciback_do_flr: true`` is set in the scenario;
-* ``kernel/iommu_groups/<n>/devices/<bdf>``.
+* ``kernel/iommu_groups/<n>/devices/<bdf>``;
+* ``module/xen_pciback/``: ``parameters/`` always, ``initstate`` and
+  ``refcnt`` only when pciback is a loaded module (``pciback: module``, the
+  default), not when it is built into the kernel (``pciback: builtin``).
 
 Semantics follow ``drivers/base/bus.c`` (bind/unbind), ``drivers/pci/
 pci-driver.c`` (new_id/remove_id), ``drivers/pci/pci-sysfs.c`` (reset,
@@ -196,6 +202,11 @@ class PciDev:
     irq: int
     has_reset: bool
     iommu_group: int | None
+    # reset_method's words in the kernel's order; [] when has_reset is false.
+    reset_methods: list[str] = field(default_factory=list)
+    header_type: int = 0            # 0 endpoint, 1 PCI bridge, 2 CardBus
+    multifunction: bool = False     # header type bit 7
+    default_methods: list[str] = field(default_factory=list)   # what "default" restores
     driver: str | None = None
     enable_cnt: int = 0
     # pciback per-device data (dev_data); exists while bound to pciback.
@@ -233,17 +244,79 @@ class SysfsEvent:
     time: float = field(default_factory=time.time)
 
 
+# Configuration space (PCI Local Bus 3.0 and PCI Express Base specs).
+CFG_SIZE_EXP = 4096
+CAP_PM, CAP_EXP, CAP_AF = 0x01, 0x10, 0x13
+PM_CAP_AT, EXP_CAP_AT, AF_CAP_AT = 0x40, 0x50, 0x70
+PM_CTRL_NO_SOFT_RESET = 0x08      # PMCSR bit 3: D3hot->D0 keeps the state (no PM reset)
+EXP_DEVCAP_FLR = 1 << 28
+AF_CAP_TP, AF_CAP_FLR = 0x01, 0x02
+STATUS_CAP_LIST = 0x10
+IORESOURCE_IO, IORESOURCE_MEM, IORESOURCE_MEM_64 = 0x100, 0x200, 0x100000
+
+
+def config_space(dev: "PciDev") -> bytes:
+    """The device's config space as sysfs ``config`` shows it to root: a
+    PCI Express function (4096 bytes, no extended capability) whose
+    capabilities agree with its reset methods."""
+    cfg = bytearray(CFG_SIZE_EXP)
+
+    def put(offset: int, value: int, size: int) -> None:
+        cfg[offset:offset + size] = value.to_bytes(size, "little")
+
+    put(0x00, dev.vendor, 2)
+    put(0x02, dev.device, 2)
+    put(0x04, 0x0006 if dev.enable_cnt else 0, 2)       # memory and bus master while enabled
+    put(0x06, STATUS_CAP_LIST, 2)
+    put(0x09, dev.klass, 3)
+    put(0x0E, dev.header_type | (0x80 if dev.multifunction else 0), 1)
+    if dev.header_type == 0:
+        bar = 0
+        for start, _end, flags in dev.resources[:6]:
+            if flags & IORESOURCE_IO:
+                put(0x10 + 4 * bar, (start & 0xFFFFFFFC) | 0x1, 4)
+            elif flags & IORESOURCE_MEM:
+                put(0x10 + 4 * bar, (start & 0xFFFFFFF0) | (0x4 if flags & IORESOURCE_MEM_64 else 0), 4)
+                if flags & IORESOURCE_MEM_64 and bar < 5:
+                    put(0x14 + 4 * bar, start >> 32, 4)
+            bar += 1
+        put(0x2C, dev.subsystem_vendor, 2)
+        put(0x2E, dev.subsystem_device, 2)
+    put(0x34, PM_CAP_AT, 1)
+    put(0x3C, dev.irq & 0xFF, 1)
+    put(0x3D, 1 if dev.irq else 0, 1)
+    methods = set(dev.default_methods)
+    put(PM_CAP_AT, CAP_PM | EXP_CAP_AT << 8, 2)
+    put(PM_CAP_AT + 2, 0x0003, 2)                        # PMC: version 3
+    put(PM_CAP_AT + 4, 0 if "pm" in methods else PM_CTRL_NO_SOFT_RESET, 2)
+    put(EXP_CAP_AT, CAP_EXP | (AF_CAP_AT if "af_flr" in methods else 0) << 8, 2)
+    port = {0: 0x0, 1: 0x6, 2: 0x7}[dev.header_type]      # endpoint, downstream port, PCIe-to-PCI bridge
+    put(EXP_CAP_AT + 2, 0x2 | port << 4, 2)
+    put(EXP_CAP_AT + 4, EXP_DEVCAP_FLR if "flr" in methods else 0, 4)
+    if "af_flr" in methods:
+        put(AF_CAP_AT, CAP_AF, 2)
+        put(AF_CAP_AT + 2, 0x06, 1)                      # capability length
+        put(AF_CAP_AT + 3, AF_CAP_TP | AF_CAP_FLR, 1)
+    return bytes(cfg)
+
+
 class PciModel:
     """The state behind the files; every method takes the lock."""
 
-    def __init__(self, devices: list[Any], do_flr: bool = False):
+    def __init__(self, devices: list[Any], do_flr: bool = False, pciback_module: bool = True):
         self.lock = threading.RLock()
+        self.pciback_module = pciback_module
         self.devices: dict[str, PciDev] = {}
         self.drivers: dict[str, PciDriver] = {PCIBACK: PciDriver(PCIBACK)}
         self.slots: list[tuple[int, int, int]] = []    # pcistub_device_ids, duplicates allowed
         self.has_do_flr = do_flr
         for entry in devices:
             self._add_device(entry)
+        slots: dict[str, int] = {}
+        for bdf in self.devices:
+            slots[bdf.rsplit(".", 1)[0]] = slots.get(bdf.rsplit(".", 1)[0], 0) + 1
+        for dev in self.devices.values():
+            dev.multifunction = slots[dev.bdf.rsplit(".", 1)[0]] > 1
 
     def _add_device(self, entry: Any) -> None:
         bdf = normalise_bdf(_field(entry, "bdf"))
@@ -261,7 +334,14 @@ class PciModel:
             irq=int(_field(entry, "irq", 0) or 0),
             has_reset=bool(_field(entry, "reset", False)),
             iommu_group=_field(entry, "iommu_group"),
+            header_type=int(_field(entry, "header_type", 0) or 0),
         )
+        methods = _field(entry, "reset_method")
+        if methods is None:
+            methods = ["flr"] if dev.has_reset else []
+        dev.reset_methods = list(methods)
+        dev.has_reset = bool(methods)
+        dev.default_methods = list(methods)
         driver = _field(entry, "driver")
         hidden = bool(_field(entry, "hidden", False))
         if hidden:
@@ -490,8 +570,28 @@ class PciModel:
         if val != 1:
             raise SysfsWriteError(errno.EINVAL, "only 1 resets")
         with self.lock:
+            if not self.devices[bdf].reset_methods:
+                # every method disabled through reset_method: pci_reset_function says ENOTTY
+                raise SysfsWriteError(errno.ENOTTY, "no reset method")
             self.devices[bdf].resets.append("reset")
             return SysfsEvent("reset", bdf, None)
+
+    def set_reset_method(self, bdf: str, buf: bytes) -> SysfsEvent:
+        """reset_method_store: ``default``, an empty line (disable all), or
+        a list of the device's supported methods, in the order to try them."""
+        text = buf.decode("ascii", "replace").strip()
+        with self.lock:
+            dev = self.devices[bdf]
+            if text == "default":
+                dev.reset_methods = list(dev.default_methods)
+            elif text == "":
+                dev.reset_methods = []
+            else:
+                wanted = text.split()
+                if any(m not in dev.default_methods for m in wanted):
+                    raise SysfsWriteError(errno.EINVAL, "unknown or unsupported reset method")
+                dev.reset_methods = list(dict.fromkeys(wanted))
+            return SysfsEvent("reset_method", bdf, None)
 
     def enable(self, bdf: str, buf: bytes) -> SysfsEvent:
         val = _kstrtoul(buf)
@@ -521,7 +621,15 @@ class PciModel:
         if attr == "resource":
             lines = list(dev.resources) + [(0, 0, 0)] * (RESOURCE_LINES - len(dev.resources))
             return b"".join(b"0x%016x 0x%016x 0x%016x\n" % r for r in lines)
+        if attr == "reset_method":
+            return (" ".join(dev.reset_methods) + "\n").encode()
+        if attr == "config":
+            return config_space(dev)
         raise KeyError(attr)
+
+    def show_module(self, attr: str) -> bytes:
+        return {"initstate": b"live\n", "refcnt": b"0\n", "hide": b"(null)\n", "passthrough": b"0\n",
+                "permissive": b"N\n", "verbose_request": b"0\n"}[attr]
 
     def show_pciback(self, attr: str) -> bytes:
         if attr == "slots":
@@ -548,8 +656,11 @@ class PciModel:
 # Attribute tables: name -> (mode, has_show, store name or None)
 _DEVICE_ATTRS = {
     "vendor": 0o444, "device": 0o444, "subsystem_vendor": 0o444, "subsystem_device": 0o444,
-    "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "reset": 0o200,
+    "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "config": 0o644, "reset": 0o200,
+    "reset_method": 0o644,
 }
+_RESET_ATTRS = ("reset", "reset_method")       # visible only when the device has a reset
+_PCIBACK_PARAMS = ("hide", "passthrough", "permissive", "verbose_request")
 _DRIVER_ATTRS = {"bind": 0o200, "unbind": 0o200, "new_id": 0o200, "remove_id": 0o200}
 _PCIBACK_ATTRS = {
     "new_slot": 0o200, "remove_slot": 0o200, "slots": 0o400, "permissive": 0o600,
@@ -595,7 +706,7 @@ class _Ops:
     # -- tree ------------------------------------------------------------
 
     def _dev_dir(self, dev: PciDev) -> _Node:
-        entries = [a for a in _DEVICE_ATTRS if a != "reset" or dev.has_reset]
+        entries = [a for a in _DEVICE_ATTRS if a not in _RESET_ATTRS or dev.has_reset]
         entries += ["subsystem"] + (["driver"] if dev.driver else []) + (
             ["iommu_group"] if dev.iommu_group is not None else [])
         return _Node("dir", entries=entries)
@@ -605,7 +716,7 @@ class _Ops:
         parts = [p for p in path.split("/") if p]
         n = len(parts)
         if n == 0:
-            return _Node("dir", entries=["bus", "devices", "kernel"])
+            return _Node("dir", entries=["bus", "devices", "kernel", "module"])
         top = parts[0]
         if top == "bus":
             if n == 1:
@@ -659,6 +770,8 @@ class _Ops:
             if n == 4:
                 return self._dev_attr(dev, parts[3])
             raise KeyError(path)
+        if top == "module":
+            return self._module(parts)
         if top == "kernel":
             if n == 1:
                 return _Node("dir", entries=["iommu_groups"])
@@ -682,6 +795,26 @@ class _Ops:
                 return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
         raise KeyError(path)
 
+    def _module(self, parts: list[str]) -> _Node:
+        """/sys/module/xen_pciback: a built-in driver has only its parameters."""
+        m = self.model
+        n = len(parts)
+        if n == 1:
+            return _Node("dir", entries=["xen_pciback"])
+        if parts[1] != "xen_pciback":
+            raise KeyError(parts[1])
+        top = ["parameters"] + (["initstate", "refcnt"] if m.pciback_module else [])
+        if n == 2:
+            return _Node("dir", entries=top)
+        if n == 3 and parts[2] in top and parts[2] != "parameters":
+            return _Node("file", 0o444, read=lambda: m.show_module(parts[2]))
+        if parts[2] == "parameters":
+            if n == 3:
+                return _Node("dir", entries=list(_PCIBACK_PARAMS))
+            if n == 4 and parts[3] in _PCIBACK_PARAMS:
+                return _Node("file", 0o444, read=lambda: m.show_module(parts[3]))
+        raise KeyError("/".join(parts))
+
     def _dev_attr(self, dev: PciDev, name: str) -> _Node:
         m = self.model
         if name == "driver" and dev.driver:
@@ -692,10 +825,13 @@ class _Ops:
             return _Node("link", target="../../../kernel/iommu_groups/%s" % dev.iommu_group)
         if name == "reset" and dev.has_reset:
             return _Node("file", 0o200, write=lambda buf: m.reset(dev.bdf, buf))
+        if name == "reset_method" and dev.has_reset:
+            return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
+                         write=lambda buf: m.set_reset_method(dev.bdf, buf))
         if name == "enable":
             return _Node("file", 0o600, read=lambda: m.show_device(dev, name),
                          write=lambda buf: m.enable(dev.bdf, buf))
-        if name in _DEVICE_ATTRS and name != "reset":
+        if name in _DEVICE_ATTRS and name not in _RESET_ATTRS:
             return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         raise KeyError(name)
 
@@ -824,7 +960,8 @@ class SysfsFS:
         self.host = host
         scenario = getattr(host, "scenario", None) or {}
         self.model = PciModel(_field(scenario, "devices") or [],
-                              do_flr=bool(_field(scenario, "pciback_do_flr", False)))
+                              do_flr=bool(_field(scenario, "pciback_do_flr", False)),
+                              pciback_module=_field(scenario, "pciback", "module") != "builtin")
         self.root = host.paths["sysfs_root"]
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
