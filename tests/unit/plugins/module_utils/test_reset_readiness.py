@@ -122,3 +122,45 @@ def test_failed_reset_on_detach_is_reported(sim, run):
     run(host, {"web": ["00:10.0"]})
     ok = run(host, {"web": ["00:10.0"]}, state="absent")
     assert ok["reset_failed"] == [] and host.sysfs.resets("0000:00:10.0")[-1] == "reset"
+
+
+POOL = """
+name: pool-host
+{extra}
+devices:
+  - {{bdf: "0000:00:10.0", vendor: 0x1234, device: 0x11e8, driver: null, reset_method: [flr]}}
+  - {{bdf: "0000:00:11.0", vendor: 0x1234, device: 0x11e9, driver: null, reset: false}}
+  - {{bdf: "0000:00:1c.0", vendor: 0x8086, device: 0x2448, class: 0x060400, header_type: 1, driver: null}}
+"""
+
+
+def test_assignable_reset_policy_and_refusals(sim, params_of):
+    from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
+    host = sim(POOL.format(extra=""))
+    strict = params_of(host, devices=["00:11.0"], reset="strict", timeout=20.0)
+    for check in (True, False):
+        with pytest.raises(RefusedError) as ei:
+            run_assignable(strict, check_mode=check)
+        assert "0000:00:11.0 has no reset" in ei.value.msg
+    assert host.sysfs.driver_of("0000:00:11.0") is None
+    with pytest.raises(RefusedError) as ei:
+        run_assignable(params_of(host, devices=["00:1c.0"], timeout=20.0))
+    assert "not an endpoint" in ei.value.msg and host.sysfs.driver_of("0000:00:1c.0") is None
+    # four steps under strict for a device with a reset
+    ok = params_of(host, devices=["00:10.0"], reset="strict", timeout=20.0)
+    check, real = run_assignable(ok, check_mode=True), run_assignable(ok)
+    again, again_check = run_assignable(ok), run_assignable(ok, check_mode=True)
+    assert check["changed"] and real["changed"] and check["diff"] == real["diff"]
+    assert not again["changed"] and not again_check["changed"]
+    assert host.sysfs.driver_of("0000:00:10.0") == "pciback"
+    warned = run_assignable(params_of(host, devices=["00:11.0"], timeout=20.0))
+    assert warned["changed"] and any("0000:00:11.0 has no reset" in w for w in warned["warnings_detail"])
+
+
+def test_assignable_refuses_every_device_without_iommu(sim, params_of):
+    from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
+    host = sim(POOL.format(extra="iommu: false"))
+    with pytest.raises(RefusedError) as ei:
+        run_assignable(params_of(host, devices=["00:10.0"], timeout=20.0), check_mode=True)
+    assert "cannot be assigned on this host" in ei.value.msg and "IOMMU" in ei.value.msg
+    assert host.sysfs.driver_of("0000:00:10.0") is None
