@@ -87,6 +87,7 @@ options:
     type: str
     choices: [strict, best_effort, none]
     default: best_effort
+    version_added: 0.2.0
 notes:
   - Making a device assignable takes it away from dom0. Do not use O(take_from_driver) on a device dom0 needs
     (its disk or management network).

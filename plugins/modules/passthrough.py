@@ -99,6 +99,7 @@ options:
     type: str
     choices: [strict, best_effort, none]
     default: best_effort
+    version_added: 0.2.0
   force:
     description:
       - Detach even when the guest never acknowledges the removal (the PCI backend is rebuilt

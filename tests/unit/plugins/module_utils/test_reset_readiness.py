@@ -164,3 +164,19 @@ def test_assignable_refuses_every_device_without_iommu(sim, params_of):
         run_assignable(params_of(host, devices=["00:10.0"], timeout=20.0), check_mode=True)
     assert "cannot be assigned on this host" in ei.value.msg and "IOMMU" in ei.value.msg
     assert host.sysfs.driver_of("0000:00:10.0") is None
+
+
+def test_info_readiness_detail(sim, params_of):
+    from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info
+    host = sim(host_text())
+    full = run_info(params_of(host, detail="full"))
+    assert "readiness" not in full and "reset" not in full["devices"][0]
+    out = run_info(params_of(host, detail="readiness"))
+    assert out["readiness"]["passthrough_ready"] is True
+    by_bdf = {d["bdf"]: d for d in out["devices"]}
+    assert by_bdf["0000:00:10.0"]["reset"]["usable"] and not by_bdf["0000:00:10.1"]["reset"]["usable"]
+    assert by_bdf["0000:00:10.0"]["assignability"]["refused"] is None
+    assert "not an endpoint" in by_bdf["0000:00:1c.0"]["assignability"]["refused"]
+    off = sim(host_text("iommu: false"))
+    ready = run_info(params_of(off, detail="readiness"))["readiness"]
+    assert ready["passthrough_ready"] is False and "without an IOMMU" in ready["reasons"][0]
