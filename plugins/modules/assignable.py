@@ -79,7 +79,7 @@ options:
   reset:
     description:
       - With O(state=present), what to do with a device entering the pool that the host cannot reset
-        (no C(do_flr) in pciback, no C(reset) file in sysfs): such a device keeps its state from one guest to the next.
+        (no C(do_flr) in pciback, no C(reset) file in sysfs); such a device keeps its state from one guest to the next.
       - V(strict) refuses it before anything is written, naming what is missing; V(best_effort) makes it
         assignable and says so in RV(warnings_detail); V(none) does not look.
       - Whatever the policy, a device that cannot be assigned on this host is refused before anything is

@@ -40,7 +40,7 @@ options:
         device instead of a dozen files. It is the cheap read for fleet reports.
       - V(readiness) reports what V(full) does, and whether the host can pass devices through at all
         (RV(readiness)) and, for each device, its reset capability (C(reset)) and whether it can be assigned
-        (C(assignability)). It reads every device's config space: use it to check a host, not for fleet reports.
+        (C(assignability)). It reads every device's config space; use it to check a host, not for fleet reports.
       - The guests (RV(domains)) are the same at every level.
     type: str
     choices: [full, summary, readiness]

@@ -88,7 +88,7 @@ options:
   reset:
     description:
       - What to do with a device to attach that the host cannot reset (no C(do_flr) in pciback, no C(reset)
-        file in sysfs): a device that is not reset keeps its state (DMA setup, data) from one guest to the next.
+        file in sysfs); a device that is not reset keeps its state (DMA setup, data) from one guest to the next.
       - V(strict) refuses such a device before anything is written, naming what is missing.
       - V(best_effort) attaches it and says so in RV(warnings_detail).
       - V(none) does not look. Detaching still resets each device the way C(xl) does; a failed reset is
