@@ -85,7 +85,7 @@ def reset_report(sysfs, bdf):
         if caps:
             found.append("config space: %s" % ", ".join(
                 "%s %s" % (name, "yes" if caps.get(name) else "no") for name in ("flr", "af_flr", "pm")))
-        why = "%s has no reset: no %s, no %s%s" % (bdf, sysfs.logical(sysfs.pciback_path("do_flr")),
-                                                  sysfs.logical(sysfs.dev_path(bdf, "reset")),
-                                                  " (%s)" % "; ".join(found) if found else "")
+        why = "%s has no reset: no %s, no %s%s" % (
+            bdf, sysfs.logical(sysfs.pciback_path("do_flr")), sysfs.logical(sysfs.dev_path(bdf, "reset")),
+            " (%s)" % "; ".join(found) if found else "")
     return {"usable": method is not None, "method": method, "methods": methods, "sources": sources, "why": why}

@@ -68,10 +68,10 @@ def run_info(params, platform=None):
                  "run finishes or rolls it back" % (j.path, (j.meta or {}).get("op"), (j.meta or {}).get("label"))
                  for j in host.journals]
     out = {"changed": False, "devices": devices, "domains": domains,
-            "assignable": sorted(d["bdf"] for d in devices if d["assignable"]),
-            "pciback_loaded": sysfs.pciback_loaded() if sysfs is not None else None,
-            "interrupted": [j.summary() for j in host.journals],
-            "warnings_detail": warnings}
+           "assignable": sorted(d["bdf"] for d in devices if d["assignable"]),
+           "pciback_loaded": sysfs.pciback_loaded() if sysfs is not None else None,
+           "interrupted": [j.summary() for j in host.journals],
+           "warnings_detail": warnings}
     if readiness is not None:
         out["readiness"] = readiness
     return out
