@@ -194,7 +194,6 @@ class LibXenCtrl(XenCtrl):
             "xc_deassign_device": (c.c_int, [c.c_void_p, c.c_uint32, c.c_uint32]),
             "xc_test_assign_device": (c.c_int, [c.c_void_p, c.c_uint32, c.c_uint32]),
             "xc_domain_getinfolist": (c.c_int, [c.c_void_p, c.c_uint32, c.c_uint, c.c_void_p]),
-            "xc_physinfo": (c.c_int, [c.c_void_p, c.c_void_p]),
         }
         for name, (restype, argtypes) in proto.items():
             try:
@@ -203,6 +202,11 @@ class LibXenCtrl(XenCtrl):
                 raise HypervisorError("libxenctrl has no %s" % name, errno_name="ENOSYS", op=name) from exc
             fn.restype = restype
             fn.argtypes = argtypes
+        # Only the readiness report needs it: its absence fails that call alone.
+        self._has_physinfo = hasattr(lib, "xc_physinfo")
+        if self._has_physinfo:
+            lib.xc_physinfo.restype = c.c_int
+            lib.xc_physinfo.argtypes = [c.c_void_p, c.c_void_p]
 
     def _call(self, op, args, *cargs):
         if not self.xch:
@@ -256,6 +260,8 @@ class LibXenCtrl(XenCtrl):
         return _info_dict(domid, int.from_bytes(buf.raw[4:8], "little"))
 
     def physinfo(self):
+        if not self._has_physinfo:
+            raise _fail("xc_physinfo", {}, "ENOSYS", "libxenctrl has no xc_physinfo")
         buf = ctypes.create_string_buffer(_PHYSINFO_BUF)
         self._call("xc_physinfo", {}, buf)
         caps = int.from_bytes(buf.raw[_PHYSINFO_CAPS:_PHYSINFO_CAPS + 4], "little")
