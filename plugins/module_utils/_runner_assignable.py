@@ -23,9 +23,11 @@ from ansible_collections.xen.pci.plugins.module_utils._journal import POOL_KEY
 from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import GiveBack, Seize, SetName
+from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
 from ansible_collections.xen.pci.plugins.module_utils._selectors import is_selector, parse_selector
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
-    Problem, check_bool, common_options, has_selectors, raise_problems, select_devices)
+    Problem, check_bool, check_reset_policy, common_options, has_selectors, raise_problems, reset_problem,
+    select_devices)
 
 NAMES_MODES = ("keep", "exact")
 POOL_KEYS = ("name",)
@@ -103,6 +105,7 @@ def _input(params):
         problems.append(Problem("names must be keep or exact, got %r" % (params.get("names"),), "names"))
     for name in ("rebind", "take_from_driver"):
         check_bool(params, name, problems)
+    check_reset_policy(params, problems)
     wanted = parse_pool_devices(params.get("devices"), problems)
     raise_problems(problems)
     return wanted
@@ -140,6 +143,7 @@ def _plan(platform, host, wanted, params):
                     problems.append(Problem("the name %r is already given to %s; rename or forget it there first" % (
                         name, other), "devices", device=bdf, kind=RefusedError))
     todo, before, after, warnings, steps = [], {}, {}, [], []
+    readiness = {}
     for bdf, name in resolved:
         status = device_status(platform, host, bdf)
         try:
@@ -155,6 +159,11 @@ def _plan(platform, host, wanted, params):
         if state == "absent" and actions and rebind and status["driver"] == "pciback" and not status["driver_path"]:
             warnings.append("%s had no dom0 driver before it was made assignable (no driver_path is remembered); "
                             "it is left bound to no driver" % bdf)
+        if state == "present" and actions and status["driver"] != "pciback":
+            problem = _can_give_out(platform, bdf, params.get("reset", "best_effort"), warnings, readiness)
+            if problem:
+                problems.append(problem)
+                continue
         before[bdf] = pool_view(status)
         after[bdf] = predicted
         if actions:
@@ -162,6 +171,17 @@ def _plan(platform, host, wanted, params):
             steps += _steps(platform, status, state, name, rebind, clear_name)
     raise_problems(problems)
     return resolved, todo, before, after, warnings, steps
+
+
+def _can_give_out(platform, bdf, policy, warnings, readiness):
+    """A device entering the pool must be assignable on this host (an
+    endpoint, an IOMMU) and, under reset: strict, have a reset."""
+    if not readiness:
+        readiness.update(host_readiness(platform))
+    refusal = assign_refusal(platform.sysfs, bdf, readiness)
+    if refusal:
+        return Problem(refusal, "devices", device=bdf, kind=RefusedError, details={"readiness": dict(readiness)})
+    return reset_problem(platform.sysfs, bdf, policy, warnings, "devices", what="made assignable")
 
 
 def _steps(platform, status, state, name, rebind, clear_name):

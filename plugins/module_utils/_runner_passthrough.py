@@ -66,16 +66,19 @@ def _qemu(platform, host, resolved, deadline):
     return seen, errors
 
 
-def _check(platform, host, parsed, params, deadline):
-    """Validate against the host and plan; raise every problem at once."""
+def _check(platform, host, parsed, params, deadline, warnings=None):
+    """Validate against the host and plan; raise every problem at once.
+    ``warnings``: a list that gets the reset policy's warnings."""
     state = params["state"]
     make_assignable = params.get("make_assignable", False)
     consent = consent_of(params, [])
-    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent)
+    reset = params.get("reset", "best_effort")
+    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent, reset=reset)
     qemu, qemu_errors = ({}, {})
     if not problems:
         qemu, qemu_errors = _qemu(platform, host, resolved, deadline)
-        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent)
+        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent,
+                                              reset=reset, warnings=warnings)
     raise_problems(problems)
     the_plan = plan(host, resolved, state, qemu)
     for dp in the_plan.domains:
@@ -151,6 +154,7 @@ def _result(the_plan, host, domids):
         "recovered": [],
         "interrupted": [j.summary() for j in host.journals],
         "left": [],
+        "reset_failed": [],
         "warnings_detail": [],
     }
 
@@ -168,14 +172,15 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
         # Nothing was read, nothing done: say what the request was for.
         raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
     parsed, selected = _select(platform, host, parsed, params, desired)
-    the_plan = _check(platform, host, parsed, params, budget.work)
+    reset_warnings = []
+    the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
     result["resolved"] = declared(the_plan, host, platform)
     result["selected"] = {_name(host.resolve(ref)): items for ref, items in selected.items()}
     result["declared"] = {_name(host.resolve(ref)): {"key": str(ref), "specs": list(specs)} for ref, specs in desired.items()}
     if check_mode or (not the_plan.changed and not host.journals):
-        result["warnings_detail"] = untrusted_warnings(platform.xs)
+        result["warnings_detail"] = reset_warnings + untrusted_warnings(platform.xs)
         return result
     # A request that changes something (or finds a journal) needs the engine;
     # a no-op one never loads it.
@@ -197,7 +202,8 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
         if host.journals:
             recover_journals(ctx, host, held=set(domids), required=set(domids))
             host = ctx.host = read_host(platform.xs, budget.work, involved)
-        the_plan = _check(platform, host, parsed, params, budget.work)
+        reset_warnings = []
+        the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
         before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
         _run(ctx, platform, host, the_plan, params)
     except XenPciError as exc:
@@ -208,6 +214,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
                 lock.release()
     after = read_host(platform.xs, budget.final(), _with_stubdoms(host, domids))
     result.update(_outcome(ctx, platform, the_plan, after, domids))
+    result["warnings_detail"] = reset_warnings + result["warnings_detail"]
     mismatch = _mismatch(the_plan, after)
     if mismatch:
         details = dict(result)
@@ -255,6 +262,7 @@ def _outcome(ctx, platform, the_plan, after, domids):
         "interrupted": [j.summary() for j in after.journals],
         "left": list(ctx.report.left),
         "devices": dict(ctx.report.devices),
+        "reset_failed": list(ctx.report.reset_failed),
         "waited": round(ctx.report.waited, 3),
         "warnings_detail": list(ctx.report.warnings) + untrusted_warnings(platform.xs),
     }
@@ -289,4 +297,5 @@ def _failed(ctx, platform, budget, exc, the_plan, before, result):
                         domains=domain_summary(after, domids), recovered=list(ctx.report.recovered) or None,
                         interrupted=[j.summary() for j in after.journals] or None,
                         warnings_detail=list(ctx.report.warnings) + untrusted_warnings(platform.xs),
+                        reset_failed=list(ctx.report.reset_failed) or None,
                         reattached=result["reattached"] or None)

@@ -21,6 +21,8 @@ from ansible_collections.xen.pci.plugins.module_utils._bdf import SPEC_KEYS, Bdf
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
+from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
+from ansible_collections.xen.pci.plugins.module_utils._reset import POLICIES, reset_report
 from ansible_collections.xen.pci.plugins.module_utils._selectors import Inventory, choose, is_selector, parse_selector, selector_fields
 
 # What a selector entry may add to each device it chooses (a name is a lookup here).
@@ -90,6 +92,30 @@ def common_options(params, problems):
         problems.append(Problem(problem, "timeout"))
 
 
+def check_reset_policy(params, problems):
+    value = params.get("reset", "best_effort")
+    if value not in POLICIES:
+        problems.append(Problem("reset must be one of %s, got %r" % (", ".join(POLICIES), value), "reset"))
+
+
+def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attached"):
+    """The reset policy for one device about to be given out: strict refuses
+    a device without a usable reset (a Problem), best_effort appends a
+    warning to ``warnings``, none does not look."""
+    if policy == "none":
+        return None
+    report = reset_report(sysfs, bdf)
+    if report["usable"]:
+        return None
+    if policy == "strict":
+        return Problem("%s; reset: strict refuses it (use reset: best_effort to take it anyway)" % report["why"], where,
+                       domain=domain, device=bdf, kind=RefusedError, details={"reset": report})
+    if warnings is not None:
+        warnings.append("%s; it is %s anyway (reset: best_effort) and keeps its state between guests" % (
+            report["why"], what))
+    return None
+
+
 def consent_of(params, problems):
     """``take_from_driver``: the addresses of devices that may be taken from
     the dom0 driver holding them (as if their specs said seize=1)."""
@@ -121,6 +147,7 @@ def passthrough_input(params, desired):
     problems: List[Problem] = []
     common_options(params, problems)
     consent_of(params, problems)
+    check_reset_policy(params, problems)
     state = params.get("state", "present")
     if state not in STATES:
         problems.append(Problem("state must be one of %s, got %r" % (", ".join(STATES), state), "state"))
@@ -282,9 +309,11 @@ def check_domain(dom, platform, problems, where):
     return None
 
 
-def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=()):
+def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=(), reset="best_effort",
+                     warnings=None):
     """Stage 2: ``parsed`` against the host. Returns ({domid: [PciFunction]
-    or [bdf]}, problems). ``consent``: addresses that may be seized."""
+    or [bdf]}, problems). ``consent``: addresses that may be seized;
+    ``reset``: the reset policy; ``warnings``: a list for best_effort's."""
     problems: List[Problem] = []
     resolved: Dict[int, list] = {}
     labels = {}
@@ -325,7 +354,7 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
         if funcs:
             check_domain(dom, platform, problems, where)
     if state != "absent":
-        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {})
+        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {}, reset, warnings)
     return resolved, problems
 
 
@@ -355,10 +384,20 @@ def _absent_bdfs(host, dom, specs):
     return out
 
 
-def _devices(host, resolved, state, platform, make_assignable, present, qemu):
+def _devices(host, resolved, state, platform, make_assignable, present, qemu, reset, warnings):
     """Every device exists, belongs to nobody else, is (or may be made)
-    assignable, is declared once, and its vslot is free in the guest."""
+    assignable, can be assigned on this host (an endpoint, an IOMMU), has
+    a reset if the policy says so, is declared once, and its vslot is free
+    in the guest."""
     problems: List[Problem] = []
+    readiness = {}
+
+    def ready():
+        # Asked once, and only when a device is to be attached: a request
+        # that changes nothing never opens the hypervisor.
+        if not readiness:
+            readiness.update(host_readiness(platform))
+        return readiness
     owner = {}
     leaving = set()
     if state == "exact":
@@ -413,6 +452,15 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu):
             elif driver != "pciback" and not sysfs.pciback_loaded():
                 problems.append(Problem("xen-pciback is not loaded: %s cannot be made assignable for %s" % (bdf, label),
                                         where, domain=label, device=bdf, kind=RefusedError))
+            else:
+                refusal = assign_refusal(sysfs, bdf, ready())
+                if refusal:
+                    problems.append(Problem("%s (declared for %s)" % (refusal, label), where, domain=label, device=bdf,
+                                            kind=RefusedError, details={"readiness": ready()}))
+                    continue
+                problem = reset_problem(sysfs, bdf, reset, warnings, where, label, "attached to %s" % label)
+                if problem:
+                    problems.append(problem)
         problems += _slots(dom, funcs, current, resolved, state, qemu.get(domid))
     return problems
 

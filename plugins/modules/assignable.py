@@ -81,6 +81,18 @@ options:
     type: str
     choices: [keep, exact]
     default: keep
+  reset:
+    description:
+      - With O(state=present), what to do with a device entering the pool that the host cannot reset
+        (no C(do_flr) in pciback, no C(reset) file in sysfs); such a device keeps its state from one guest to the next.
+      - V(strict) refuses it before anything is written, naming what is missing; V(best_effort) makes it
+        assignable and says so in RV(warnings_detail); V(none) does not look.
+      - Whatever the policy, a device that cannot be assigned on this host is refused before anything is
+        written - a PCI bridge, or any device when Xen runs without an IOMMU.
+    type: str
+    choices: [strict, best_effort, none]
+    default: best_effort
+    version_added: 0.2.0
 notes:
   - Making a device assignable takes it away from dom0. Do not use O(take_from_driver) on a device dom0 needs
     (its disk or management network).
@@ -119,6 +131,11 @@ EXAMPLES = r"""
       - select: {label: "Onboard LAN"}
         name: lan0
     take_from_driver: true
+
+- name: Admit to the pool only devices the host can reset between guests
+  xen.pci.assignable:
+    devices: ["0000:03:00.0", "0000:03:00.1"]
+    reset: strict
 
 - name: Forget the names of listed devices that are given without one
   xen.pci.assignable:
@@ -196,6 +213,7 @@ def main():
         take_from_driver=dict(type="bool", default=False),
         rebind=dict(type="bool", default=True),
         names=dict(type="str", choices=["keep", "exact"], default="keep"),
+        reset=dict(type="str", choices=["strict", "best_effort", "none"], default="best_effort"),
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

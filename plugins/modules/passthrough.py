@@ -100,6 +100,21 @@ options:
     type: list
     elements: str
     default: []
+  reset:
+    description:
+      - What to do with a device to attach that the host cannot reset (no C(do_flr) in pciback, no C(reset)
+        file in sysfs); a device that is not reset keeps its state (DMA setup, data) from one guest to the next.
+      - V(strict) refuses such a device before anything is written, naming what is missing.
+      - V(best_effort) attaches it and says so in RV(warnings_detail).
+      - V(none) does not look. Detaching still resets each device the way C(xl) does; a failed reset is
+        listed in RV(reset_failed) with every policy.
+      - Whatever the policy, a device that cannot be assigned on this host is refused before anything is
+        written - a PCI bridge (not an endpoint), or any device when Xen runs without an IOMMU
+        (no C(hvm_directio)/C(pv_directio) in C(xl info)'s C(virt_caps)).
+    type: str
+    choices: [strict, best_effort, none]
+    default: best_effort
+    version_added: 0.2.0
   force:
     description:
       - Detach even when the guest never acknowledges the removal (the PCI backend is rebuilt
@@ -152,6 +167,12 @@ EXAMPLES = r"""
       - select: {path: "pci0000:00/1c.0/00.0"}
       - select: {serial: "00-1b-21-ff-ff-6c-3a-2e"}
         vslot: 5
+
+- name: Attach only devices the host can reset between guests
+  xen.pci.passthrough:
+    domain: web1
+    devices: ["0000:03:00.0"]
+    reset: strict
 
 - name: Take a device away from a guest that does not answer
   xen.pci.passthrough:
@@ -234,8 +255,18 @@ waited:
   description: Seconds spent waiting for guests and kernels to answer.
   returned: when something was changed
   type: float
+reset_failed:
+  description:
+    - Detached devices whose reset failed or that have no reset, each with the error; the devices are
+      detached, but they may keep the state the guest left in them.
+  returned: when something was changed
+  type: list
+  elements: dict
+  sample: [{"bdf": "0000:03:00.0", "error": "0000:03:00.0: the kernel offers no reset for this device", "errno": "ENOENT"}]
 warnings_detail:
-  description: Conditions that did not fail the task, such as a guest that is not running yet.
+  description:
+    - Conditions that did not fail the task, such as a guest that is not running yet, or a device attached
+      without a reset under O(reset=best_effort).
   returned: always
   type: list
   elements: str
@@ -257,6 +288,7 @@ def main():
         make_assignable=dict(type="bool", default=False),
         take_from_driver=dict(type="list", elements="str", default=[]),
         force=dict(type="bool", default=False),
+        reset=dict(type="str", choices=["strict", "best_effort", "none"], default="best_effort"),
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(

@@ -96,6 +96,7 @@ def test_xenstored_flavour(tmp_path):
     ("parent: \"00:09.0\"", r"00:09.0 is not a PCI-to-PCI bridge"),
     ("serial: 0x10, pcie: false", r"serial: a serial number is a PCIe extended capability"),
     ("serial: -1", r"serial: -1 out of range"),
+    ("pcie: false, reset_method: [flr]", r"reset_method: flr is a PCI Express capability"),
 ])
 def test_bridges_and_serials_are_checked(edit, message):
     text = """
@@ -108,6 +109,8 @@ devices:
     if message is None:
         s = sc.loads(text)
         assert s.device("0000:01:00.0").parent == "0000:00:1c.0"
+        # the header type follows the class unless given
+        assert s.device("0000:00:1c.0").header_type == 1 and s.device("0000:01:00.0").header_type == 0
         return
     with pytest.raises(ScenarioError, match=message):
         sc.loads(text)
@@ -121,4 +124,14 @@ devices:
   - {bdf: "00:1d.0", vendor: 0x8086, device: 0x100e, parent: "00:1c.0"}
 """
     with pytest.raises(ScenarioError, match=r"in its segment, on another bus"):
+        sc.loads(text)
+
+
+def test_a_bridge_class_fixes_the_header_type():
+    text = """
+name: b
+devices:
+  - {bdf: "00:1c.0", vendor: 0x8086, device: 0xa110, class: 0x060400, header_type: 0}
+"""
+    with pytest.raises(ScenarioError, match=r"devices\[0000:00:1c.0\]\.header_type: a device of class 0x060400 has header type 1, not 0"):
         sc.loads(text)
