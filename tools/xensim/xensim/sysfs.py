@@ -304,15 +304,14 @@ def config_space(dev: "PciDev") -> bytes:
     put(0x09, dev.klass, 3)                             # prog-if, subclass, base class
     put(0x0E, dev.header_type | (0x80 if dev.multifunction else 0), 1)
     if dev.header_type == 0:
-        bar = 0
-        for start, _end, flags in dev.resources[:6]:
+        # resource line i is BAR i (a 64-bit BAR's upper half: the next, empty line)
+        for index, (start, _end, flags) in enumerate(dev.resources[:6]):
             if flags & IORESOURCE_IO:
-                put(0x10 + 4 * bar, (start & 0xFFFFFFFC) | 0x1, 4)
+                put(0x10 + 4 * index, (start & 0xFFFFFFFC) | 0x1, 4)
             elif flags & IORESOURCE_MEM:
-                put(0x10 + 4 * bar, (start & 0xFFFFFFF0) | (0x4 if flags & IORESOURCE_MEM_64 else 0), 4)
-                if flags & IORESOURCE_MEM_64 and bar < 5:
-                    put(0x14 + 4 * bar, start >> 32, 4)
-            bar += 1
+                put(0x10 + 4 * index, (start & 0xFFFFFFF0) | (0x4 if flags & IORESOURCE_MEM_64 else 0), 4)
+                if flags & IORESOURCE_MEM_64 and index < 5:
+                    put(0x14 + 4 * index, start >> 32, 4)
         put(0x2C, dev.subsystem_vendor, 2)
         put(0x2E, dev.subsystem_device, 2)
     put(0x3C, dev.irq & 0xFF, 1)

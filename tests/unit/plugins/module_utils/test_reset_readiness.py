@@ -191,6 +191,7 @@ def test_a_selected_device_gets_the_reset_refusal_before_any_write(sim, params_o
     host = sim(host_text())
     desired = {"web": [{"select": {"id": "1234:11e9"}}]}
     params = params_of(host, reset="strict", timeout=20.0)
+
     def toolstack_writes():
         return [e for e in host.call(lambda: list(host.store.access_log))
                 if e.label.startswith("A") and e.op in ("write", "mkdir", "rm", "setperms")]
