@@ -116,22 +116,19 @@ devices:
         sc.loads(text)
 
 
-def test_a_child_must_sit_on_another_bus_than_its_bridge():
+@pytest.mark.parametrize("second, message", [
+    # a child sits on another bus than its bridge
+    ('{bdf: "00:1d.0", vendor: 0x8086, device: 0x100e, parent: "00:1c.0"}', r"in its segment, on another bus"),
+    # a bridge's class fixes its header type
+    ('{bdf: "00:1e.0", vendor: 0x8086, device: 0xa110, class: 0x060400, header_type: 0}',
+     r"devices\[0000:00:1e.0\]\.header_type: a device of class 0x060400 has header type 1, not 0"),
+])
+def test_bridge_rules(second, message):
     text = """
 name: b
 devices:
   - {bdf: "00:1c.0", vendor: 0x8086, device: 0xa110, class: 0x060400}
-  - {bdf: "00:1d.0", vendor: 0x8086, device: 0x100e, parent: "00:1c.0"}
-"""
-    with pytest.raises(ScenarioError, match=r"in its segment, on another bus"):
-        sc.loads(text)
-
-
-def test_a_bridge_class_fixes_the_header_type():
-    text = """
-name: b
-devices:
-  - {bdf: "00:1c.0", vendor: 0x8086, device: 0xa110, class: 0x060400, header_type: 0}
-"""
-    with pytest.raises(ScenarioError, match=r"devices\[0000:00:1c.0\]\.header_type: a device of class 0x060400 has header type 1, not 0"):
+  - SECOND
+""".replace("SECOND", second)
+    with pytest.raises(ScenarioError, match=message):
         sc.loads(text)

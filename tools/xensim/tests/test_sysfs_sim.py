@@ -35,12 +35,13 @@ def make_host(tmp_path, scenario=None, **extra):
     return host
 
 
-@pytest.fixture
-def sysfs(tmp_path):
+def mounted(host):
+    """A SysfsFS for ``host``, mounted (skips where FUSE cannot run), then
+    unmounted: the body of the fixtures below."""
     why = SysfsFS.available()
     if why:
         pytest.skip("FUSE sysfs cannot run here: %s" % why)
-    fs = SysfsFS(make_host(tmp_path))
+    fs = SysfsFS(host)
     try:
         fs.start_sync()
     except RuntimeError as exc:
@@ -48,6 +49,11 @@ def sysfs(tmp_path):
     yield fs
     fs.stop_sync()
     assert not os.path.ismount(fs.root)
+
+
+@pytest.fixture
+def sysfs(tmp_path):
+    yield from mounted(make_host(tmp_path))
 
 
 def p(fs, *parts):
@@ -368,13 +374,7 @@ NESTED = {
 
 @pytest.fixture
 def nested(tmp_path):
-    why = SysfsFS.available()
-    if why:
-        pytest.skip("FUSE sysfs cannot run here: %s" % why)
-    fs = SysfsFS(make_host(tmp_path, NESTED))
-    fs.start_sync()
-    yield fs
-    fs.stop_sync()
+    yield from mounted(make_host(tmp_path, NESTED))
 
 
 def test_devices_behind_a_bridge_live_in_its_directory(nested):
@@ -453,16 +453,7 @@ def _cap(cfg, wanted):
 
 @pytest.fixture
 def reset_fs(tmp_path):
-    why = SysfsFS.available()
-    if why:
-        pytest.skip("FUSE sysfs cannot run here: %s" % why)
-    fs = SysfsFS(make_host(tmp_path / "reset", RESET_SCENARIO))
-    try:
-        fs.start_sync()
-    except RuntimeError as exc:
-        pytest.skip("FUSE cannot mount here: %s" % exc)
-    yield fs
-    fs.stop_sync()
+    yield from mounted(make_host(tmp_path / "reset", RESET_SCENARIO))
 
 
 def test_reset_files_and_config_space_agree(reset_fs):
