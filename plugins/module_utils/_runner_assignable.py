@@ -23,10 +23,9 @@ from ansible_collections.xen.pci.plugins.module_utils._journal import POOL_KEY
 from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import GiveBack, Seize, SetName
-from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
 from ansible_collections.xen.pci.plugins.module_utils._selectors import is_selector, parse_selector
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
-    Problem, check_bool, check_reset_policy, common_options, has_selectors, raise_problems, reset_problem,
+    Problem, check_bool, check_reset_policy, common_options, has_selectors, pool_entry_problem, raise_problems,
     select_devices)
 
 NAMES_MODES = ("keep", "exact")
@@ -160,7 +159,7 @@ def _plan(platform, host, wanted, params):
             warnings.append("%s had no dom0 driver before it was made assignable (no driver_path is remembered); "
                             "it is left bound to no driver" % bdf)
         if state == "present" and actions and status["driver"] != "pciback":
-            problem = _can_give_out(platform, bdf, params.get("reset", "best_effort"), warnings, readiness)
+            problem = pool_entry_problem(platform, bdf, params.get("reset", "best_effort"), warnings, readiness)
             if problem:
                 problems.append(problem)
                 continue
@@ -171,17 +170,6 @@ def _plan(platform, host, wanted, params):
             steps += _steps(platform, status, state, name, rebind, clear_name)
     raise_problems(problems)
     return resolved, todo, before, after, warnings, steps
-
-
-def _can_give_out(platform, bdf, policy, warnings, readiness):
-    """A device entering the pool must be assignable on this host (an
-    endpoint, an IOMMU) and, under reset: strict, have a reset."""
-    if not readiness:
-        readiness.update(host_readiness(platform))
-    refusal = assign_refusal(platform.sysfs, bdf, readiness)
-    if refusal:
-        return Problem(refusal, "devices", device=bdf, kind=RefusedError, details={"readiness": dict(readiness)})
-    return reset_problem(platform.sysfs, bdf, policy, warnings, "devices", what="made assignable")
 
 
 def _steps(platform, status, state, name, rebind, clear_name):

@@ -116,6 +116,18 @@ def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attach
     return None
 
 
+def pool_entry_problem(platform, bdf, policy, warnings, readiness):
+    """A device entering the pool (xen.pci.assignable) must be assignable on
+    this host (an endpoint, an IOMMU) and, under reset: strict, have a reset.
+    ``readiness``: a dict filled with the host's readiness on first use."""
+    if not readiness:
+        readiness.update(host_readiness(platform))
+    refusal = assign_refusal(platform.sysfs, bdf, readiness)
+    if refusal:
+        return Problem(refusal, "devices", device=bdf, kind=RefusedError, details={"readiness": dict(readiness)})
+    return reset_problem(platform.sysfs, bdf, policy, warnings, "devices", what="made assignable")
+
+
 def consent_of(params, problems):
     """``take_from_driver``: the addresses of devices that may be taken from
     the dom0 driver holding them (as if their specs said seize=1)."""
