@@ -89,6 +89,7 @@ options:
         assignable and says so in RV(warnings_detail); V(none) does not look.
       - Whatever the policy, a device that cannot be assigned on this host is refused before anything is
         written - a PCI bridge, or any device when Xen runs without an IOMMU.
+      - A device a C(select) entry chooses is checked the same way, and the refusal names its address.
     type: str
     choices: [strict, best_effort, none]
     default: best_effort

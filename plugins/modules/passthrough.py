@@ -111,6 +111,7 @@ options:
       - Whatever the policy, a device that cannot be assigned on this host is refused before anything is
         written - a PCI bridge (not an endpoint), or any device when Xen runs without an IOMMU
         (no C(hvm_directio)/C(pv_directio) in C(xl info)'s C(virt_caps)).
+      - A device a C(select) entry chooses is checked the same way, and the refusal names its address.
     type: str
     choices: [strict, best_effort, none]
     default: best_effort
