@@ -11,6 +11,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec
 from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
+from ansible_collections.xen.pci.plugins.module_utils._selectors import expand_selected
 
 
 def _address(value):
@@ -52,6 +53,14 @@ def pci_xs_key(value):
         raise AnsibleFilterError(exc.msg) from None
 
 
+def pci_selected(specs, selected):
+    """A spec list with its selectors replaced by the addresses chosen."""
+    try:
+        return expand_selected(specs, selected)
+    except SpecError as exc:
+        raise AnsibleFilterError(exc.msg) from None
+
+
 class FilterModule:
     """xen.pci filters."""
 
@@ -61,4 +70,5 @@ class FilterModule:
             "pci_spec_format": pci_spec_format,
             "pci_bdf": pci_bdf,
             "pci_xs_key": pci_xs_key,
+            "pci_selected": pci_selected,
         }

@@ -64,6 +64,7 @@ class Report:
     devices: Dict[str, dict] = field(default_factory=dict)
     left: List[str] = field(default_factory=list)
     recovered: List[dict] = field(default_factory=list)
+    reset_failed: List[dict] = field(default_factory=list)     # {bdf, error}: detached devices not reset
     waited: float = 0.0
 
     def step(self, text):

@@ -23,9 +23,13 @@ from ansible_collections.xen.pci.plugins.module_utils._journal import POOL_KEY
 from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import GiveBack, Seize, SetName
-from ansible_collections.xen.pci.plugins.module_utils._validate import Problem, check_bool, common_options, raise_problems
+from ansible_collections.xen.pci.plugins.module_utils._selectors import is_selector, parse_selector
+from ansible_collections.xen.pci.plugins.module_utils._validate import (
+    Problem, check_bool, check_reset_policy, common_options, has_selectors, pool_entry_problem, raise_problems,
+    select_devices)
 
 NAMES_MODES = ("keep", "exact")
+POOL_KEYS = ("name",)
 STATES = ("present", "absent")
 
 
@@ -46,6 +50,12 @@ def parse_pool_devices(devices, problems=None):
     for index, item in enumerate(devices):
         where = "devices[%d]" % index
         bdf = name = None
+        if is_selector(item):
+            try:
+                parse_selector(item, POOL_KEYS)     # resolved on the host (_select)
+            except SpecError as exc:
+                problems.append(Problem("%s: %s" % (where, exc.msg), where, device=str(item)[:64]))
+            continue
         if isinstance(item, str):
             bdf = item
         elif isinstance(item, dict):
@@ -58,7 +68,7 @@ def parse_pool_devices(devices, problems=None):
                 problems.append(Problem("%s: give bdf, name or both" % where, where))
                 continue
         else:
-            problems.append(Problem("%s: expected a PCI address or a dict with bdf and/or name, got %s %r" % (
+            problems.append(Problem("%s: expected a PCI address, a dict with bdf and/or name, or a select, got %s %r" % (
                 where, type(item).__name__, item), where, device=repr(item)[:64]))
             continue
         try:
@@ -94,6 +104,7 @@ def _input(params):
         problems.append(Problem("names must be keep or exact, got %r" % (params.get("names"),), "names"))
     for name in ("rebind", "take_from_driver"):
         check_bool(params, name, problems)
+    check_reset_policy(params, problems)
     wanted = parse_pool_devices(params.get("devices"), problems)
     raise_problems(problems)
     return wanted
@@ -131,6 +142,7 @@ def _plan(platform, host, wanted, params):
                     problems.append(Problem("the name %r is already given to %s; rename or forget it there first" % (
                         name, other), "devices", device=bdf, kind=RefusedError))
     todo, before, after, warnings, steps = [], {}, {}, [], []
+    readiness = {}
     for bdf, name in resolved:
         status = device_status(platform, host, bdf)
         try:
@@ -146,6 +158,11 @@ def _plan(platform, host, wanted, params):
         if state == "absent" and actions and rebind and status["driver"] == "pciback" and not status["driver_path"]:
             warnings.append("%s had no dom0 driver before it was made assignable (no driver_path is remembered); "
                             "it is left bound to no driver" % bdf)
+        if state == "present" and actions and status["driver"] != "pciback":
+            problem = pool_entry_problem(platform, bdf, params.get("reset", "best_effort"), warnings, readiness)
+            if problem:
+                problems.append(problem)
+                continue
         before[bdf] = pool_view(status)
         after[bdf] = predicted
         if actions:
@@ -175,6 +192,18 @@ def _steps(platform, status, state, name, rebind, clear_name):
     return out
 
 
+def _select(platform, params, wanted):
+    """Selector entries -> the devices they choose (those in the pool
+    first): (wanted, [{entry, select, count, bdfs}])."""
+    devices = params.get("devices")
+    if not has_selectors({None: devices}):
+        return wanted, []
+    concrete, selected, problems = select_devices(platform.sysfs, {None: devices}, lambda _ref: None,
+                                                  lambda _bdf: None, "devices", POOL_KEYS)
+    raise_problems(problems)
+    return parse_pool_devices(concrete[None]), selected.get(None, [])
+
+
 def run_assignable(params, check_mode=False, platform=None, hook=None):
     """Bring the listed devices into (present) or out of (absent) the pool."""
     wanted = _input(params)
@@ -184,8 +213,10 @@ def run_assignable(params, check_mode=False, platform=None, hook=None):
         raise SpecError("xen.pci.assignable needs sysfs (sysfs_root)", input="sysfs_root")
     ctx = Context(platform, budget, hook=hook)
     host = read_host(platform.xs, budget.work)
+    wanted, selected = _select(platform, params, wanted)
     resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
     result = {
+        "selected": selected,
         "changed": bool(todo),
         "actions": [s.describe() for s in steps],
         "diff": {"before": before, "after": after},

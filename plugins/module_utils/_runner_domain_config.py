@@ -15,7 +15,7 @@ import shutil
 import tempfile
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError, XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._xlconfig import GLOBAL_ORDER, edit_pci_config
+from ansible_collections.xen.pci.plugins.module_utils._xlconfig import GLOBAL_ORDER, XlConfig, edit_pci_config, pci_addresses
 
 # xl reads its config as bytes; surrogateescape lets any byte through unchanged.
 _ENCODING = ("utf-8", "surrogateescape")
@@ -81,6 +81,9 @@ def write_config(path, text, atomic_move=None):
             os.unlink(tmp)
 
 
+# Selectors are resolved into addresses before the edit; the file holds the
+# addresses only (the selector is in the playbook and the task's result).
+SELECTED = "_selected"
 PER_FILE = ("path", "devices", "state", "passthrough", "e820_host", "pci_permissive", "pci_msitranslate",
             "pci_power_mgmt", "pci_seize", "backup", "create")
 
@@ -103,6 +106,7 @@ def plan_domain_config(params):
         "actions": actions,
         "devices": edit.devices,
         "settings": edit.settings,
+        "selected": params.get(SELECTED, []),
         "diff": {"before": before or "", "after": edit.text, "before_header": path if exists else "/dev/null",
                  "after_header": path},
     }
@@ -155,13 +159,44 @@ def config_params(params):
     return out
 
 
+def select_in_configs(entries, many):
+    """Resolve the selectors of every file at once on this host's sysfs, so
+    that no device goes to two files; a device a file lists already is
+    chosen for it first, one another file lists is left to that one."""
+    # Imported here: a task with plain addresses edits files and needs nothing of the host.
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._validate import has_selectors, raise_problems, select_devices
+    desired = {e["path"]: e["devices"] for e in entries if isinstance(e.get("devices"), list)}
+    if not has_selectors(desired):
+        return
+    from ansible_collections.xen.pci.plugins.module_utils._sysfs import Sysfs
+    listed = {}
+    for each in entries:
+        try:
+            text = read_config(each["path"], each.get("create", False))
+            for bdf in pci_addresses(XlConfig.parse(text or "", each["path"])):
+                listed.setdefault(bdf, each["path"])
+        except XenPciError:
+            continue        # the edit reports what is wrong with the file
+    sysfs = Sysfs(entries[0].get("sysfs_root") or "/sys")
+    concrete, selected, problems = select_devices(sysfs, desired, lambda path: path, listed.get,
+                                                  "configs" if many else "devices")
+    raise_problems(problems)
+    for each in entries:
+        if each["path"] in concrete:
+            each["devices"] = concrete[each["path"]]
+            each[SELECTED] = selected.get(each["path"], [])
+
+
 def run_domain_configs(params, check_mode=False, atomic_move=None, backup_local=None, file_attributes=None):
     """Several config files in one task (``configs``), or the one of ``path``.
     Every file is read and edited in memory first: one bad file means
     nothing is written to any."""
     many = params.get("configs") is not None
     plans = []
-    for each in config_params(params):
+    entries = config_params(params)
+    select_in_configs(entries, many)
+    for each in entries:
         try:
             plans.append((each, plan_domain_config(each)))
         except XenPciError as exc:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
+from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, device_facts, host_readiness
+from ansible_collections.xen.pci.plugins.module_utils._reset import reset_report
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._validate import Problem, common_options, raise_problems
 
-DETAILS = ("full", "summary")
+# readiness: full, and each device's reset and assignability, and the
+# host's readiness (reads the config space of every device: not the fleet path).
+DETAILS = ("full", "summary", "readiness")
 
 
 def run_info(params, platform=None):
@@ -27,6 +31,7 @@ def run_info(params, platform=None):
     devices = []
     sysfs = platform.sysfs
     summary = params.get("detail", "full") == "summary"
+    readiness = host_readiness(platform) if params.get("detail") == "readiness" else None
     if sysfs is not None:
         slots = set(sysfs.pciback_slots()) if sysfs.pciback_loaded() else set()
         listed = sysfs.devices()
@@ -44,6 +49,10 @@ def run_info(params, platform=None):
                 "name": rec.get("name"),
                 "remembered_driver": rec.get("driver_path"),
             })
+            if readiness is not None:
+                facts = device_facts(sysfs, bdf, listed)
+                facts["refused"] = assign_refusal(sysfs, bdf, readiness)
+                dev.update(reset=reset_report(sysfs, bdf), assignability=facts)
             devices.append(dev)
     domains = {}
     for dom in host.domains.values():
@@ -58,8 +67,11 @@ def run_info(params, platform=None):
     warnings += ["a request was interrupted and is unfinished (journal %s, %s of %s); the next passthrough or assignable "
                  "run finishes or rolls it back" % (j.path, (j.meta or {}).get("op"), (j.meta or {}).get("label"))
                  for j in host.journals]
-    return {"changed": False, "devices": devices, "domains": domains,
-            "assignable": sorted(d["bdf"] for d in devices if d["assignable"]),
-            "pciback_loaded": sysfs.pciback_loaded() if sysfs is not None else None,
-            "interrupted": [j.summary() for j in host.journals],
-            "warnings_detail": warnings}
+    out = {"changed": False, "devices": devices, "domains": domains,
+           "assignable": sorted(d["bdf"] for d in devices if d["assignable"]),
+           "pciback_loaded": sysfs.pciback_loaded() if sysfs is not None else None,
+           "interrupted": [j.summary() for j in host.journals],
+           "warnings_detail": warnings}
+    if readiness is not None:
+        out["readiness"] = readiness
+    return out

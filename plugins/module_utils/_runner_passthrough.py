@@ -24,7 +24,7 @@ from ansible_collections.xen.pci.plugins.module_utils._journal import domain_key
 from ansible_collections.xen.pci.plugins.module_utils._plan import describe, describe_bdf, plan
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
-    Problem, consent_of, passthrough_host, passthrough_input, raise_problems)
+    Problem, consent_of, has_selectors, passthrough_host, passthrough_input, raise_problems, select_devices)
 
 
 def domain_summary(host, domids):
@@ -66,16 +66,19 @@ def _qemu(platform, host, resolved, deadline):
     return seen, errors
 
 
-def _check(platform, host, parsed, params, deadline):
-    """Validate against the host and plan; raise every problem at once."""
+def _check(platform, host, parsed, params, deadline, warnings=None):
+    """Validate against the host and plan; raise every problem at once.
+    ``warnings``: a list that gets the reset policy's warnings."""
     state = params["state"]
     make_assignable = params.get("make_assignable", False)
     consent = consent_of(params, [])
-    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent)
+    reset = params.get("reset", "best_effort")
+    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent, reset=reset)
     qemu, qemu_errors = ({}, {})
     if not problems:
         qemu, qemu_errors = _qemu(platform, host, resolved, deadline)
-        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent)
+        resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent,
+                                              reset=reset, warnings=warnings)
     raise_problems(problems)
     the_plan = plan(host, resolved, state, qemu)
     for dp in the_plan.domains:
@@ -109,6 +112,33 @@ def declared(the_plan, host, platform):
     return out
 
 
+def _select(platform, host, parsed, params, desired):
+    """Selector entries -> the devices they choose on this host, once per
+    request (before the first plan, check mode alike): (parsed specs, report)."""
+    if not has_selectors(desired):
+        return parsed, {}
+
+    def owner_of(ref):
+        try:
+            return host.resolve(ref).domid
+        except XenPciError:
+            return None     # passthrough_host says the domain is unknown
+
+    def bdf_of_name(name):
+        try:
+            return host.bdf_for_name(name)
+        except XenPciError:
+            return None     # passthrough_host says the name is unknown
+
+    where_of = "devices" if params.get("domain") is not None else "assignments"
+    concrete, selected, problems = select_devices(platform.sysfs, desired, owner_of, host.holder_of, where_of,
+                                                  bdf_of_name=bdf_of_name)
+    raise_problems(problems)
+    parsed, problems = passthrough_input(params, concrete)
+    raise_problems(problems)
+    return parsed, selected
+
+
 def _name(dom):
     """A guest's key in the results: its name, or its id when it has none."""
     return dom.name or str(dom.domid)
@@ -124,6 +154,7 @@ def _result(the_plan, host, domids):
         "recovered": [],
         "interrupted": [j.summary() for j in host.journals],
         "left": [],
+        "reset_failed": [],
         "warnings_detail": [],
     }
 
@@ -140,13 +171,16 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
     except XenPciError as exc:
         # Nothing was read, nothing done: say what the request was for.
         raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
-    the_plan = _check(platform, host, parsed, params, budget.work)
+    parsed, selected = _select(platform, host, parsed, params, desired)
+    reset_warnings = []
+    the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
     result["resolved"] = declared(the_plan, host, platform)
+    result["selected"] = {_name(host.resolve(ref)): items for ref, items in selected.items()}
     result["declared"] = {_name(host.resolve(ref)): {"key": str(ref), "specs": list(specs)} for ref, specs in desired.items()}
     if check_mode or (not the_plan.changed and not host.journals):
-        result["warnings_detail"] = untrusted_warnings(platform.xs)
+        result["warnings_detail"] = reset_warnings + untrusted_warnings(platform.xs)
         return result
     # A request that changes something (or finds a journal) needs the engine;
     # a no-op one never loads it.
@@ -168,7 +202,8 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
         if host.journals:
             recover_journals(ctx, host, held=set(domids), required=set(domids))
             host = ctx.host = read_host(platform.xs, budget.work, involved)
-        the_plan = _check(platform, host, parsed, params, budget.work)
+        reset_warnings = []
+        the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
         before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
         _run(ctx, platform, host, the_plan, params)
     except XenPciError as exc:
@@ -179,6 +214,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
                 lock.release()
     after = read_host(platform.xs, budget.final(), _with_stubdoms(host, domids))
     result.update(_outcome(ctx, platform, the_plan, after, domids))
+    result["warnings_detail"] = reset_warnings + result["warnings_detail"]
     mismatch = _mismatch(the_plan, after)
     if mismatch:
         details = dict(result)
@@ -226,6 +262,7 @@ def _outcome(ctx, platform, the_plan, after, domids):
         "interrupted": [j.summary() for j in after.journals],
         "left": list(ctx.report.left),
         "devices": dict(ctx.report.devices),
+        "reset_failed": list(ctx.report.reset_failed),
         "waited": round(ctx.report.waited, 3),
         "warnings_detail": list(ctx.report.warnings) + untrusted_warnings(platform.xs),
     }
@@ -260,4 +297,5 @@ def _failed(ctx, platform, budget, exc, the_plan, before, result):
                         domains=domain_summary(after, domids), recovered=list(ctx.report.recovered) or None,
                         interrupted=[j.summary() for j in after.journals] or None,
                         warnings_detail=list(ctx.report.warnings) + untrusted_warnings(platform.xs),
+                        reset_failed=list(ctx.report.reset_failed) or None,
                         reattached=result["reattached"] or None)

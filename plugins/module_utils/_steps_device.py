@@ -380,7 +380,7 @@ class Revoke(Step):
 class Reset(Step):
     """Reset detached devices as libxl does (pciback's do_flr, else the
     device's reset file). A device without a reset, or whose reset fails,
-    is reported in the warnings, never hidden. data: bdfs."""
+    is reported in the warnings and in ``reset_failed``, never hidden. data: bdfs."""
 
     kind = "reset"
 
@@ -397,6 +397,7 @@ class Reset(Step):
             except XenPciError as exc:
                 self.result[bdf] = None
                 ctx.report.warnings.append("reset of %s failed: %s" % (bdf, exc.msg))
+                ctx.report.reset_failed.append({"bdf": bdf, "error": exc.msg, "errno": exc.details.get("errno")})
 
     def undo(self, ctx):
         """Nothing to take back."""

@@ -37,6 +37,26 @@ PCI_BAR_IO = 0x1
 # libxl reads the first 7 lines (6 BARs and the ROM); SR-IOV lines follow.
 PROC_PCI_NUM_RESOURCES = 7
 DEFAULT_TIMEOUT = 10.0
+PCI_CONFIG_SIZE = 256
+PCIE_CONFIG_SIZE = 4096
+PCI_EXT_CAP_ID_DSN = 0x0003
+
+
+def dsn_from_config(cfg):
+    """The 64-bit Device Serial Number in a config space dump, or None.
+    Extended capabilities start at 0x100, each a 32-bit header (ID in bits
+    0-15, next offset in bits 20-31, dword aligned); a zero or all-ones
+    header ends the list, as does a loop (bounded by the space's size)."""
+    pos, hops = PCI_CONFIG_SIZE, 0
+    while PCI_CONFIG_SIZE <= pos <= len(cfg) - 12 and hops < (PCIE_CONFIG_SIZE - PCI_CONFIG_SIZE) // 8:
+        header = int.from_bytes(cfg[pos:pos + 4], "little")
+        if header in (0, 0xFFFFFFFF):
+            return None
+        if header & 0xFFFF == PCI_EXT_CAP_ID_DSN:
+            return int.from_bytes(cfg[pos + 4:pos + 12], "little")
+        pos = (header >> 20) & 0xFFC
+        hops += 1
+    return None
 
 
 def _address(bdf):
@@ -307,6 +327,62 @@ class Sysfs(object):
             resources=self.resources(bdf), irq=self.irq(bdf),
             reset_method="do_flr" if self._do_flr else ("reset" if "reset" in present else None),
             iommu_group=self.iommu_group(bdf) if "iommu_group" in present else None, enabled=enabled)
+
+    # -- identity (for selectors) ------------------------------------------
+
+    def physical_path(self, bdf):
+        """Where the device sits, stable across bus renumbering: the root
+        bus, then slot.function per hop (``pci0000:00/1c.0/00.0`` for a
+        device behind the root port 00:1c.0).  Bus numbers below the root
+        are left out: firmware or a hot-plug may renumber them."""
+        real = os.path.realpath(self.dev_path(bdf))
+        rel = os.path.relpath(real, os.path.realpath(self.path("devices")))
+        parts = rel.split(os.sep)
+        if rel.startswith("..") or not parts[0].startswith("pci"):
+            raise SysfsError("%s: %s does not resolve into %s" % (bdf, self.dev_path(bdf), self.path("devices")),
+                             device=bdf, file=self.dev_path(bdf))
+        hops = [p for p in parts[1:] if _is_address(p)]
+        return "/".join([parts[0]] + ["%02x.%d" % (Bdf.parse(h).slot, Bdf.parse(h).func) for h in hops])
+
+    def label(self, bdf):
+        """The firmware's name of the device (``label``, ACPI _DSM or SMBIOS), or None."""
+        path = self.dev_path(bdf, "label")
+        if not os.path.exists(path):
+            return None
+        return self._read(path, bdf).strip() or None
+
+    def serial_number(self, bdf):
+        """The PCIe Device Serial Number (extended capability 0x0003) as
+        ``xx-xx-xx-xx-xx-xx-xx-xx``, most significant byte first, or None
+        when the device has none (conventional PCI: 256 bytes of config)."""
+        path = self.dev_path(bdf, "config")
+        try:
+            with open(path, "rb") as f:
+                cfg = f.read(PCIE_CONFIG_SIZE)
+        except OSError as exc:
+            raise self._error("read of %s failed" % path, exc.errno, bdf, path) from exc
+        serial = dsn_from_config(cfg)
+        if serial is None:
+            return None
+        return "-".join("%02x" % b for b in serial.to_bytes(8, "big"))
+
+    def identity(self, bdf, fields):
+        """The selector fields of one device (only those in ``fields``:
+        reading a config space per device is not free)."""
+        bdf = normalise_bdf(bdf)
+        out = {}
+        for name in ("vendor", "device", "subsystem_vendor", "subsystem_device"):
+            if name in fields:
+                out[name] = self._hex(bdf, name, optional=True)
+        if "class" in fields:
+            out["class"] = self._hex(bdf, "class")
+        if "label" in fields:
+            out["label"] = self.label(bdf)
+        if "path" in fields:
+            out["path"] = self.physical_path(bdf)
+        if "serial" in fields:
+            out["serial"] = self.serial_number(bdf)
+        return out
 
     def drivers(self, bdfs):
         """{bdf: driver name or None}: one link read per device."""

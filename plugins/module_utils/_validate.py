@@ -17,11 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._bdf import SPEC_KEYS, Bdf, PciSpec
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
+from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
+from ansible_collections.xen.pci.plugins.module_utils._reset import POLICIES, reset_report
+from ansible_collections.xen.pci.plugins.module_utils._selectors import Inventory, choose, is_selector, parse_selector, selector_fields
 
+# What a selector entry may add to each device it chooses (a name is a lookup here).
+PASSTHROUGH_KEYS = tuple(k for k in SPEC_KEYS if k not in ("bdf", "name"))
 # Longest domain name we take (xl's own limit is xenstore's: 4096 bytes).
 NAME_MAX = 256
 
@@ -87,6 +92,42 @@ def common_options(params, problems):
         problems.append(Problem(problem, "timeout"))
 
 
+def check_reset_policy(params, problems):
+    value = params.get("reset", "best_effort")
+    if value not in POLICIES:
+        problems.append(Problem("reset must be one of %s, got %r" % (", ".join(POLICIES), value), "reset"))
+
+
+def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attached"):
+    """The reset policy for one device about to be given out: strict refuses
+    a device without a usable reset (a Problem), best_effort appends a
+    warning to ``warnings``, none does not look."""
+    if policy == "none":
+        return None
+    report = reset_report(sysfs, bdf)
+    if report["usable"]:
+        return None
+    if policy == "strict":
+        return Problem("%s; reset: strict refuses it (use reset: best_effort to take it anyway)" % report["why"], where,
+                       domain=domain, device=bdf, kind=RefusedError, details={"reset": report})
+    if warnings is not None:
+        warnings.append("%s; it is %s anyway (reset: best_effort) and keeps its state between guests" % (
+            report["why"], what))
+    return None
+
+
+def pool_entry_problem(platform, bdf, policy, warnings, readiness):
+    """A device entering the pool (xen.pci.assignable) must be assignable on
+    this host (an endpoint, an IOMMU) and, under reset: strict, have a reset.
+    ``readiness``: a dict filled with the host's readiness on first use."""
+    if not readiness:
+        readiness.update(host_readiness(platform))
+    refusal = assign_refusal(platform.sysfs, bdf, readiness)
+    if refusal:
+        return Problem(refusal, "devices", device=bdf, kind=RefusedError, details={"readiness": dict(readiness)})
+    return reset_problem(platform.sysfs, bdf, policy, warnings, "devices", what="made assignable")
+
+
 def consent_of(params, problems):
     """``take_from_driver``: the addresses of devices that may be taken from
     the dom0 driver holding them (as if their specs said seize=1)."""
@@ -118,6 +159,7 @@ def passthrough_input(params, desired):
     problems: List[Problem] = []
     common_options(params, problems)
     consent_of(params, problems)
+    check_reset_policy(params, problems)
     state = params.get("state", "present")
     if state not in STATES:
         problems.append(Problem("state must be one of %s, got %r" % (", ".join(STATES), state), "state"))
@@ -142,6 +184,10 @@ def passthrough_input(params, desired):
         for index, spec in enumerate(specs):
             item = "%s[%d]" % (where_of if where_of == "devices" else where, index)
             try:
+                if is_selector(spec):
+                    # resolved on the host (select_devices), then checked as addresses
+                    parse_selector(spec, PASSTHROUGH_KEYS)
+                    continue
                 out.append(PciSpec.coerce(spec))
             except SpecError as exc:
                 problems.append(Problem("%s (device #%d of %s): %s" % (item, index, label, exc.msg), item, domain=label,
@@ -152,6 +198,65 @@ def passthrough_input(params, desired):
     if state != "absent":
         problems += _declared_twice(parsed, where_of)
     return parsed, problems
+
+
+def has_selectors(desired):
+    return isinstance(desired, dict) and any(
+        isinstance(specs, list) and any(is_selector(s) for s in specs) for specs in desired.values())
+
+
+def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None, bdf_of_name=None):
+    """Replace every selector entry of ``desired`` ({ref: entries}, shapes
+    already checked) by the devices it chooses on this host. Returns
+    (desired with addresses only, {ref: [{entry, select, count, bdfs}]},
+    problems). ``owner_of(ref)``: the domid whose devices come first (None
+    when unknown); ``holder_of(bdf)``: the domid holding a device, or None;
+    ``bdf_of_name(name)``: the address a ``name=`` entry stands for, or None."""
+    problems: List[Problem] = []
+    parsed = {}
+    claimed = {}
+    for ref, specs in desired.items():
+        where = where_of if ref is None or where_of == "devices" else "%s[%s]" % (where_of, ref)
+        for index, spec in enumerate(specs):
+            if is_selector(spec):
+                parsed[(ref, index)] = parse_selector(spec, PASSTHROUGH_KEYS if spec_keys is None else spec_keys)
+                continue
+            try:
+                given = PciSpec.coerce(spec)
+            except SpecError:
+                continue        # passthrough_input reports it
+            address = given.address or (bdf_of_name(given.name) if bdf_of_name else None)
+            if address:
+                claimed.setdefault(address, "%s[%d]" % (where, index))
+    if not parsed:
+        return desired, {}, problems
+    if sysfs is None:
+        return desired, {}, [Problem("%s: selectors need sysfs (sysfs_root) to find the devices" % where_of, where_of)]
+    inventory = Inventory(sysfs, selector_fields(parsed.values()))
+    out, report = {}, {}
+    for ref, specs in desired.items():
+        where = where_of if ref is None or where_of == "devices" else "%s[%s]" % (where_of, ref)
+        owner = owner_of(ref)
+        entries = []
+        for index, spec in enumerate(specs):
+            sel = parsed.get((ref, index))
+            if sel is None:
+                entries.append(spec)
+                continue
+            item = "%s[%d]" % (where, index)
+            try:
+                bdfs = choose(sel, item, owner, inventory, holder_of, claimed)
+            except SpecError as exc:
+                problems.append(Problem(exc.msg, item, domain=None if ref is None else str(ref),
+                                        device=sel.describe(), details={"candidates": exc.details.get("candidates")}))
+                continue
+            for bdf in bdfs:
+                claimed[bdf] = item
+                entries.append(dict(sel.options, bdf=bdf))
+            report.setdefault(ref, []).append({"entry": index, "select": dict(sel.given["select"]),
+                                               "count": sel.count, "bdfs": bdfs})
+        out[ref] = entries
+    return out, report, problems
 
 
 def _duplicates(specs, where, label):
@@ -216,9 +321,11 @@ def check_domain(dom, platform, problems, where):
     return None
 
 
-def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=()):
+def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=(), reset="best_effort",
+                     warnings=None):
     """Stage 2: ``parsed`` against the host. Returns ({domid: [PciFunction]
-    or [bdf]}, problems). ``consent``: addresses that may be seized."""
+    or [bdf]}, problems). ``consent``: addresses that may be seized;
+    ``reset``: the reset policy; ``warnings``: a list for best_effort's."""
     problems: List[Problem] = []
     resolved: Dict[int, list] = {}
     labels = {}
@@ -259,7 +366,7 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
         if funcs:
             check_domain(dom, platform, problems, where)
     if state != "absent":
-        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {})
+        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {}, reset, warnings)
     return resolved, problems
 
 
@@ -289,10 +396,20 @@ def _absent_bdfs(host, dom, specs):
     return out
 
 
-def _devices(host, resolved, state, platform, make_assignable, present, qemu):
+def _devices(host, resolved, state, platform, make_assignable, present, qemu, reset, warnings):
     """Every device exists, belongs to nobody else, is (or may be made)
-    assignable, is declared once, and its vslot is free in the guest."""
+    assignable, can be assigned on this host (an endpoint, an IOMMU), has
+    a reset if the policy says so, is declared once, and its vslot is free
+    in the guest."""
     problems: List[Problem] = []
+    readiness = {}
+
+    def ready():
+        # Asked once, and only when a device is to be attached: a request
+        # that changes nothing never opens the hypervisor.
+        if not readiness:
+            readiness.update(host_readiness(platform))
+        return readiness
     owner = {}
     leaving = set()
     if state == "exact":
@@ -347,6 +464,15 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu):
             elif driver != "pciback" and not sysfs.pciback_loaded():
                 problems.append(Problem("xen-pciback is not loaded: %s cannot be made assignable for %s" % (bdf, label),
                                         where, domain=label, device=bdf, kind=RefusedError))
+            else:
+                refusal = assign_refusal(sysfs, bdf, ready())
+                if refusal:
+                    problems.append(Problem("%s (declared for %s)" % (refusal, label), where, domain=label, device=bdf,
+                                            kind=RefusedError, details={"readiness": ready()}))
+                    continue
+                problem = reset_problem(sysfs, bdf, reset, warnings, where, label, "attached to %s" % label)
+                if problem:
+                    problems.append(problem)
         problems += _slots(dom, funcs, current, resolved, state, qemu.get(domid))
     return problems
 

@@ -44,6 +44,22 @@ DEFAULT_TIMEOUT = 10.0
 # the buffer is larger and only the stable head (domain u16, pad u16,
 # flags u32) is read.
 _INFO_BUF = 1024
+# xc_physinfo_t: seven u32 fields, then ``capabilities`` (offset 28) in every
+# layout since 4.13; later fields (arch_capabilities in newer Xen) vary, so
+# the buffer is larger than any of them and only that word is read.
+_PHYSINFO_BUF = 1024
+_PHYSINFO_CAPS = 28
+# XEN_SYSCTL_PHYSCAP_* bits and the words ``xl info`` prints for them in
+# virt_caps, in its order (hvm_directio/pv_directio: directio with hvm/pv).
+PHYSCAP_HVM, PHYSCAP_PV, PHYSCAP_DIRECTIO = 1 << 0, 1 << 1, 1 << 2
+_VIRT_CAPS = (("pv", 1 << 1, 0), ("hvm", 1 << 0, 0), ("hvm_directio", 1 << 0, 1 << 2), ("pv_directio", 1 << 1, 1 << 2),
+              ("hap", 1 << 3, 0), ("shadow", 1 << 4, 0), ("iommu_hap_pt_share", 1 << 5, 0), ("vmtrace", 1 << 6, 0),
+              ("vpmu", 1 << 7, 0), ("gnttab-v1", 1 << 8, 0), ("gnttab-v2", 1 << 9, 0))
+
+
+def virt_caps(capabilities):
+    """physinfo's capabilities as ``xl info`` shows them: ``pv hvm hvm_directio ...``."""
+    return " ".join(word for word, bit, also in _VIRT_CAPS if capabilities & bit and (not also or capabilities & also))
 
 
 def format_sbdf(sbdf):
@@ -120,6 +136,10 @@ class XenCtrl(object):
         """{'domid', 'flags', 'hvm', 'paused', 'dying', 'shutdown'}; ESRCH if absent."""
         raise NotImplementedError
 
+    def physinfo(self):
+        """{'capabilities': XEN_SYSCTL_PHYSCAP_* bits, 'virt_caps': as xl info prints them}."""
+        raise NotImplementedError
+
     def close(self):
         pass
 
@@ -182,6 +202,11 @@ class LibXenCtrl(XenCtrl):
                 raise HypervisorError("libxenctrl has no %s" % name, errno_name="ENOSYS", op=name) from exc
             fn.restype = restype
             fn.argtypes = argtypes
+        # Only the readiness report needs it: its absence fails that call alone.
+        self._has_physinfo = hasattr(lib, "xc_physinfo")
+        if self._has_physinfo:
+            lib.xc_physinfo.restype = c.c_int
+            lib.xc_physinfo.argtypes = [c.c_void_p, c.c_void_p]
 
     def _call(self, op, args, *cargs):
         if not self.xch:
@@ -233,6 +258,14 @@ class LibXenCtrl(XenCtrl):
             # getinfolist returns the next existing domain, not an error
             raise _fail("xc_domain_getinfolist", args, "ESRCH")
         return _info_dict(domid, int.from_bytes(buf.raw[4:8], "little"))
+
+    def physinfo(self):
+        if not self._has_physinfo:
+            raise _fail("xc_physinfo", {}, "ENOSYS", "libxenctrl has no xc_physinfo")
+        buf = ctypes.create_string_buffer(_PHYSINFO_BUF)
+        self._call("xc_physinfo", {}, buf)
+        caps = int.from_bytes(buf.raw[_PHYSINFO_CAPS:_PHYSINFO_CAPS + 4], "little")
+        return {"capabilities": caps, "virt_caps": virt_caps(caps)}
 
     def close(self):
         if self.xch:
@@ -322,6 +355,10 @@ class SimXenCtrl(XenCtrl):
     def domain_getinfo(self, domid):
         info = self._request("domain_getinfo", {"domid": domid})["info"]
         return _info_dict(info["domid"], info["flags"])
+
+    def physinfo(self):
+        caps = int(self._request("physinfo", {})["physinfo"]["capabilities"])
+        return {"capabilities": caps, "virt_caps": virt_caps(caps)}
 
     def close(self):
         if self.sock is not None:

@@ -468,6 +468,12 @@ def _pci_items(cfg):
     return setting, out
 
 
+def pci_addresses(cfg):
+    """The addresses the pci list of ``cfg`` names (not its names)."""
+    _setting, items = _pci_items(cfg)
+    return [spec.address for _item, spec in items if spec.address]
+
+
 def _last_assign_start(cfg, key):
     starts = [s.start for s in cfg.settings if s.key == key and s.op == "="]
     return starts[-1] if starts else -1

@@ -42,6 +42,11 @@ options:
         dictionary with C(bdf) and/or C(name).
       - C(name) is the libxl device name (C(xl pci-assignable-add -n)). With O(state=present) and a
         C(bdf), the device gets that name; a C(name) alone names a device that already carries it.
+      - A device may also be named by what it is, a dictionary with C(select) and optionally C(count) and C(name),
+        with the keys of M(xen.pci.passthrough)'s selectors (C(id), C(vendor), C(device), C(subsystem),
+        C(subsystem_vendor), C(subsystem_device), C(class), C(serial), C(path), C(label)). Without C(count) it must
+        match exactly one device; C(count=N) takes N (devices already in the pool first, then by address);
+        C(count=all) every match. See RV(selected).
     type: list
     elements: raw
     required: true
@@ -76,6 +81,19 @@ options:
     type: str
     choices: [keep, exact]
     default: keep
+  reset:
+    description:
+      - With O(state=present), what to do with a device entering the pool that the host cannot reset
+        (no C(do_flr) in pciback, no C(reset) file in sysfs); such a device keeps its state from one guest to the next.
+      - V(strict) refuses it before anything is written, naming what is missing; V(best_effort) makes it
+        assignable and says so in RV(warnings_detail); V(none) does not look.
+      - Whatever the policy, a device that cannot be assigned on this host is refused before anything is
+        written - a PCI bridge, or any device when Xen runs without an IOMMU.
+      - A device a C(select) entry chooses is checked the same way, and the refusal names its address.
+    type: str
+    choices: [strict, best_effort, none]
+    default: best_effort
+    version_added: 0.2.0
 notes:
   - Making a device assignable takes it away from dom0. Do not use O(take_from_driver) on a device dom0 needs
     (its disk or management network).
@@ -101,6 +119,25 @@ EXAMPLES = r"""
     devices: ["0000:04:00.0"]
     state: absent
 
+- name: Every NIC of one model into the pool, whatever its address on this host
+  xen.pci.assignable:
+    devices:
+      - select: {id: "8086:100e", class: "0x0200"}
+        count: all
+    take_from_driver: true
+
+- name: The on-board NIC, found by its firmware label, named lan0
+  xen.pci.assignable:
+    devices:
+      - select: {label: "Onboard LAN"}
+        name: lan0
+    take_from_driver: true
+
+- name: Admit to the pool only devices the host can reset between guests
+  xen.pci.assignable:
+    devices: ["0000:03:00.0", "0000:03:00.1"]
+    reset: strict
+
 - name: Forget the names of listed devices that are given without one
   xen.pci.assignable:
     devices: ["0000:03:00.0"]
@@ -108,6 +145,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+selected:
+  description: What each selector entry of O(devices) chose - its index, C(select), C(count) and the addresses.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"entry": 0, "select": {"label": "Onboard LAN"}, "count": null, "bdfs": ["0000:00:19.0"]}]
 actions:
   description: Steps taken, in order (in check mode, the steps that would be taken).
   returned: always
@@ -171,6 +214,7 @@ def main():
         take_from_driver=dict(type="bool", default=False),
         rebind=dict(type="bool", default=True),
         names=dict(type="str", choices=["keep", "exact"], default="keep"),
+        reset=dict(type="str", choices=["strict", "best_effort", "none"], default="best_effort"),
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

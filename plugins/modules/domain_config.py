@@ -62,8 +62,18 @@ options:
       - PCI devices, each an C(xl) PCI spec string (see the xl-pci-configuration(5) manual page, for example
         V(0000:03:00.0@4,permissive=1)) or a dictionary with the same keys, as in M(xen.pci.passthrough).
       - When not given, the C(pci) list is left as it is (only the other options are applied).
+      - A device may also be a selector, a dictionary with C(select) and C(count) as in M(xen.pci.passthrough), resolved on
+        this host's sysfs (O(sysfs_root)) before the file is edited. The file gets the addresses chosen, without
+        a comment (the selector lives in the playbook; the result's RV(selected) says what it chose). Devices the file
+        lists already are chosen first, and, with O(configs), a device one file lists is never chosen for another.
     type: list
     elements: raw
+  sysfs_root:
+    description:
+      - Where this host's sysfs is mounted, read only to resolve selectors in O(devices).
+    type: path
+    default: /sys
+    version_added: 0.2.0
   state:
     description:
       - V(present) adds the listed devices that are missing and rewrites those listed with other options.
@@ -143,6 +153,15 @@ EXAMPLES = r"""
     devices: ["0000:03:00.0"]
     state: absent
 
+- name: Every NIC of one model in db1's config, whatever their addresses on this host
+  xen.pci.domain_config:
+    path: /etc/xen/db1.cfg
+    devices:
+      - select: {id: "8086:100e"}
+        count: all
+        permissive: true
+    state: exact
+
 - name: Every guest's config of a host in one task
   xen.pci.domain_config:
     configs:
@@ -175,6 +194,12 @@ settings:
   returned: always
   type: dict
   sample: {pci_permissive: true}
+selected:
+  description: What each selector of the file's O(devices) chose - its index, C(select), C(count) and the addresses.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"entry": 0, "select": {"id": "8086:100e"}, "count": "all", "bdfs": ["0000:01:00.0", "0000:00:1d.0"]}]
 path:
   description: The config file.
   returned: when O(path) is given
@@ -209,6 +234,7 @@ def main():
         pci_seize=dict(type="bool"),
         backup=dict(type="bool", default=False),
         create=dict(type="bool", default=False),
+        sysfs_root=dict(type="path", default="/sys"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True,
                            required_one_of=[("path", "configs")], mutually_exclusive=[("path", "configs")])

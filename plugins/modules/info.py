@@ -38,9 +38,12 @@ options:
       - V(full) reports every attribute of each device (ids, class, resources, IRQ, reset method, IOMMU group).
       - V(summary) reports only what ownership needs (address, driver, pool, holder, name), reading one link per
         device instead of a dozen files. It is the cheap read for fleet reports.
-      - The guests (RV(domains)) are the same in both.
+      - V(readiness) reports what V(full) does, and whether the host can pass devices through at all
+        (RV(readiness)) and, for each device, its reset capability (C(reset)) and whether it can be assigned
+        (C(assignability)). It reads every device's config space; use it to check a host, not for fleet reports.
+      - The guests (RV(domains)) are the same at every level.
     type: str
-    choices: [full, summary]
+    choices: [full, summary, readiness]
     default: full
     version_added: 0.2.0
 seealso:
@@ -61,6 +64,16 @@ EXAMPLES = r"""
   xen.pci.info:
     detail: summary
   register: pci_summary
+
+- name: Can this host pass devices through, and which devices can be reset?
+  xen.pci.info:
+    detail: readiness
+  register: pci_ready
+
+- name: Stop when the host cannot pass devices through
+  ansible.builtin.assert:
+    that: pci_ready.readiness.passthrough_ready is not false
+    fail_msg: "{{ pci_ready.readiness.reasons | join('; ') }}"
 """
 
 RETURN = r"""
@@ -83,6 +96,37 @@ devices:
       remembered_driver: null
       reset_method: reset
       iommu_group: 4
+      reset:
+        usable: true
+        method: reset
+        methods: [flr, pm]
+        sources: {do_flr: false, reset_file: true, reset_method: [flr, pm], config: {flr: true, af_flr: false, pm: true}}
+        why: null
+      assignability:
+        header_type: 0
+        kind: endpoint
+        endpoint: true
+        iommu_group: 4
+        group_peers: []
+        slot_peers: ["0000:00:10.1"]
+        refused: null
+readiness:
+  description:
+    - Whether this host can pass devices through at all, with O(detail=readiness).
+    - C(passthrough_ready) is V(true), V(false) (C(reasons) say why) or V(null) when Xen could not be asked
+      (C(hypervisor=none)). C(iommu) comes from Xen's physinfo (C(directio)), C(virt_caps) is what C(xl info)
+      prints, C(pciback) is V(module), V(builtin) or V(absent). C(pcifront) and C(rmrr) (reserved memory regions
+      shared between devices, shown only in Xen's console log) are reported as unknown rather than guessed.
+  returned: with O(detail=readiness)
+  type: dict
+  sample:
+    passthrough_ready: true
+    reasons: []
+    iommu: true
+    virt_caps: pv hvm hvm_directio pv_directio hap shadow iommu_hap_pt_share gnttab-v1 gnttab-v2
+    pciback: module
+    pcifront: unknown (a guest kernel's driver, not visible from dom0)
+    rmrr: unknown (Xen's console log, xl dmesg, is not read)
 assignable:
   description: BDFs bound to pciback and not attached to any guest (what C(xl pci-assignable-list) prints).
   returned: always
@@ -122,7 +166,7 @@ from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_in
 
 
 def main():
-    argument_spec = dict(detail=dict(type="str", choices=["full", "summary"], default="full"))
+    argument_spec = dict(detail=dict(type="str", choices=["full", "summary", "readiness"], default="full"))
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     finish(module, lambda: run_info(module.params))

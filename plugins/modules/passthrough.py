@@ -54,6 +54,21 @@ options:
       - PCI devices of O(domain), each an C(xl) PCI spec string (see the xl-pci-configuration man page),
         for example V(0000:03:00.0@4,permissive=1) or a dictionary with the same keys.
       - A device is named by C(bdf) or by C(name) (a name given with C(xl pci-assignable-add -n)).
+      - A device may also be named by what it is, a selector (see the Device selectors guide), a dictionary
+        with C(select), a mapping of any of C(id) (V(10de:20b0), vendor:device in hex), C(vendor), C(device),
+        C(subsystem) (V(17aa:1234)), C(subsystem_vendor), C(subsystem_device), C(class) (V(0x02) base class,
+        V(0x0200) class and subclass, V(0x020000) with the programming interface), C(serial) (the PCIe Device Serial
+        Number as lspci shows it, V(00-1b-21-ff-ff-6c-3a-2e)), C(path) (where it sits, the root bus then slot.function
+        per hop, V(pci0000:00/1c.0/00.0), stable when buses are renumbered) and C(label) (the firmware's name, sysfs
+        C(label)); every key given must match. Quote the hex values, YAML reads an unquoted V(8086) as a decimal number.
+      - C(count) says how many devices the selector stands for. Not given, it must match exactly one device;
+        a number N takes N of the matches; V(all) takes every match. Too few matches (or several without C(count))
+        fail the task before anything changes, listing the candidates.
+      - The other keys of a selector (C(permissive), C(seize), C(msitranslate), C(power_mgmt), C(rdm_policy), and
+        C(vslot) when it stands for one device) apply to each device it chooses. The choice is stable, the guest's own
+        devices first, then those bound to C(pciback) and free, then the others, each in address order. A device given
+        by another entry of the task is skipped by C(count=N) and refused (naming both entries) otherwise; a device of
+        another guest is never taken by C(count=N). See RV(selected).
     type: list
     elements: raw
   assignments:
@@ -85,6 +100,22 @@ options:
     type: list
     elements: str
     default: []
+  reset:
+    description:
+      - What to do with a device to attach that the host cannot reset (no C(do_flr) in pciback, no C(reset)
+        file in sysfs); a device that is not reset keeps its state (DMA setup, data) from one guest to the next.
+      - V(strict) refuses such a device before anything is written, naming what is missing.
+      - V(best_effort) attaches it and says so in RV(warnings_detail).
+      - V(none) does not look. Detaching still resets each device the way C(xl) does; a failed reset is
+        listed in RV(reset_failed) with every policy.
+      - Whatever the policy, a device that cannot be assigned on this host is refused before anything is
+        written - a PCI bridge (not an endpoint), or any device when Xen runs without an IOMMU
+        (no C(hvm_directio)/C(pv_directio) in C(xl info)'s C(virt_caps)).
+      - A device a C(select) entry chooses is checked the same way, and the refusal names its address.
+    type: str
+    choices: [strict, best_effort, none]
+    default: best_effort
+    version_added: 0.2.0
   force:
     description:
       - Detach even when the guest never acknowledges the removal (the PCI backend is rebuilt
@@ -114,6 +145,35 @@ EXAMPLES = r"""
       web1: ["03:00.0"]
       db1: ["04:00.0@5", "name=gpu0"]
     state: exact
+
+- name: Pass every NIC of one model through to db1, taking them from their dom0 driver
+  xen.pci.passthrough:
+    domain: db1
+    devices:
+      - select: {id: "8086:100e"}
+        count: all
+        seize: true
+    make_assignable: true
+
+- name: One GPU each for two guests, from the host's identical GPUs (never the same one)
+  xen.pci.passthrough:
+    assignments:
+      render1: [{select: {class: "0x0300", vendor: "10de"}, count: 1}]
+      render2: [{select: {class: "0x0300", vendor: "10de"}, count: 1, permissive: true}]
+
+- name: The NIC behind root port 00:1c.0, and the one with this serial number
+  xen.pci.passthrough:
+    domain: web1
+    devices:
+      - select: {path: "pci0000:00/1c.0/00.0"}
+      - select: {serial: "00-1b-21-ff-ff-6c-3a-2e"}
+        vslot: 5
+
+- name: Attach only devices the host can reset between guests
+  xen.pci.passthrough:
+    domain: web1
+    devices: ["0000:03:00.0"]
+    reset: strict
 
 - name: Take a device away from a guest that does not answer
   xen.pci.passthrough:
@@ -154,6 +214,13 @@ resolved:
   returned: always
   type: dict
   sample: {"web1": [{"bdf": "0000:03:00.0", "spec": "0000:03:00.0", "seize": false, "driver": "pciback"}]}
+selected:
+  description:
+    - What each selector entry chose on this host, per guest (by its name) - the entry's index in the guest's list,
+      its C(select), C(count) and the addresses chosen, in the order of choice.
+  returned: always
+  type: dict
+  sample: {"db1": [{"entry": 0, "select": {"id": "8086:100e"}, "count": "all", "bdfs": ["0000:01:00.0", "0000:00:19.0"]}]}
 declared:
   description: The declaration as given, per guest (by its name), with the key it was given under and its specs.
   returned: always
@@ -189,8 +256,18 @@ waited:
   description: Seconds spent waiting for guests and kernels to answer.
   returned: when something was changed
   type: float
+reset_failed:
+  description:
+    - Detached devices whose reset failed or that have no reset, each with the error; the devices are
+      detached, but they may keep the state the guest left in them.
+  returned: when something was changed
+  type: list
+  elements: dict
+  sample: [{"bdf": "0000:03:00.0", "error": "0000:03:00.0: the kernel offers no reset for this device", "errno": "ENOENT"}]
 warnings_detail:
-  description: Conditions that did not fail the task, such as a guest that is not running yet.
+  description:
+    - Conditions that did not fail the task, such as a guest that is not running yet, or a device attached
+      without a reset under O(reset=best_effort).
   returned: always
   type: list
   elements: str
@@ -212,6 +289,7 @@ def main():
         make_assignable=dict(type="bool", default=False),
         take_from_driver=dict(type="list", elements="str", default=[]),
         force=dict(type="bool", default=False),
+        reset=dict(type="str", choices=["strict", "best_effort", "none"], default="best_effort"),
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(

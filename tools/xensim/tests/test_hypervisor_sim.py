@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from xensim.hypervisor import DOMID_IO, Hypervisor  # noqa: E402
+from xensim.hypervisor import DOMID_IO, HvError, Hypervisor  # noqa: E402
 
 SCENARIO = {
     "devices": [
@@ -162,3 +162,21 @@ def test_bad_request_lines(hv, call):
     assert r["ok"] is False and r["errno"] == "EINVAL"
     # the connection survives a bad line
     assert call(op="domain_getinfo", domid=0)["ok"]
+
+
+def test_physinfo_capabilities_with_and_without_iommu(hv, tmp_path):
+    caps = hv.call("physinfo", {})["physinfo"]["capabilities"]
+    # pv hvm directio hap shadow iommu_hap_pt_share gnttab-v1 gnttab-v2
+    assert caps == 0b1100111111
+    host = types.SimpleNamespace(paths={"hypervisor": str(tmp_path / "off")}, scenario=dict(SCENARIO, iommu=False),
+                                 grants=[], loop=None)
+    off = Hypervisor(host)
+    assert off.call("physinfo", {})["physinfo"]["capabilities"] == 0b1100011011
+    for op, args in (("assign_device", {"domid": 1, "sbdf": SBDF_10, "flags": 0}),
+                     ("assign_device", {"domid": DOMID_IO, "sbdf": SBDF_10, "flags": 0}),
+                     ("test_assign_device", {"domid": 1, "sbdf": SBDF_10}),
+                     ("deassign_device", {"domid": 1, "sbdf": SBDF_10})):
+        with pytest.raises(HvError) as ei:
+            off.call(op, args)
+        assert ei.value.name == "EOPNOTSUPP", op
+    assert off.owner(SBDF_10) == 0

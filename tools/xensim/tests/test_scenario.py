@@ -88,3 +88,47 @@ def test_xenstored_flavour(tmp_path):
     assert SimHost(s, tmp_path, xenstored="oxenstored").xenstored_flavour == "oxenstored"
     with pytest.raises(ScenarioError, match=r"xenstored: expected oxenstored or c, got 'cxenstored'"):
         sc.loads(text + "xenstored: cxenstored\n")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("parent: \"00:1c.0\"", None),
+    ("parent: \"00:1d.0\"", r"00:1d.0 is not a PCI-to-PCI bridge"),
+    ("parent: \"00:09.0\"", r"00:09.0 is not a PCI-to-PCI bridge"),
+    ("serial: 0x10, pcie: false", r"serial: a serial number is a PCIe extended capability"),
+    ("serial: -1", r"serial: -1 out of range"),
+    ("pcie: false, reset_method: [flr]", r"reset_method: flr is a PCI Express capability"),
+])
+def test_bridges_and_serials_are_checked(edit, message):
+    text = """
+name: b
+devices:
+  - {bdf: "00:1c.0", vendor: 0x8086, device: 0xa110, class: 0x060400}
+  - {bdf: "00:1d.0", vendor: 0x8086, device: 0x100e, class: 0x020000}
+  - {bdf: "01:00.0", vendor: 0x8086, device: 0x100e, class: 0x020000, EDIT}
+""".replace("EDIT", edit)
+    if message is None:
+        s = sc.loads(text)
+        assert s.device("0000:01:00.0").parent == "0000:00:1c.0"
+        # the header type follows the class unless given
+        assert s.device("0000:00:1c.0").header_type == 1 and s.device("0000:01:00.0").header_type == 0
+        return
+    with pytest.raises(ScenarioError, match=message):
+        sc.loads(text)
+
+
+@pytest.mark.parametrize("second, message", [
+    # a child sits on another bus than its bridge
+    ('{bdf: "00:1d.0", vendor: 0x8086, device: 0x100e, parent: "00:1c.0"}', r"in its segment, on another bus"),
+    # a bridge's class fixes its header type
+    ('{bdf: "00:1e.0", vendor: 0x8086, device: 0xa110, class: 0x060400, header_type: 0}',
+     r"devices\[0000:00:1e.0\]\.header_type: a device of class 0x060400 has header type 1, not 0"),
+])
+def test_bridge_rules(second, message):
+    text = """
+name: b
+devices:
+  - {bdf: "00:1c.0", vendor: 0x8086, device: 0xa110, class: 0x060400}
+  - SECOND
+""".replace("SECOND", second)
+    with pytest.raises(ScenarioError, match=message):
+        sc.loads(text)

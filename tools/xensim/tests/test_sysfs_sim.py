@@ -35,12 +35,13 @@ def make_host(tmp_path, scenario=None, **extra):
     return host
 
 
-@pytest.fixture
-def sysfs(tmp_path):
+def mounted(host):
+    """A SysfsFS for ``host``, mounted (skips where FUSE cannot run), then
+    unmounted: the body of the fixtures below."""
     why = SysfsFS.available()
     if why:
         pytest.skip("FUSE sysfs cannot run here: %s" % why)
-    fs = SysfsFS(make_host(tmp_path))
+    fs = SysfsFS(host)
     try:
         fs.start_sync()
     except RuntimeError as exc:
@@ -48,6 +49,11 @@ def sysfs(tmp_path):
     yield fs
     fs.stop_sync()
     assert not os.path.ismount(fs.root)
+
+
+@pytest.fixture
+def sysfs(tmp_path):
+    yield from mounted(make_host(tmp_path))
 
 
 def p(fs, *parts):
@@ -353,3 +359,134 @@ def test_sysfs_uses_the_hosts_fault_registry(tmp_path):
         assert len(faults.rules) == 1
     finally:
         fs.stop_sync()
+
+
+NESTED = {
+    "devices": [
+        {"bdf": "00:1c.0", "vendor": 0x8086, "device": 0xA110, "class": 0x060400, "driver": "pcieport"},
+        {"bdf": "01:00.0", "vendor": 0x8086, "device": 0x100E, "class": 0x020000, "driver": "pciback",
+         "parent": "0000:00:1c.0", "subsystem_vendor": 0x8086, "subsystem_device": 0x0001, "iommu_group": 7,
+         "serial": 0x0011223344556677, "label": "NIC 2", "revision": 3},
+        {"bdf": "00:1d.0", "vendor": 0x8086, "device": 0x100E, "class": 0x020000, "pcie": False},
+    ],
+}
+
+
+@pytest.fixture
+def nested(tmp_path):
+    yield from mounted(make_host(tmp_path, NESTED))
+
+
+def test_devices_behind_a_bridge_live_in_its_directory(nested):
+    fs = nested
+    link = p(fs, "bus/pci/devices/0000:01:00.0")
+    assert os.readlink(link) == "../../../devices/pci0000:00/0000:00:1c.0/0000:01:00.0"
+    real = os.path.realpath(link)
+    assert real == os.path.realpath(p(fs, "devices/pci0000:00/0000:00:1c.0/0000:01:00.0"))
+    # the root bus lists the bridge, not its child; the bridge lists the child beside its attributes
+    assert sorted(os.listdir(p(fs, "devices/pci0000:00"))) == ["0000:00:1c.0", "0000:00:1d.0"]
+    assert "0000:01:00.0" in os.listdir(p(fs, "devices/pci0000:00/0000:00:1c.0"))
+    assert not os.path.exists(p(fs, "devices/pci0000:00/0000:01:00.0"))
+    assert not os.path.exists(p(fs, "devices/pci0000:01"))
+    # relative links out of the nested directory still land at the root
+    assert os.path.realpath(os.path.join(real, "driver")) == os.path.realpath(p(fs, "bus/pci/drivers/pciback"))
+    assert os.path.realpath(os.path.join(real, "subsystem")) == os.path.realpath(p(fs, "bus/pci"))
+    assert os.path.realpath(os.path.join(real, "iommu_group")) == os.path.realpath(p(fs, "kernel/iommu_groups/7"))
+    assert os.path.realpath(p(fs, "bus/pci/drivers/pciback/0000:01:00.0")) == real
+    assert os.path.realpath(p(fs, "kernel/iommu_groups/7/devices/0000:01:00.0")) == real
+
+
+def test_label_only_where_the_firmware_gives_one(nested):
+    fs = nested
+    with open(p(fs, "bus/pci/devices/0000:01:00.0/label")) as f:
+        assert f.read() == "NIC 2\n"
+    assert "label" not in os.listdir(p(fs, "bus/pci/devices/0000:00:1d.0"))
+    assert not os.path.exists(p(fs, "bus/pci/devices/0000:00:1d.0/label"))
+
+
+def test_config_space_agrees_with_the_id_files(nested):
+    fs = nested
+    path = p(fs, "bus/pci/devices/0000:01:00.0/config")
+    assert os.path.getsize(path) == 4096
+    with open(path, "rb") as f:
+        cfg = f.read()
+    assert len(cfg) == 4096
+    assert int.from_bytes(cfg[0:2], "little") == 0x8086 and int.from_bytes(cfg[2:4], "little") == 0x100E
+    assert cfg[8] == 3 and int.from_bytes(cfg[9:12], "little") == 0x020000 and cfg[0x0E] == 0
+    assert int.from_bytes(cfg[0x2C:0x2E], "little") == 0x8086 and int.from_bytes(cfg[0x2E:0x30], "little") == 0x0001
+    assert cfg[0x06] & 0x10 and _cap(cfg, 0x10)                   # capability list with PCI Express
+    header = int.from_bytes(cfg[0x100:0x104], "little")
+    assert header & 0xFFFF == 0x0003 and header >> 20 == 0
+    assert int.from_bytes(cfg[0x104:0x10C], "little") == 0x0011223344556677
+    # a read at an offset pages through the same bytes
+    with open(path, "rb") as f:
+        f.seek(0x104)
+        assert f.read(8) == cfg[0x104:0x10C]
+    with open(p(fs, "bus/pci/devices/0000:00:1c.0/config"), "rb") as f:
+        bridge = f.read()
+    assert bridge[0x0E] == 1 and int.from_bytes(bridge[0x100:0x104], "little") == 0
+    with open(p(fs, "bus/pci/devices/0000:00:1d.0/config"), "rb") as f:
+        conventional = f.read()
+    assert len(conventional) == 256 and _cap(conventional, 0x10) is None and _cap(conventional, 0x01)
+    assert write(path, b"\0") == errno.EACCES
+
+
+RESET_SCENARIO = {
+    "pciback": "builtin",
+    "devices": [
+        {"bdf": "00:10.0", "vendor": 0x1234, "device": 0x11E8, "reset_method": ["flr", "pm"], "irq": 11},
+        {"bdf": "00:10.1", "vendor": 0x1234, "device": 0x11E9, "reset_method": [], "reset": False},
+        {"bdf": "00:1c.0", "vendor": 0x8086, "device": 0x2448, "class": 0x060400, "header_type": 1,
+         "reset_method": ["bus"]},
+    ],
+}
+
+
+def _cap(cfg, wanted):
+    at = cfg[0x34]
+    while at:
+        if cfg[at] == wanted:
+            return at
+        at = cfg[at + 1]
+    return None
+
+
+@pytest.fixture
+def reset_fs(tmp_path):
+    yield from mounted(make_host(tmp_path / "reset", RESET_SCENARIO))
+
+
+def test_reset_files_and_config_space_agree(reset_fs):
+    fs = reset_fs
+    d10 = p(fs, "bus/pci/devices/0000:00:10.0")
+    with open(os.path.join(d10, "reset_method"), encoding="ascii") as f:
+        assert f.read() == "flr pm\n"
+    with open(os.path.join(d10, "config"), "rb") as f:
+        cfg = f.read()
+    assert len(cfg) == 4096 and int.from_bytes(cfg[0:2], "little") == 0x1234
+    assert cfg[0x0E] == 0x80          # endpoint, multi-function (00:10.1 shares the slot)
+    exp, pm = _cap(cfg, 0x10), _cap(cfg, 0x01)
+    assert int.from_bytes(cfg[exp + 4:exp + 8], "little") & (1 << 28)
+    assert not cfg[pm + 4] & 0x08      # No_Soft_Reset clear: a PM reset resets
+    d11 = p(fs, "bus/pci/devices/0000:00:10.1")
+    assert not os.path.exists(os.path.join(d11, "reset")) and not os.path.exists(os.path.join(d11, "reset_method"))
+    with open(os.path.join(d11, "config"), "rb") as f:
+        cfg = f.read()
+    exp, pm = _cap(cfg, 0x10), _cap(cfg, 0x01)
+    assert not int.from_bytes(cfg[exp + 4:exp + 8], "little") & (1 << 28)
+    assert cfg[pm + 4] & 0x08
+    with open(p(fs, "bus/pci/devices/0000:00:1c.0/config"), "rb") as f:
+        assert f.read()[0x0E] & 0x7F == 1
+    # an empty reset_method disables every method: a reset is then ENOTTY
+    assert write(os.path.join(d10, "reset_method"), "\n") == 0
+    assert write(os.path.join(d10, "reset"), "1") == errno.ENOTTY
+    assert write(os.path.join(d10, "reset_method"), "bus\n") == errno.EINVAL
+    assert write(os.path.join(d10, "reset_method"), "default\n") == 0
+    assert write(os.path.join(d10, "reset"), "1") == 0
+
+
+def test_builtin_pciback_has_no_initstate(reset_fs, sysfs):
+    assert sorted(os.listdir(p(reset_fs, "module/xen_pciback"))) == ["parameters"]
+    assert sorted(os.listdir(p(sysfs, "module/xen_pciback"))) == ["initstate", "parameters", "refcnt"]
+    with open(p(sysfs, "module/xen_pciback/initstate"), encoding="ascii") as f:
+        assert f.read() == "live\n"

@@ -20,7 +20,12 @@ The checks are Xen 4.17's (``xen/common/domctl.c``,
   builds), deassign from DOMID_IO gives it back to dom0;
 * devices hidden at boot start owned by dom0, not quarantined;
 * unmapping a pirq that is not mapped is EINVAL; mapping a GSI to a pirq
-  already used by another GSI is EEXIST.
+  already used by another GSI is EEXIST;
+* on a host whose IOMMU is off (scenario ``iommu: false``: no IOMMU found,
+  or ``iommu=0`` on Xen's command line) every assign, deassign and
+  test_assign is EOPNOTSUPP (``iommu_do_domctl``), and physinfo's
+  capabilities lack ``directio`` and ``iommu_hap_pt_share``, so ``xl info``
+  prints no ``hvm_directio``/``pv_directio``.
 
 Every call is recorded in ``host.grants`` as ``{"time", "op", "args",
 "result"}`` (result: the reply without ``ok``/``id``, or the errno name).
@@ -52,6 +57,10 @@ DOMINF_BLOCKED = 1 << 4
 DOMINF_RUNNING = 1 << 5
 
 MAX_LINE = 64 * 1024
+# XEN_SYSCTL_PHYSCAP_* bits of physinfo's capabilities (public/sysctl.h)
+PHYSCAP_HVM, PHYSCAP_PV, PHYSCAP_DIRECTIO = 1 << 0, 1 << 1, 1 << 2
+PHYSCAP_HAP, PHYSCAP_SHADOW, PHYSCAP_IOMMU_HAP_PT_SHARE = 1 << 3, 1 << 4, 1 << 5
+PHYSCAP_GNTTAB_V1, PHYSCAP_GNTTAB_V2 = 1 << 8, 1 << 9
 
 
 class HvError(Exception):
@@ -154,6 +163,7 @@ class Hypervisor:
         self._clients: set[asyncio.Task] = set()
         self._faults: dict[tuple[str, int | None], str] = {}
         scenario = getattr(host, "scenario", None) or {}
+        self.iommu = bool(_field(scenario, "iommu", True))
         for d in _field(scenario, "domains") or []:
             self.add_domain(
                 int(_field(d, "domid")),
@@ -263,6 +273,8 @@ class Hypervisor:
         return {}
 
     def _iommu_dom(self, a: dict, allow_invalid: bool = False) -> Domain | None:
+        if not self.iommu:
+            raise HvError("EOPNOTSUPP")
         domid = a.get("domid")
         if allow_invalid and domid == DOMID_INVALID:
             return None
@@ -315,6 +327,13 @@ class Hypervisor:
         flags = (DOMINF_HVM_GUEST if d.hvm else 0) | (DOMINF_PAUSED if d.paused else 0) | \
             (DOMINF_DYING if d.dying else 0) | (0 if d.paused else DOMINF_BLOCKED)
         return {"domid": d.domid, "flags": flags, "hvm": d.hvm, "paused": d.paused, "dying": d.dying}
+
+    def op_physinfo(self, a: dict) -> dict:
+        """XEN_SYSCTL_physinfo, as an x86 host with VT-x/EPT (or AMD-V/NPT) reports it."""
+        caps = PHYSCAP_HVM | PHYSCAP_PV | PHYSCAP_HAP | PHYSCAP_SHADOW | PHYSCAP_GNTTAB_V1 | PHYSCAP_GNTTAB_V2
+        if self.iommu:
+            caps |= PHYSCAP_DIRECTIO | PHYSCAP_IOMMU_HAP_PT_SHARE
+        return {"physinfo": {"capabilities": caps, "nr_cpus": 2, "threads_per_core": 1, "cores_per_socket": 2}}
 
     def op_domain_getinfo(self, a: dict) -> dict:
         return {"info": self._info(self._dom(a.get("domid")))}

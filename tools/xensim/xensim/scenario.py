@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .sysfs import HEADER_OF_CLASS, default_reset_methods
+
 # The shipped scenarios: tools/xensim/scenarios beside the package in the
 # source tree; inside the package (xensim/scenarios) once installed from the
 # wheel (tools/xensim/pyproject.toml maps the directory there).
@@ -79,12 +81,27 @@ class DeviceSpec:
     resources: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
     irq: int = 0
     reset: bool = True
+    # The kernel's reset methods (reset_method's words); when not given, flr
+    # for a PCIe function with ``reset`` (pm for conventional PCI), none
+    # without. The config space is built to agree.
+    reset_method: list[str] | None = None
+    # Config space byte 0x0e, low 7 bits: 0 endpoint, 1 PCI bridge, 2 CardBus;
+    # by default what the class says (0x0604xx: 1, 0x0607xx: 2, else 0).
+    header_type: int = 0
     iommu_group: int | None = None
     # libxl bookkeeping for devices made assignable with pci-assignable-add:
     # the driver they were taken from (-> /libxl/pci/<bdf>/driver_path) and
     # an optional name (-> /libxl/pci/<bdf>/name).
     original_driver: str | None = None
     name: str | None = None
+    # Identity beyond the ids: the firmware's label (sysfs ``label``, only
+    # when set), the PCIe Device Serial Number (an extended capability in
+    # config space), whether the function is PCIe (4096 bytes of config
+    # space) or conventional PCI (256), and the bridge it sits behind.
+    label: str | None = None
+    serial: int | None = None
+    pcie: bool = True
+    parent: str | None = None
 
 
 @dataclasses.dataclass
@@ -127,6 +144,11 @@ class Scenario:
     timing_scale: float = 0.1
     # Which xenstored the store answers like (xenstore/store.py FLAVOURS).
     xenstored: str = "oxenstored"
+    # Xen booted with a working IOMMU (physinfo's directio capability).
+    iommu: bool = True
+    # xen-pciback as a loaded module or built into the dom0 kernel.
+    pciback: str = "module"
+    pciback_do_flr: bool = False
     source: str | None = None
 
     def device(self, bdf: str) -> DeviceSpec | None:
@@ -194,11 +216,31 @@ def _mapping(value: Any, field: str, allowed: set[str]) -> dict[str, Any]:
 
 
 _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsystem_device",
-                "revision", "driver", "hidden", "resources", "irq", "reset", "iommu_group",
-                "original_driver", "name"}
+                "revision", "driver", "hidden", "resources", "irq", "reset", "reset_method",
+                "header_type", "iommu_group", "original_driver", "name", "label", "serial", "pcie",
+                "parent"}
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
-_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored"}
+_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored", "iommu", "pciback",
+             "pciback_do_flr"}
+# The kernel's reset methods, in the order it tries them (pci_reset_fn_methods).
+RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+PCIBACK_MODES = ("module", "builtin")
+
+
+def _reset_methods(raw: Any, reset: bool, pcie: bool, where: str) -> list[str]:
+    if "reset_method" not in raw:
+        return default_reset_methods(reset, pcie)
+    value = raw["reset_method"]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ScenarioError(f"{where}.reset_method: expected a list of method names")
+    unknown = sorted(set(value) - set(RESET_METHODS))
+    if unknown:
+        raise ScenarioError(f"{where}.reset_method: unknown method(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(RESET_METHODS)})")
+    if "reset" in raw and bool(value) != reset:
+        raise ScenarioError(f"{where}.reset: {reset} disagrees with reset_method {value}")
+    return [m for m in RESET_METHODS if m in value]
 
 
 def _parse_device(raw: Any, where: str) -> DeviceSpec:
@@ -235,11 +277,31 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         if driver != "pciback" or hidden:
             raise ScenarioError(f"{where}.original_driver: only for a device made assignable (driver: pciback, not hidden)")
     iommu = raw.get("iommu_group")
+    serial = raw.get("serial")
+    pcie = _bool(raw.get("pcie", True), f"{where}.pcie")
+    if serial is not None:
+        serial = _int(serial, f"{where}.serial", 0, (1 << 64) - 1)
+        if not pcie:
+            raise ScenarioError(f"{where}.serial: a serial number is a PCIe extended capability; conventional PCI has none")
+    parent = raw.get("parent")
+    if parent is not None:
+        parent = normalise_bdf(parent, f"{where}.parent")
+    reset = _bool(raw.get("reset", True), f"{where}.reset")
+    methods = _reset_methods(raw, reset, pcie, where)
+    if "flr" in methods and not pcie:
+        raise ScenarioError(f"{where}.reset_method: flr is a PCI Express capability; conventional PCI has af_flr")
+    klass = _int(raw.get("class", 0x00FF00), f"{where}.class", 0, 0xFFFFFF)
+    header = HEADER_OF_CLASS.get(klass >> 8, 0)
+    if "header_type" in raw:
+        header = _int(raw["header_type"], f"{where}.header_type", 0, 2)
+        if klass >> 8 in HEADER_OF_CLASS and header != HEADER_OF_CLASS[klass >> 8]:
+            raise ScenarioError(f"{where}.header_type: a device of class {klass:#08x} has header type "
+                                f"{HEADER_OF_CLASS[klass >> 8]}, not {header}")
     return DeviceSpec(
         bdf=bdf,
         vendor=_int(raw["vendor"], f"{where}.vendor", 0, 0xFFFF),
         device=_int(raw["device"], f"{where}.device", 0, 0xFFFF),
-        klass=_int(raw.get("class", 0x00FF00), f"{where}.class", 0, 0xFFFFFF),
+        klass=klass,
         subsystem_vendor=_int(raw.get("subsystem_vendor", 0x1AF4), f"{where}.subsystem_vendor", 0, 0xFFFF),
         subsystem_device=_int(raw.get("subsystem_device", 0x1100), f"{where}.subsystem_device", 0, 0xFFFF),
         revision=_int(raw.get("revision", 0), f"{where}.revision", 0, 0xFF),
@@ -247,10 +309,16 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         hidden=hidden,
         resources=resources,
         irq=_int(raw.get("irq", 0), f"{where}.irq", 0, 0xFFFF),
-        reset=_bool(raw.get("reset", True), f"{where}.reset"),
+        reset=bool(methods),
+        reset_method=methods,
+        header_type=header,
         iommu_group=None if iommu is None else _int(iommu, f"{where}.iommu_group", 0),
         original_driver=original,
         name=None if raw.get("name") is None else _str(raw["name"], f"{where}.name"),
+        label=None if raw.get("label") is None else _str(raw["label"], f"{where}.label"),
+        serial=serial,
+        pcie=pcie,
+        parent=parent,
     )
 
 
@@ -347,6 +415,21 @@ def parse(data: Any, source: str | None = None) -> Scenario:
         if dev.bdf in seen:
             raise ScenarioError(f"devices[{dev.bdf}]: duplicate BDF")
         seen.add(dev.bdf)
+    by_bdf = {d.bdf: d for d in devices}
+    for dev in devices:
+        if dev.parent is None:
+            continue
+        bridge = by_bdf.get(dev.parent)
+        if bridge is None or bridge.klass >> 8 != 0x0604:
+            raise ScenarioError(f"devices[{dev.bdf}].parent: {dev.parent} is not a PCI-to-PCI bridge (class 0x0604xx) in devices")
+        if bridge.bdf[:4] != dev.bdf[:4] or bridge.bdf[5:7] == dev.bdf[5:7]:
+            raise ScenarioError(f"devices[{dev.bdf}].parent: a device behind {dev.parent} is in its segment, on another bus")
+        hop, chain = bridge, {dev.bdf}
+        while hop is not None:
+            if hop.bdf in chain:
+                raise ScenarioError(f"devices[{dev.bdf}].parent: the bridges form a loop")
+            chain.add(hop.bdf)
+            hop = by_bdf.get(hop.parent) if hop.parent else None
     domains = [_parse_domain(d, f"domains[{i}]") for i, d in enumerate(domains_raw)]
     by_id: dict[int, DomainSpec] = {}
     names: set[str] = set()
@@ -407,6 +490,9 @@ def parse(data: Any, source: str | None = None) -> Scenario:
         faults=[dict(f) for f in faults],
         timing_scale=float(scale),
         xenstored=xenstored,
+        iommu=_bool(data.get("iommu", True), "iommu"),
+        pciback=_choice(data.get("pciback", "module"), "pciback", PCIBACK_MODES),
+        pciback_do_flr=_bool(data.get("pciback_do_flr", False), "pciback_do_flr"),
         source=source,
     )
 

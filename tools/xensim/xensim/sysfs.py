@@ -6,8 +6,17 @@ toolstack touches:
 * ``bus/pci/devices/<bdf>``: symlinks into ``devices/pci<seg>:<bus>/<bdf>``,
   each device directory holding ``vendor``, ``device``, ``subsystem_vendor``,
   ``subsystem_device``, ``class``, ``resource``, ``irq``, ``enable``,
-  ``reset`` (only for devices that have a reset method), and the ``driver``,
+  ``config``, ``reset`` and ``reset_method`` (Linux 5.15+; both only for
+  devices that have a reset method), ``label`` (only for devices whose
+  firmware names them, scenario ``label:``), and the ``driver``,
   ``iommu_group`` and ``subsystem`` symlinks;
+* ``config``: the function's configuration space as bytes, 4096 for PCIe
+  (``pcie: true``, the default) and 256 for conventional PCI: a header
+  agreeing with vendor/device/revision/class/subsystem and the header type
+  (1 for a PCI-to-PCI bridge), the PCI Express capability (PCIe only) with
+  its FLR bit, the PM capability with its No_Soft_Reset bit and the AF
+  capability, agreeing with the device's reset methods, and, for a device
+  with a ``serial:``, the Device Serial Number extended capability at 0x100;
 * ``bus/pci/drivers/<name>/`` with ``bind``, ``unbind``, ``new_id``,
   ``remove_id`` and one symlink per bound device; for ``pciback`` (the name
   xen-pciback registers) also ``new_slot``, ``remove_slot``, ``slots``,
@@ -15,7 +24,13 @@ toolstack touches:
   as ``drivers/xen/xen-pciback/pci_stub.c`` creates them.  Upstream Linux
   has no ``do_flr`` (a distribution patch does); the simulator leaves it out
   unless ``pciback_do_flr: true`` is set in the scenario;
-* ``kernel/iommu_groups/<n>/devices/<bdf>``.
+* ``kernel/iommu_groups/<n>/devices/<bdf>``;
+* a device behind a PCI-to-PCI bridge (scenario ``parent:``) lives in its
+  bridge's directory, ``devices/pci0000:00/0000:00:1c.0/0000:01:00.0``, as
+  the kernel nests them, and its ``bus/pci/devices`` link resolves there;
+* ``module/xen_pciback/``: ``parameters/`` always, ``initstate`` and
+  ``refcnt`` only when pciback is a loaded module (``pciback: module``, the
+  default), not when it is built into the kernel (``pciback: builtin``).
 
 Semantics follow ``drivers/base/bus.c`` (bind/unbind), ``drivers/pci/
 pci-driver.c`` (new_id/remove_id), ``drivers/pci/pci-sysfs.c`` (reset,
@@ -196,6 +211,11 @@ class PciDev:
     irq: int
     has_reset: bool
     iommu_group: int | None
+    # reset_method's words in the kernel's order; [] when has_reset is false.
+    reset_methods: list[str] = field(default_factory=list)
+    header_type: int = 0            # 0 endpoint, 1 PCI bridge, 2 CardBus
+    multifunction: bool = False     # header type bit 7
+    default_methods: list[str] = field(default_factory=list)   # what "default" restores
     driver: str | None = None
     enable_cnt: int = 0
     # pciback per-device data (dev_data); exists while bound to pciback.
@@ -205,11 +225,21 @@ class PciDev:
     in_use_by: int | None = None      # domid of the guest pciback exports it to
     quirk_fields: list[tuple[int, int, int]] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)   # "reset", "do_flr", "pciback-release"
+    label: str | None = None
+    serial: int | None = None
+    pcie: bool = True
+    revision: int = 0
+    parent: str | None = None         # the bridge it sits behind
+    # Its directory under devices/: the root bus, the bridges, itself.
+    dir_parts: tuple = ()
 
     @property
-    def parent_dir(self) -> str:
-        dom, bus, _unused1, _unused = _split_bdf(self.bdf)
-        return "pci%04x:%02x" % (dom, bus)
+    def is_bridge(self) -> bool:
+        return self.header_type == 1
+
+    @property
+    def cfg_size(self) -> int:
+        return 4096 if self.pcie else 256
 
 
 @dataclass
@@ -233,17 +263,116 @@ class SysfsEvent:
     time: float = field(default_factory=time.time)
 
 
+# Configuration space (PCI Local Bus 3.0 and PCI Express Base specs).
+# Header types fixed by the class: a PCI-to-PCI bridge (0x0604) has a type 1
+# header, a CardBus bridge (0x0607) type 2; the rest type 0.
+HEADER_OF_CLASS = {0x0604: 1, 0x0607: 2}
+CAP_PM, CAP_EXP, CAP_AF = 0x01, 0x10, 0x13
+# Where each capability sits; the list (from 0x34) links the ones present.
+EXP_CAP_AT, PM_CAP_AT, AF_CAP_AT = 0x40, 0x80, 0x88
+PM_CTRL_NO_SOFT_RESET = 0x08      # PMCSR bit 3: D3hot->D0 keeps the state (no PM reset)
+EXP_DEVCAP_FLR = 1 << 28
+AF_CAP_TP, AF_CAP_FLR = 0x01, 0x02
+STATUS_CAP_LIST = 0x10
+EXT_CAP_DSN_AT, EXT_CAP_ID_DSN = 0x100, 0x0003
+IORESOURCE_IO, IORESOURCE_MEM, IORESOURCE_MEM_64 = 0x100, 0x200, 0x100000
+
+
+def default_reset_methods(reset: bool, pcie: bool) -> list[str]:
+    """A device with a reset and no reset_method given: a PCIe function has
+    FLR, a conventional one a PM reset (FLR is a PCI Express capability)."""
+    return (["flr"] if pcie else ["pm"]) if reset else []
+
+
+def config_space(dev: "PciDev") -> bytes:
+    """The function's config space as sysfs ``config`` shows it to root: a
+    type 0 header (type 1 for a PCI-to-PCI bridge), the PCI Express
+    capability (PCIe only), the PM capability and, with af_flr, the AF
+    capability, agreeing with its reset methods; a PCIe function with a
+    serial has the DSN extended capability at 0x100 (an empty extended list
+    reads as a zero header)."""
+    cfg = bytearray(dev.cfg_size)
+
+    def put(offset: int, value: int, size: int) -> None:
+        cfg[offset:offset + size] = value.to_bytes(size, "little")
+
+    put(0x00, dev.vendor, 2)
+    put(0x02, dev.device, 2)
+    put(0x04, 0x0006 if dev.enable_cnt else 0, 2)       # memory and bus master while enabled
+    put(0x06, STATUS_CAP_LIST, 2)
+    put(0x08, dev.revision, 1)
+    put(0x09, dev.klass, 3)                             # prog-if, subclass, base class
+    put(0x0E, dev.header_type | (0x80 if dev.multifunction else 0), 1)
+    if dev.header_type == 0:
+        # resource line i is BAR i (a 64-bit BAR's upper half: the next, empty line)
+        for index, (start, _end, flags) in enumerate(dev.resources[:6]):
+            if flags & IORESOURCE_IO:
+                put(0x10 + 4 * index, (start & 0xFFFFFFFC) | 0x1, 4)
+            elif flags & IORESOURCE_MEM:
+                put(0x10 + 4 * index, (start & 0xFFFFFFF0) | (0x4 if flags & IORESOURCE_MEM_64 else 0), 4)
+                if flags & IORESOURCE_MEM_64 and index < 5:
+                    put(0x14 + 4 * index, start >> 32, 4)
+        put(0x2C, dev.subsystem_vendor, 2)
+        put(0x2E, dev.subsystem_device, 2)
+    put(0x3C, dev.irq & 0xFF, 1)
+    put(0x3D, 1 if dev.irq else 0, 1)
+    methods = set(dev.default_methods)
+    caps = ([EXP_CAP_AT] if dev.pcie else []) + [PM_CAP_AT] + ([AF_CAP_AT] if "af_flr" in methods else [])
+    put(0x34, caps[0], 1)
+    for at, nxt in zip(caps, caps[1:] + [0]):
+        put(at + 1, nxt, 1)
+    if dev.pcie:
+        # endpoint; a bridge on a root bus is a root port, one behind a bridge a downstream port
+        port = {0: 0x0, 1: 0x4 if dev.parent is None else 0x6, 2: 0x7}[dev.header_type]
+        put(EXP_CAP_AT, CAP_EXP, 1)
+        put(EXP_CAP_AT + 2, 0x2 | port << 4, 2)
+        put(EXP_CAP_AT + 4, EXP_DEVCAP_FLR if "flr" in methods else 0, 4)
+        if dev.serial is not None:
+            # header: ID, version 1, next 0; then the 64-bit serial, low dword first
+            put(EXT_CAP_DSN_AT, EXT_CAP_ID_DSN | 1 << 16, 4)
+            put(EXT_CAP_DSN_AT + 4, dev.serial, 8)
+    put(PM_CAP_AT, CAP_PM, 1)
+    put(PM_CAP_AT + 2, 0x0003, 2)                        # PMC: version 3
+    put(PM_CAP_AT + 4, 0 if "pm" in methods else PM_CTRL_NO_SOFT_RESET, 2)
+    if "af_flr" in methods:
+        put(AF_CAP_AT, CAP_AF, 1)
+        put(AF_CAP_AT + 2, 0x06, 1)                      # capability length
+        put(AF_CAP_AT + 3, AF_CAP_TP | AF_CAP_FLR, 1)
+    return bytes(cfg)
+
+
 class PciModel:
     """The state behind the files; every method takes the lock."""
 
-    def __init__(self, devices: list[Any], do_flr: bool = False):
+    def __init__(self, devices: list[Any], do_flr: bool = False, pciback_module: bool = True):
         self.lock = threading.RLock()
+        self.pciback_module = pciback_module
         self.devices: dict[str, PciDev] = {}
         self.drivers: dict[str, PciDriver] = {PCIBACK: PciDriver(PCIBACK)}
         self.slots: list[tuple[int, int, int]] = []    # pcistub_device_ids, duplicates allowed
         self.has_do_flr = do_flr
         for entry in devices:
             self._add_device(entry)
+        slots: dict[str, int] = {}
+        for bdf in self.devices:
+            slots[bdf.rsplit(".", 1)[0]] = slots.get(bdf.rsplit(".", 1)[0], 0) + 1
+        for dev in self.devices.values():
+            dev.multifunction = slots[dev.bdf.rsplit(".", 1)[0]] > 1
+        for dev in self.devices.values():
+            dev.dir_parts = self._dir_parts(dev)
+
+    def _dir_parts(self, dev: PciDev) -> tuple:
+        chain = [dev.bdf]
+        top = dev
+        while top.parent is not None:
+            top = self.devices[top.parent]
+            chain.append(top.bdf)
+        dom, bus, _unused1, _unused = _split_bdf(top.bdf)
+        return ("pci%04x:%02x" % (dom, bus),) + tuple(reversed(chain))
+
+    def children(self, parts: tuple) -> list[str]:
+        """The devices whose directory is directly in ``parts``'s."""
+        return sorted(d.bdf for d in self.devices.values() if d.dir_parts[:-1] == parts)
 
     def _add_device(self, entry: Any) -> None:
         bdf = normalise_bdf(_field(entry, "bdf"))
@@ -261,7 +390,20 @@ class PciModel:
             irq=int(_field(entry, "irq", 0) or 0),
             has_reset=bool(_field(entry, "reset", False)),
             iommu_group=_field(entry, "iommu_group"),
+            label=_field(entry, "label"),
+            serial=_field(entry, "serial"),
+            pcie=bool(_field(entry, "pcie", True)),
+            revision=int(_field(entry, "revision", 0) or 0),
+            parent=normalise_bdf(_field(entry, "parent")) if _field(entry, "parent") else None,
         )
+        header = _field(entry, "header_type")
+        dev.header_type = HEADER_OF_CLASS.get(dev.klass >> 8, 0) if header is None else int(header)
+        methods = _field(entry, "reset_method")
+        if methods is None:
+            methods = default_reset_methods(dev.has_reset, dev.pcie)
+        dev.reset_methods = list(methods)
+        dev.has_reset = bool(methods)
+        dev.default_methods = list(methods)
         driver = _field(entry, "driver")
         hidden = bool(_field(entry, "hidden", False))
         if hidden:
@@ -490,8 +632,28 @@ class PciModel:
         if val != 1:
             raise SysfsWriteError(errno.EINVAL, "only 1 resets")
         with self.lock:
+            if not self.devices[bdf].reset_methods:
+                # every method disabled through reset_method: pci_reset_function says ENOTTY
+                raise SysfsWriteError(errno.ENOTTY, "no reset method")
             self.devices[bdf].resets.append("reset")
             return SysfsEvent("reset", bdf, None)
+
+    def set_reset_method(self, bdf: str, buf: bytes) -> SysfsEvent:
+        """reset_method_store: ``default``, an empty line (disable all), or
+        a list of the device's supported methods, in the order to try them."""
+        text = buf.decode("ascii", "replace").strip()
+        with self.lock:
+            dev = self.devices[bdf]
+            if text == "default":
+                dev.reset_methods = list(dev.default_methods)
+            elif text == "":
+                dev.reset_methods = []
+            else:
+                wanted = text.split()
+                if any(m not in dev.default_methods for m in wanted):
+                    raise SysfsWriteError(errno.EINVAL, "unknown or unsupported reset method")
+                dev.reset_methods = list(dict.fromkeys(wanted))
+            return SysfsEvent("reset_method", bdf, None)
 
     def enable(self, bdf: str, buf: bytes) -> SysfsEvent:
         val = _kstrtoul(buf)
@@ -514,6 +676,10 @@ class PciModel:
             return b"0x%04x\n" % getattr(dev, attr)
         if attr == "class":
             return b"0x%06x\n" % dev.klass
+        if attr == "label" and dev.label is not None:
+            return dev.label.encode() + b"\n"
+        if attr == "config":
+            return config_space(dev)
         if attr == "irq":
             return b"%u\n" % dev.irq
         if attr == "enable":
@@ -521,7 +687,15 @@ class PciModel:
         if attr == "resource":
             lines = list(dev.resources) + [(0, 0, 0)] * (RESOURCE_LINES - len(dev.resources))
             return b"".join(b"0x%016x 0x%016x 0x%016x\n" % r for r in lines)
+        if attr == "reset_method":
+            return (" ".join(dev.reset_methods) + "\n").encode()
+        if attr == "config":
+            return config_space(dev)
         raise KeyError(attr)
+
+    def show_module(self, attr: str) -> bytes:
+        return {"initstate": b"live\n", "refcnt": b"0\n", "hide": b"(null)\n", "passthrough": b"0\n",
+                "permissive": b"N\n", "verbose_request": b"0\n"}[attr]
 
     def show_pciback(self, attr: str) -> bytes:
         if attr == "slots":
@@ -548,8 +722,11 @@ class PciModel:
 # Attribute tables: name -> (mode, has_show, store name or None)
 _DEVICE_ATTRS = {
     "vendor": 0o444, "device": 0o444, "subsystem_vendor": 0o444, "subsystem_device": 0o444,
-    "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "reset": 0o200,
+    "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "config": 0o644, "reset": 0o200,
+    "reset_method": 0o644, "label": 0o444,
 }
+_RESET_ATTRS = ("reset", "reset_method")       # visible only when the device has a reset
+_PCIBACK_PARAMS = ("hide", "passthrough", "permissive", "verbose_request")
 _DRIVER_ATTRS = {"bind": 0o200, "unbind": 0o200, "new_id": 0o200, "remove_id": 0o200}
 _PCIBACK_ATTRS = {
     "new_slot": 0o200, "remove_slot": 0o200, "slots": 0o400, "permissive": 0o600,
@@ -558,9 +735,10 @@ _PCIBACK_ATTRS = {
 
 
 class _Node:
-    __slots__ = ("kind", "mode", "target", "entries", "read", "write")
+    __slots__ = ("kind", "mode", "target", "entries", "read", "write", "size")
 
-    def __init__(self, kind, mode=0o755, target=None, entries=None, read=None, write=None):
+    def __init__(self, kind, mode=0o755, target=None, entries=None, read=None, write=None, size=4096):
+        self.size = size          # st_size of a file (kernfs gives attributes 4096, config its cfg_size)
         self.kind = kind          # dir | link | file
         self.mode = mode
         self.target = target
@@ -595,9 +773,12 @@ class _Ops:
     # -- tree ------------------------------------------------------------
 
     def _dev_dir(self, dev: PciDev) -> _Node:
-        entries = [a for a in _DEVICE_ATTRS if a != "reset" or dev.has_reset]
+        entries = [a for a in _DEVICE_ATTRS
+                   if (a not in _RESET_ATTRS or dev.has_reset) and (a != "label" or dev.label is not None)]
         entries += ["subsystem"] + (["driver"] if dev.driver else []) + (
             ["iommu_group"] if dev.iommu_group is not None else [])
+        if dev.is_bridge:
+            return _Node("dir", entries=lambda: entries + self.model.children(dev.dir_parts))
         return _Node("dir", entries=entries)
 
     def _resolve(self, path: str) -> _Node:
@@ -605,7 +786,7 @@ class _Ops:
         parts = [p for p in path.split("/") if p]
         n = len(parts)
         if n == 0:
-            return _Node("dir", entries=["bus", "devices", "kernel"])
+            return _Node("dir", entries=["bus", "devices", "kernel", "module"])
         top = parts[0]
         if top == "bus":
             if n == 1:
@@ -619,7 +800,7 @@ class _Ops:
                     return _Node("dir", entries=lambda: sorted(m.devices))
                 dev = m.devices[parts[3]]
                 if n == 4:
-                    return _Node("link", target="../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                    return _Node("link", target="../../../devices/" + "/".join(dev.dir_parts))
                 raise KeyError(path)     # the kernel resolves the link; FUSE does too
             if parts[2] == "drivers":
                 if n == 3:
@@ -639,26 +820,30 @@ class _Ops:
                     name = parts[4]
                     dev = m.devices.get(name)
                     if dev is not None and dev.driver == drv.name:
-                        return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                        return _Node("link", target="../../../../devices/" + "/".join(dev.dir_parts))
                     if name in attrs:
                         return self._driver_attr(drv.name, name, attrs[name])
             raise KeyError(path)
         if top == "devices":
             if n == 1:
-                return _Node("dir", entries=sorted({d.parent_dir for d in m.devices.values()}))
+                return _Node("dir", entries=sorted({d.dir_parts[0] for d in m.devices.values()}))
             if n == 2:
-                if not any(d.parent_dir == parts[1] for d in m.devices.values()):
+                if not any(d.dir_parts[0] == parts[1] for d in m.devices.values()):
                     raise KeyError(path)
-                return _Node("dir", entries=lambda: sorted(d.bdf for d in m.devices.values()
-                                                           if d.parent_dir == parts[1]))
-            dev = m.devices[parts[2]]
-            if dev.parent_dir != parts[1]:
+                return _Node("dir", entries=lambda: m.children((parts[1],)))
+            # Walk down the bridges: each component a device in the one before.
+            dev, i = None, 2
+            while i < n:
+                child = m.devices.get(parts[i])
+                if child is not None and child.dir_parts == tuple(parts[1:i + 1]):
+                    dev, i = child, i + 1
+                    continue
+                if dev is not None and i == n - 1:
+                    return self._dev_attr(dev, parts[i])
                 raise KeyError(path)
-            if n == 3:
-                return self._dev_dir(dev)
-            if n == 4:
-                return self._dev_attr(dev, parts[3])
-            raise KeyError(path)
+            return self._dev_dir(dev)
+        if top == "module":
+            return self._module(parts)
         if top == "kernel":
             if n == 1:
                 return _Node("dir", entries=["iommu_groups"])
@@ -679,23 +864,51 @@ class _Ops:
                 return _Node("dir", entries=sorted(d.bdf for d in members))
             if n == 5:
                 dev = {d.bdf: d for d in members}[parts[4]]
-                return _Node("link", target="../../../../devices/%s/%s" % (dev.parent_dir, dev.bdf))
+                return _Node("link", target="../../../../devices/" + "/".join(dev.dir_parts))
         raise KeyError(path)
+
+    def _module(self, parts: list[str]) -> _Node:
+        """/sys/module/xen_pciback: a built-in driver has only its parameters."""
+        m = self.model
+        n = len(parts)
+        if n == 1:
+            return _Node("dir", entries=["xen_pciback"])
+        if parts[1] != "xen_pciback":
+            raise KeyError(parts[1])
+        top = ["parameters"] + (["initstate", "refcnt"] if m.pciback_module else [])
+        if n == 2:
+            return _Node("dir", entries=top)
+        if n == 3 and parts[2] in top and parts[2] != "parameters":
+            return _Node("file", 0o444, read=lambda: m.show_module(parts[2]))
+        if parts[2] == "parameters":
+            if n == 3:
+                return _Node("dir", entries=list(_PCIBACK_PARAMS))
+            if n == 4 and parts[3] in _PCIBACK_PARAMS:
+                return _Node("file", 0o444, read=lambda: m.show_module(parts[3]))
+        raise KeyError("/".join(parts))
 
     def _dev_attr(self, dev: PciDev, name: str) -> _Node:
         m = self.model
+        up = "../" * (len(dev.dir_parts) + 1)     # from the device's directory to the root
         if name == "driver" and dev.driver:
-            return _Node("link", target="../../../bus/pci/drivers/%s" % dev.driver)
+            return _Node("link", target=up + "bus/pci/drivers/%s" % dev.driver)
         if name == "subsystem":
-            return _Node("link", target="../../../bus/pci")
+            return _Node("link", target=up + "bus/pci")
         if name == "iommu_group" and dev.iommu_group is not None:
-            return _Node("link", target="../../../kernel/iommu_groups/%s" % dev.iommu_group)
+            return _Node("link", target=up + "kernel/iommu_groups/%s" % dev.iommu_group)
+        if name == "label" and dev.label is None:
+            raise KeyError(name)
+        if name == "config":
+            return _Node("file", 0o444, read=lambda: m.show_device(dev, name), size=dev.cfg_size)
         if name == "reset" and dev.has_reset:
             return _Node("file", 0o200, write=lambda buf: m.reset(dev.bdf, buf))
+        if name == "reset_method" and dev.has_reset:
+            return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
+                         write=lambda buf: m.set_reset_method(dev.bdf, buf))
         if name == "enable":
             return _Node("file", 0o600, read=lambda: m.show_device(dev, name),
                          write=lambda buf: m.enable(dev.bdf, buf))
-        if name in _DEVICE_ATTRS and name != "reset":
+        if name in _DEVICE_ATTRS and name not in _RESET_ATTRS:
             return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         raise KeyError(name)
 
@@ -734,7 +947,7 @@ class _Ops:
         elif node.kind == "link":
             base.update(st_mode=stat.S_IFLNK | 0o777, st_nlink=1, st_size=len(node.target))
         else:
-            base.update(st_mode=stat.S_IFREG | node.mode, st_nlink=1, st_size=4096)
+            base.update(st_mode=stat.S_IFREG | node.mode, st_nlink=1, st_size=node.size)
         return base
 
     def readdir(self, path, fh):
@@ -824,7 +1037,8 @@ class SysfsFS:
         self.host = host
         scenario = getattr(host, "scenario", None) or {}
         self.model = PciModel(_field(scenario, "devices") or [],
-                              do_flr=bool(_field(scenario, "pciback_do_flr", False)))
+                              do_flr=bool(_field(scenario, "pciback_do_flr", False)),
+                              pciback_module=_field(scenario, "pciback", "module") != "builtin")
         self.root = host.paths["sysfs_root"]
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None

@@ -17,13 +17,24 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.xen.pci.plugins.filter import pci_spec as plugin
 from ansible_collections.xen.pci.plugins.filter.pci_spec import (
-    FilterModule, pci_bdf, pci_spec, pci_spec_format, pci_xs_key,
+    FilterModule, pci_bdf, pci_selected, pci_spec, pci_spec_format, pci_xs_key,
 )
 
 
 def test_filter_names():
     assert FilterModule().filters() == {"pci_spec": pci_spec, "pci_spec_format": pci_spec_format,
-                                        "pci_bdf": pci_bdf, "pci_xs_key": pci_xs_key}
+                                        "pci_bdf": pci_bdf, "pci_xs_key": pci_xs_key, "pci_selected": pci_selected}
+
+
+def test_pci_selected_replaces_selectors_by_their_addresses():
+    specs = ["0000:00:02.0", {"select": {"id": "8086:100e"}, "count": "all", "permissive": True}, {"name": "gpu0"}]
+    selected = [{"entry": 1, "select": {"id": "8086:100e"}, "count": "all", "bdfs": ["0000:01:00.0", "0000:00:1d.0"]}]
+    assert pci_selected(specs, selected) == [
+        "0000:00:02.0", {"permissive": True, "bdf": "0000:01:00.0"}, {"permissive": True, "bdf": "0000:00:1d.0"},
+        {"name": "gpu0"}]
+    assert pci_selected(["03:00.0"], []) == ["03:00.0"]
+    with pytest.raises(AnsibleFilterError, match="entry #0 is a selector"):
+        pci_selected([{"select": {"label": "x"}}], [])
 
 
 @pytest.mark.parametrize("value,expected", [
