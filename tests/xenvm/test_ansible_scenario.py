@@ -102,14 +102,20 @@ def host_fixture():
     yield from vm_fixture_body("ansible", DOMU)
 
 
-@pytest.fixture(scope="module", name="ansible")
-def ansible_fixture(host, tmp_path_factory):
-    runner = Ansible(host, str(tmp_path_factory.mktemp("ansible")))
+def ansible_with_guest(host, workdir):
+    """An Ansible runner against dom0 (or pytest.skip), and the module's
+    guest started, seeing no PCI device."""
+    runner = Ansible(host, workdir)
     if not runner.binary:
         pytest.skip("ansible-playbook is not installed next to %s nor on PATH" % sys.executable)
     host.create()
     assert host.guest_view() == {}, "the guest sees PCI devices before any attach"
     return runner
+
+
+@pytest.fixture(scope="module", name="ansible")
+def ansible_fixture(host, tmp_path_factory):
+    return ansible_with_guest(host, str(tmp_path_factory.mktemp("ansible")))
 
 
 def backend_keys(host, *names):
