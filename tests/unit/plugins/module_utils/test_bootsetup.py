@@ -1,0 +1,212 @@
+# Copyright (c) 2026, xen.pci contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""persistent: true of the assignable runner against xensim and a host root
+(GRUB defaults, modprobe.d, /proc, /sys/module) with stand-ins for
+update-grub and update-initramfs that record their calls."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ansible_collections.xen.pci.plugins.module_utils._bootsetup import (
+    GRUB_DROPIN, MODPROBE_CONF, after_reboot, hide_items, pciback_kind, running_hide)
+from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
+from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
+
+HOST = """
+name: boot-host
+devices:
+  - {bdf: "0000:00:11.0", vendor: 0x1b36, device: 0x0005, class: 0x00ff00, driver: pciback}
+  - {bdf: "0000:00:12.0", vendor: 0x8086, device: 0x100e, class: 0x020000, driver: e1000}
+  - {bdf: "0000:00:13.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: null}
+  - {bdf: "0000:00:14.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, hidden: true}
+domains:
+  - {domid: 2, name: db, type: pv, state: running, pcifront: true, devices: ["0000:00:11.0"]}
+"""
+
+KVER = "6.1.0-30-amd64"
+
+
+def write(root, rel, text):
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def read(root, rel):
+    with open(os.path.join(root, rel), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def tool(root, name, rc=0):
+    """A stand-in that logs its argv (and sources GRUB's defaults as grub-mkconfig does)."""
+    body = "#!/bin/sh\necho \"%s $*\" >> %s/calls.log\n" % (name, root)
+    if name == "update-grub":
+        body += ('. %s/etc/default/grub\nfor f in %s/etc/default/grub.d/*.cfg; do [ -e "$f" ] && . "$f"; done\n'
+                 'echo "module2 /boot/vmlinuz-%s ${GRUB_CMDLINE_LINUX_XEN_REPLACE:-$GRUB_CMDLINE_LINUX} '
+                 '${GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT:-$GRUB_CMDLINE_LINUX_DEFAULT}" > %s/boot/grub/grub.cfg\n'
+                 % (root, root, KVER, root))
+        os.makedirs(os.path.join(root, "boot/grub"), exist_ok=True)
+    body += "exit %d\n" % rc
+    path = write(root, "usr/sbin/" + name, body)
+    os.chmod(path, stat.S_IRWXU)
+    return path
+
+
+def calls(root):
+    try:
+        return read(root, "calls.log").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture
+def grub_root(tmp_path):
+    """A Debian host whose kernel has pciback built in, with a device hidden by hand."""
+    root = str(tmp_path / "grub-host")
+    write(root, "etc/default/grub", 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+                                    'GRUB_CMDLINE_LINUX="console=hvc0 xen-pciback.hide=(0000:00:14.0)"\n')
+    write(root, "etc/default/grub.d/xen.cfg", 'GRUB_CMDLINE_XEN_DEFAULT="dom0_mem=1024M"\n')
+    write(root, "etc/debian_version", "12.8\n")
+    write(root, "proc/sys/kernel/osrelease", KVER + "\n")
+    write(root, "proc/cmdline", "placeholder root=/dev/xvda console=hvc0 xen-pciback.hide=(0000:00:14.0) quiet\n")
+    write(root, "lib/modules/%s/modules.builtin" % KVER, "kernel/drivers/xen/xen-pciback/xen-pciback.ko\n")
+    write(root, "sys/module/xen_pciback/parameters/hide", "(0000:00:14.0)\n")
+    tool(root, "update-grub")
+    return root
+
+
+@pytest.fixture
+def modprobe_root(tmp_path):
+    """A dom0 booted without GRUB, pciback a loaded module, initramfs-tools installed."""
+    root = str(tmp_path / "modprobe-host")
+    write(root, "proc/sys/kernel/osrelease", KVER + "\n")
+    write(root, "proc/cmdline", "root=/dev/vda console=hvc0\n")
+    write(root, "lib/modules/%s/modules.builtin" % KVER, "kernel/drivers/base/firmware.ko\n")
+    write(root, "sys/module/xen_pciback/initstate", "live\n")
+    write(root, "sys/module/xen_pciback/parameters/hide", "(null)\n")
+    write(root, "etc/modprobe.d/local.conf", "options xen_pciback hide=(0000:00:14.0)\n")
+    os.makedirs(os.path.join(root, "etc/initramfs-tools"))
+    tool(root, "update-initramfs")
+    return root
+
+
+def params_for(host, **extra):
+    p = {k: v.get("default") for k, v in HOST_ARGS.items()}
+    p.update(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
+             hypervisor="xensim:" + host.paths["hypervisor"], userdata_dir=host.paths["userdata_dir"], timeout=30.0,
+             state="present", take_from_driver=False, rebind=True, names="keep")
+    p.update(extra)
+    return p
+
+
+def boot_params(host, root, **extra):
+    extra.setdefault("persistent", True)
+    return params_for(host, boot_root=root, update_grub=os.path.join(root, "usr/sbin/update-grub"),
+                      update_initramfs=os.path.join(root, "usr/sbin/update-initramfs"), **extra)
+
+
+def four_steps(params):
+    """check, real, rerun, rerun in check mode; the real run's result."""
+    predicted = run_assignable(params, check_mode=True)
+    assert predicted["changed"] and predicted["boot_setup"]["commands"] == []
+    real = run_assignable(params)
+    assert real["changed"]
+    assert predicted["reboot_required"] == real["reboot_required"]
+    assert predicted["boot_setup"]["hidden_after_reboot"] == real["boot_setup"]["hidden_after_reboot"]
+    assert predicted["diff"]["after"]["boot_setup"] == real["diff"]["after"]["boot_setup"]
+    again = run_assignable(params)
+    assert not again["changed"] and again["boot_setup"]["commands"] == []
+    assert not run_assignable(params, check_mode=True)["changed"]
+    return real
+
+
+def test_hide_helpers(grub_root, modprobe_root):
+    assert hide_items("(0000:03:00.0)(04:00.*)") == ["0000:03:00.0", "04:00.*"]
+    assert pciback_kind(grub_root) == "builtin"
+    assert pciback_kind(modprobe_root) == "module"
+    assert running_hide(grub_root) == ["0000:00:14.0"]
+    assert running_hide(modprobe_root) == []
+
+
+def test_grub_dropin_merges_the_hand_written_list_and_update_grub_runs(sim, grub_root):
+    host = sim(HOST)
+    params = boot_params(host, grub_root, devices=["0000:00:12.0", "00:13.0"], take_from_driver=True)
+    real = four_steps(params)
+    assert real["boot_setup"]["setup"] == "grub" and real["boot_setup"]["pciback"] == "builtin"
+    assert real["boot_setup"]["commands"] == [{"cmd": [params["update_grub"]], "rc": 0}]
+    assert real["reboot_required"] is True
+    assert real["boot_setup"]["hidden_after_reboot"] == ["0000:00:14.0", "0000:00:12.0", "0000:00:13.0"]
+    text = read(grub_root, GRUB_DROPIN)
+    assert "# xen.pci owns: 0000:00:12.0 0000:00:13.0\n" in text
+    # What grub-mkconfig makes of it: the last hide list holds the hand-written device and ours.
+    cfg = read(grub_root, "boot/grub/grub.cfg")
+    assert cfg.rstrip().endswith("quiet xen-pciback.hide=(0000:00:14.0)(0000:00:12.0)(0000:00:13.0)")
+    assert read(grub_root, "etc/default/grub").count("hide") == 1     # the operator's file is untouched
+    assert calls(grub_root) == ["update-grub "]
+    assert all(d["assignable"] for d in real["devices"])
+
+    # The running kernel now hides them: no reboot needed.
+    write(grub_root, "sys/module/xen_pciback/parameters/hide", "(0000:00:14.0)(0000:00:12.0)(0000:00:13.0)\n")
+    assert run_assignable(params, check_mode=True)["reboot_required"] is False
+
+    gone = four_steps(dict(params, state="absent", devices=["0000:00:13.0"]))
+    assert gone["boot_setup"]["hidden_after_reboot"] == ["0000:00:14.0", "0000:00:12.0"]
+    assert gone["reboot_required"] is True
+    assert "# xen.pci owns: 0000:00:12.0\n" in read(grub_root, GRUB_DROPIN)
+    last = four_steps(dict(params, state="absent", devices=["0000:00:12.0"]))
+    assert not os.path.exists(os.path.join(grub_root, GRUB_DROPIN))
+    assert last["boot_setup"]["hidden_after_reboot"] == ["0000:00:14.0"]
+    assert after_reboot({"boot_root": grub_root}) == ["0000:00:14.0"]
+
+
+def test_modprobe_conf_softdeps_initramfs_and_backup(sim, modprobe_root):
+    host = sim(HOST)
+    params = boot_params(host, modprobe_root, devices=["0000:00:12.0"], take_from_driver=True, backup=True)
+    real = four_steps(params)
+    assert real["boot_setup"]["setup"] == "modprobe"
+    assert real["boot_setup"]["commands"] == [{"cmd": [params["update_initramfs"], "-u"], "rc": 0}]
+    assert "backup_file" not in real["boot_setup"]         # no file before: nothing to keep
+    text = read(modprobe_root, MODPROBE_CONF)
+    assert "options xen_pciback hide=(0000:00:14.0)(0000:00:12.0)\n" in text
+    assert "softdep e1000 pre: xen_pciback\n" in text
+    assert real["reboot_required"] is True
+    assert calls(modprobe_root) == ["update-initramfs -u"]
+
+    more = run_assignable(dict(params, devices=["0000:00:13.0"]))
+    assert os.path.exists(more["boot_setup"]["backup_file"])
+    assert "(0000:00:12.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
+    # The hand-written device cannot be removed by us: refused, nothing written.
+    with pytest.raises(RefusedError, match="local.conf"):
+        run_assignable(dict(params, state="absent", devices=["0000:00:14.0"]))
+    assert "(0000:00:12.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
+
+
+def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root):
+    host = sim(HOST)
+    with pytest.raises(RefusedError, match="built into the running kernel"):
+        run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0"], boot_setup="modprobe"))
+    with pytest.raises(RefusedError, match="needs GRUB's defaults file"):
+        run_assignable(boot_params(host, modprobe_root, devices=["0000:00:13.0"], boot_setup="grub"))
+    # One bad device: the task is refused before the boot file is written.
+    with pytest.raises(RefusedError, match="does not exist"):
+        run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0", "0000:09:00.0"]))
+    with pytest.raises(RefusedError, match="attached to db"):
+        run_assignable(boot_params(host, grub_root, devices=["0000:00:11.0"], state="absent"))
+    assert not os.path.exists(os.path.join(grub_root, GRUB_DROPIN))
+    assert not os.path.exists(os.path.join(modprobe_root, MODPROBE_CONF))
+    assert calls(grub_root) == [] and calls(modprobe_root) == []
+
+
+def test_a_failing_update_grub_is_reported_with_rc_and_stderr(sim, grub_root):
+    host = sim(HOST)
+    tool(grub_root, "update-grub", rc=3)
+    with pytest.raises(XenPciError, match=r"update-grub failed \(rc 3\)") as caught:
+        run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0"]))
+    assert caught.value.details["rc"] == 3
