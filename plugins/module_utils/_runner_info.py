@@ -6,6 +6,7 @@ acted on: info changes nothing)."""
 
 from __future__ import annotations
 
+from ansible_collections.xen.pci.plugins.module_utils._bootsetup import after_reboot
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
@@ -27,6 +28,8 @@ def run_info(params, platform=None):
     devices = []
     sysfs = platform.sysfs
     summary = params.get("detail", "full") == "summary"
+    # A few small files, read once; the summary path skips them.
+    hidden_at_boot = set() if summary else set(after_reboot(params))
     if sysfs is not None:
         slots = set(sysfs.pciback_slots()) if sysfs.pciback_loaded() else set()
         listed = sysfs.devices()
@@ -44,6 +47,9 @@ def run_info(params, platform=None):
                 "name": rec.get("name"),
                 "remembered_driver": rec.get("driver_path"),
             })
+            dev["assignable_now"] = dev["assignable"]
+            if not summary:
+                dev["assignable_after_reboot"] = bdf in hidden_at_boot
             devices.append(dev)
     domains = {}
     for dom in host.domains.values():

@@ -43,6 +43,13 @@ options:
     choices: [full, summary]
     default: full
     version_added: 0.2.0
+  boot_root:
+    description:
+      - The directory under which the boot setup (C(/etc/default/grub), C(/etc/default/grub.d), C(/etc/modprobe.d))
+        is read for RV(devices[].assignable_after_reboot). For tests and chroots; leave it at V(/) on a host.
+    type: path
+    default: /
+    version_added: 0.3.0
 seealso:
   - module: xen.pci.passthrough
   - module: xen.pci.assignable
@@ -57,6 +64,10 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ pci.assignable }}"
 
+- name: Devices that come back assignable after a reboot
+  ansible.builtin.debug:
+    msg: "{{ pci.devices | selectattr('assignable_after_reboot') | map(attribute='bdf') | list }}"
+
 - name: A cheap read for a fleet report
   xen.pci.info:
     detail: summary
@@ -69,6 +80,19 @@ devices:
   returned: always
   type: list
   elements: dict
+  contains:
+    assignable_now:
+      description: Bound to pciback and attached to no guest (the same as C(assignable)).
+      type: bool
+    assignable_after_reboot:
+      description:
+        - Whether the boot setup hides the device from dom0 drivers at the next boot (C(xen-pciback.hide) in the
+          dom0 arguments of GRUB's Xen entries, or C(options xen_pciback hide=) in modprobe.d), so it is
+          assignable again after a reboot. Written by M(xen.pci.assignable) with O(xen.pci.assignable#module:persistent=true)
+          or by hand.
+        - A dom0 booted without GRUB reads only the modprobe.d list.
+      type: bool
+      returned: with O(detail=full)
   sample:
     - bdf: "0000:00:10.0"
       vendor: "0x1234"
@@ -81,6 +105,8 @@ devices:
       name: null
       pciback_slot: true
       remembered_driver: null
+      assignable_now: true
+      assignable_after_reboot: true
       reset_method: reset
       iommu_group: 4
 assignable:
@@ -122,7 +148,8 @@ from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_in
 
 
 def main():
-    argument_spec = dict(detail=dict(type="str", choices=["full", "summary"], default="full"))
+    argument_spec = dict(detail=dict(type="str", choices=["full", "summary"], default="full"),
+                         boot_root=dict(type="path", default="/"))
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     finish(module, lambda: run_info(module.params))

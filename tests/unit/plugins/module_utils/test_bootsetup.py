@@ -210,3 +210,16 @@ def test_a_failing_update_grub_is_reported_with_rc_and_stderr(sim, grub_root):
     with pytest.raises(XenPciError, match=r"update-grub failed \(rc 3\)") as caught:
         run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0"]))
     assert caught.value.details["rc"] == 3
+
+
+def test_info_reports_now_and_after_reboot(sim, modprobe_root):
+    from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # pylint: disable=import-outside-toplevel
+    host = sim(HOST)
+    run_assignable(boot_params(host, modprobe_root, devices=["0000:00:13.0"]))
+    full = {d["bdf"]: d for d in run_info(params_for(host, boot_root=modprobe_root, detail="full"))["devices"]}
+    assert full["0000:00:13.0"]["assignable_now"] and full["0000:00:13.0"]["assignable_after_reboot"]
+    assert full["0000:00:14.0"]["assignable_after_reboot"]          # hidden by hand in local.conf
+    assert not full["0000:00:12.0"]["assignable_now"] and not full["0000:00:12.0"]["assignable_after_reboot"]
+    assert not full["0000:00:11.0"]["assignable_now"]                # attached to db
+    summary = run_info(params_for(host, boot_root=modprobe_root, detail="summary"))["devices"]
+    assert all("assignable_after_reboot" not in d and "assignable_now" in d for d in summary)
