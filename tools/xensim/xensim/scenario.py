@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .boot import parse_boot
+
 # The shipped scenarios: tools/xensim/scenarios beside the package in the
 # source tree; inside the package (xensim/scenarios) once installed from the
 # wheel (tools/xensim/pyproject.toml maps the directory there).
@@ -128,6 +130,8 @@ class Scenario:
     # Which xenstored the store answers like (xenstore/store.py FLAVOURS).
     xenstored: str = "oxenstored"
     source: str | None = None
+    # The dom0 boot setup (boot.py): loader, pciback kind, files.
+    boot: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def device(self, bdf: str) -> DeviceSpec | None:
         bdf = normalise_bdf(bdf)
@@ -198,7 +202,7 @@ _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsyst
                 "original_driver", "name"}
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
-_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored"}
+_TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored", "boot"}
 
 
 def _parse_device(raw: Any, where: str) -> DeviceSpec:
@@ -399,7 +403,12 @@ def parse(data: Any, source: str | None = None) -> Scenario:
     xenstored = data.get("xenstored", "oxenstored")
     if xenstored not in ("oxenstored", "c"):
         raise ScenarioError(f"xenstored: expected oxenstored or c, got {xenstored!r}")
+    try:
+        boot = parse_boot(data.get("boot"))
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
     return Scenario(
+        boot=boot,
         name=_str(data["name"], "name"),
         description=desc,
         devices=devices,

@@ -223,3 +223,19 @@ def test_info_reports_now_and_after_reboot(sim, modprobe_root):
     assert not full["0000:00:11.0"]["assignable_now"]                # attached to db
     summary = run_info(params_for(host, boot_root=modprobe_root, detail="summary"))["devices"]
     assert all("assignable_after_reboot" not in d and "assignable_now" in d for d in summary)
+
+
+def test_on_the_simulated_dom0_boot_setup(sim):
+    """xensim's own boot root: a built-in pciback with a device hidden by this boot, update-grub faithful."""
+    host = sim(HOST + "boot: {pciback: builtin}\n")
+    root = host.paths["boot_root"]
+    params = boot_params(host, root, devices=["0000:00:13.0"])
+    real = four_steps(params)
+    assert real["boot_setup"]["setup"] == "grub" and real["boot_setup"]["hidden_now"] == ["0000:00:14.0"]
+    assert real["boot_setup"]["hidden_after_reboot"] == ["0000:00:13.0"]    # 00:14.0 was hidden by no file
+    assert real["reboot_required"] is True
+    assert "quiet xen-pciback.hide=(0000:00:13.0)" in read(root, "boot/grub/grub.cfg")
+    assert read(root, "var/log/xensim-boot.log").splitlines() == ['["update-grub"]']
+    gone = four_steps(dict(params, state="absent"))
+    assert "xen-pciback.hide" not in read(root, "boot/grub/grub.cfg")
+    assert gone["boot_setup"]["hidden_after_reboot"] == []
