@@ -207,7 +207,7 @@ def _plan_boot(platform, host, resolved, params):
                      _driver_modules(platform, host, resolved, params["state"]))
 
 
-def _boot_result(result, boot, params, applied):
+def _boot_result(result, boot, params, applied, bdfs):
     """The boot-setup fields of the result; ``applied`` is what apply_boot reported (None in check mode)."""
     if boot is None:
         return
@@ -222,8 +222,11 @@ def _boot_result(result, boot, params, applied):
                                        "commands": []}
     result["boot_setup"]["hidden_after_reboot"] = boot["after_reboot"]
     result["boot_setup"]["hidden_now"] = running
-    result["reboot_required"] = sorted(boot["after_reboot"]) != sorted(
-        i if i.count(":") == 2 else "0000:" + i for i in running)
+    # Only the task's devices count: another device hidden by hand now and
+    # not at the next boot is no reason to reboot for this task.
+    now = {i.lower() if i.count(":") == 2 else "0000:" + i.lower() for i in running}
+    later = set(boot["after_reboot"])
+    result["reboot_required"] = any((bdf in now) != (bdf in later) for bdf in bdfs)
 
 
 def _finish_boot(result, platform, host, resolved, params, boot, run_command):
@@ -231,7 +234,8 @@ def _finish_boot(result, platform, host, resolved, params, boot, run_command):
         return
     applied = apply_boot(boot, params, run_command or _run_command)
     # Read back: what the files say now, not what we meant to write.
-    _boot_result(result, _plan_boot(platform, host, resolved, params), params, applied)
+    _boot_result(result, _plan_boot(platform, host, resolved, params), params, applied,
+                 [bdf for bdf, _name in resolved])
     result["changed"] = result["changed"] or boot["changed"]
     if boot["changed"]:
         result["actions"].append("%s %s" % ("remove" if boot["after"] is None else "write", boot["path"]))
@@ -267,7 +271,7 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
     if check_mode or (not todo and not host.journals):
         result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
         if check_mode:
-            _boot_result(result, boot, params, None)
+            _boot_result(result, boot, params, None, [bdf for bdf, _name in resolved])
         else:
             _finish_boot(result, platform, host, resolved, params, boot, run_command)
         return result

@@ -231,8 +231,10 @@ devices:
        assigned_to_name: null, name: nic1, driver_path: /sys/bus/pci/drivers/e1000}
 reboot_required:
   description:
-    - With O(persistent), whether the devices hidden at the next boot (as the boot setup reads now) differ from the ones
-      the running kernel hides (pciback's C(hide) parameter, else C(/proc/cmdline)).
+    - With O(persistent), whether one of the task's devices is hidden at the next boot (as the boot setup reads
+      after the task) but not by the running kernel, or the other way round. The running kernel's list is pciback's
+      C(hide) parameter, else the C(xen-pciback.hide) of C(/proc/cmdline).
+    - It stays V(true) on reruns until dom0 reboots; the pool itself changed already (RV(devices)).
   returned: when O(persistent=true)
   type: bool
 boot_setup:

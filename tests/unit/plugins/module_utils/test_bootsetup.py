@@ -239,3 +239,6 @@ def test_on_the_simulated_dom0_boot_setup(sim):
     gone = four_steps(dict(params, state="absent"))
     assert "xen-pciback.hide" not in read(root, "boot/grub/grub.cfg")
     assert gone["boot_setup"]["hidden_after_reboot"] == []
+    # 00:13.0 is hidden neither now nor at the next boot; 00:14.0 (hidden only
+    # on this boot, not by the task) is no reason to reboot.
+    assert gone["reboot_required"] is False and gone["boot_setup"]["hidden_now"] == ["0000:00:14.0"]
