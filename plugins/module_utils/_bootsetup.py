@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 
-from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError, XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import write_config
 
 GRUB_DROPIN = "etc/default/grub.d/zz-xen-pci.cfg"
@@ -79,7 +79,7 @@ def _read(path):
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise XenPciError("cannot read %s: %s" % (path, exc.strerror or exc), path=path) from None
+        raise BootSetupError("cannot read %s: %s" % (path, exc.strerror or exc), path=path) from exc
 
 
 def pciback_kind(root):
@@ -303,20 +303,38 @@ def _backup(path):
     return dest
 
 
+def _put(path, text):
+    """Write ``text`` to ``path`` atomically, or remove ``path`` when ``text`` is None."""
+    try:
+        if text is None:
+            if os.path.exists(path):
+                os.unlink(path)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_config(path, text)
+    except OSError as exc:
+        raise BootSetupError("cannot write %s: %s" % (path, exc.strerror or exc), path=path) from exc
+    except XenPciError as exc:
+        raise BootSetupError(str(exc), path=path) from exc
+
+
 def apply_boot(plan, params, run_command):
     """Write (or remove) our file, then regenerate what the boot reads.
 
-    Returns the ``boot_setup`` result: files, backup, commands with rc."""
+    When the regenerating command cannot run or fails, our file is put back
+    as it was (what the boot reads was not regenerated from it), so the
+    next run writes it again and retries the command.  Returns the
+    ``boot_setup`` result: files, backup, commands with rc."""
     out = {"setup": plan["setup"], "pciback": plan["pciback"], "files": [plan["path"]], "commands": []}
     if not plan["changed"]:
         return out
     if params.get("backup") and plan["before"] is not None:
-        out["backup_file"] = _backup(plan["path"])
-    if plan["after"] is None:
-        os.unlink(plan["path"])
-    else:
-        os.makedirs(os.path.dirname(plan["path"]), exist_ok=True)
-        write_config(plan["path"], plan["after"])
+        try:
+            out["backup_file"] = _backup(plan["path"])
+        except OSError as exc:
+            raise BootSetupError("cannot back up %s: %s" % (plan["path"], exc.strerror or exc),
+                                 path=plan["path"]) from exc
+    _put(plan["path"], plan["after"])
     root = params.get("boot_root") or "/"
     if plan["setup"] == "grub":
         cmd = [params.get("update_grub") or "update-grub"]
@@ -325,10 +343,16 @@ def apply_boot(plan, params, run_command):
     else:
         out["initramfs"] = "not initramfs-tools (no %s): not rebuilt" % _path(root, "etc/initramfs-tools")
         return out
-    rc, stdout, stderr = run_command(cmd)
+    try:
+        rc, stdout, stderr = run_command(cmd)
+    except OSError as exc:      # the tool is not there, or not executable
+        _put(plan["path"], plan["before"])
+        msg = "cannot run %s: %s; %s was put back as it was" % (cmd[0], exc.strerror or exc, plan["path"])
+        raise BootSetupError(msg, path=plan["path"], cmd=cmd, boot_setup=out) from exc
     out["commands"].append({"cmd": cmd, "rc": rc})
     if rc != 0:
-        raise XenPciError("%s failed (rc %d) after %s was written: %s" % (" ".join(cmd), rc, plan["path"],
-                                                                          (stderr or stdout or "").strip()[-400:]),
-                          path=plan["path"], rc=rc, cmd=cmd, boot_setup=out)
+        _put(plan["path"], plan["before"])
+        said = (stderr or stdout or "").strip()[-400:]
+        msg = "%s failed (rc %d); %s was put back as it was: %s" % (" ".join(cmd), rc, plan["path"], said)
+        raise BootSetupError(msg, path=plan["path"], rc=rc, cmd=cmd, boot_setup=out)
     return out

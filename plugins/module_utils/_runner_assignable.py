@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import subprocess
 
 from ansible_collections.xen.pci.plugins.module_utils._assignable import (
     device_status, plan_add, plan_remove, pool_view, predict_add, predict_remove)
@@ -232,7 +231,9 @@ def _boot_result(result, boot, params, applied, bdfs):
 def _finish_boot(result, platform, host, resolved, params, boot, run_command):
     if boot is None:
         return
-    applied = apply_boot(boot, params, run_command or _run_command)
+    if run_command is None:
+        raise XenPciError("persistent needs a way to run update-grub / update-initramfs (run_command)")
+    applied = apply_boot(boot, params, run_command)
     # Read back: what the files say now, not what we meant to write.
     _boot_result(result, _plan_boot(platform, host, resolved, params), params, applied,
                  [bdf for bdf, _name in resolved])
@@ -243,14 +244,13 @@ def _finish_boot(result, platform, host, resolved, params, boot, run_command):
         result["actions"] += ["run %s (rc %d)" % (" ".join(c["cmd"]), c["rc"]) for c in applied["commands"]]
 
 
-def _run_command(cmd):
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-
-
 def run_assignable(params, check_mode=False, platform=None, hook=None, run_command=None):
     """Bring the listed devices into (present) or out of (absent) the pool;
-    with ``persistent``, also the boot setup that hides them at boot."""
+    with ``persistent``, also the boot setup that hides them at boot.
+
+    ``run_command(argv) -> (rc, stdout, stderr)`` runs update-grub and
+    update-initramfs (the module passes AnsibleModule.run_command); it
+    raises OSError when the command cannot be started."""
     wanted = _input(params)
     budget = Budget(params["timeout"], "xen.pci.assignable")
     platform = platform or platform_from(params)

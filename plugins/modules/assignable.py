@@ -89,9 +89,9 @@ options:
         only the Xen entries' variables C(GRUB_CMDLINE_LINUX_XEN_REPLACE) and C(GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT)
         (starting from C(GRUB_CMDLINE_LINUX) and C(GRUB_CMDLINE_LINUX_DEFAULT) when they are unset); then
         O(update_grub) runs.
-      - With O(boot_setup=modprobe), C(options xen_pciback hide=(BDF)...) and one C(softdep <driver> pre: xen_pciback)
+      - 'With O(boot_setup=modprobe), C(options xen_pciback hide=(BDF)...) and one C(softdep <driver> pre: xen_pciback)
         per dom0 driver of the devices go into C(/etc/modprobe.d/xen-pci.conf); then, on initramfs-tools hosts
-        (C(/etc/initramfs-tools) exists), C(update-initramfs -u) copies it into the initramfs.
+        (C(/etc/initramfs-tools) exists), C(update-initramfs -u) copies it into the initramfs.'
     type: bool
     default: false
     version_added: 0.3.0
@@ -259,6 +259,11 @@ boot_setup:
     backup_file:
       description: The copy made with O(backup).
       type: str
+    initramfs:
+      description:
+        - With V(modprobe) on a host without initramfs-tools (no C(/etc/initramfs-tools)), why no initramfs was rebuilt.
+          Such a host reads modprobe.d from its root file system, or its own initramfs tool must be run.
+      type: str
     hidden_after_reboot:
       description: The devices the boot setup hides at the next boot (ours and those written by hand).
       type: list
@@ -275,6 +280,8 @@ warnings_detail:
   type: list
   elements: str
 """
+
+from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -300,7 +307,7 @@ def main():
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     finish(module, lambda: run_assignable(module.params, check_mode=module.check_mode,
-                                          run_command=lambda cmd: module.run_command(cmd)))
+                                          run_command=partial(module.run_command, handle_exceptions=False)))
 
 
 if __name__ == "__main__":

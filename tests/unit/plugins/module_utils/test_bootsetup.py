@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
 from ansible_collections.xen.pci.plugins.module_utils._bootsetup import (
     GRUB_DROPIN, MODPROBE_CONF, after_reboot, hide_items, pciback_kind, running_hide)
-from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, XenPciError
+from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError, RefusedError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
 from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
 
@@ -97,6 +98,16 @@ def modprobe_root(tmp_path):
     return root
 
 
+def run_command(cmd):
+    """What AnsibleModule.run_command(cmd, handle_exceptions=False) returns (OSError when it cannot start)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run(params, **kwargs):
+    return run_assignable(params, run_command=run_command, **kwargs)
+
+
 def params_for(host, **extra):
     p = {k: v.get("default") for k, v in HOST_ARGS.items()}
     p.update(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
@@ -114,16 +125,16 @@ def boot_params(host, root, **extra):
 
 def four_steps(params):
     """check, real, rerun, rerun in check mode; the real run's result."""
-    predicted = run_assignable(params, check_mode=True)
+    predicted = run(params, check_mode=True)
     assert predicted["changed"] and predicted["boot_setup"]["commands"] == []
-    real = run_assignable(params)
+    real = run(params)
     assert real["changed"]
     assert predicted["reboot_required"] == real["reboot_required"]
     assert predicted["boot_setup"]["hidden_after_reboot"] == real["boot_setup"]["hidden_after_reboot"]
     assert predicted["diff"]["after"]["boot_setup"] == real["diff"]["after"]["boot_setup"]
-    again = run_assignable(params)
+    again = run(params)
     assert not again["changed"] and again["boot_setup"]["commands"] == []
-    assert not run_assignable(params, check_mode=True)["changed"]
+    assert not run(params, check_mode=True)["changed"]
     return real
 
 
@@ -154,7 +165,7 @@ def test_grub_dropin_merges_the_hand_written_list_and_update_grub_runs(sim, grub
 
     # The running kernel now hides them: no reboot needed.
     write(grub_root, "sys/module/xen_pciback/parameters/hide", "(0000:00:14.0)(0000:00:12.0)(0000:00:13.0)\n")
-    assert run_assignable(params, check_mode=True)["reboot_required"] is False
+    assert run(params, check_mode=True)["reboot_required"] is False
 
     gone = four_steps(dict(params, state="absent", devices=["0000:00:13.0"]))
     assert gone["boot_setup"]["hidden_after_reboot"] == ["0000:00:14.0", "0000:00:12.0"]
@@ -179,26 +190,26 @@ def test_modprobe_conf_softdeps_initramfs_and_backup(sim, modprobe_root):
     assert real["reboot_required"] is True
     assert calls(modprobe_root) == ["update-initramfs -u"]
 
-    more = run_assignable(dict(params, devices=["0000:00:13.0"]))
+    more = run(dict(params, devices=["0000:00:13.0"]))
     assert os.path.exists(more["boot_setup"]["backup_file"])
     assert "(0000:00:12.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
     # The hand-written device cannot be removed by us: refused, nothing written.
     with pytest.raises(RefusedError, match="local.conf"):
-        run_assignable(dict(params, state="absent", devices=["0000:00:14.0"]))
+        run(dict(params, state="absent", devices=["0000:00:14.0"]))
     assert "(0000:00:12.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
 
 
 def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root):
     host = sim(HOST)
     with pytest.raises(RefusedError, match="built into the running kernel"):
-        run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0"], boot_setup="modprobe"))
+        run(boot_params(host, grub_root, devices=["0000:00:13.0"], boot_setup="modprobe"))
     with pytest.raises(RefusedError, match="needs GRUB's defaults file"):
-        run_assignable(boot_params(host, modprobe_root, devices=["0000:00:13.0"], boot_setup="grub"))
+        run(boot_params(host, modprobe_root, devices=["0000:00:13.0"], boot_setup="grub"))
     # One bad device: the task is refused before the boot file is written.
     with pytest.raises(RefusedError, match="does not exist"):
-        run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0", "0000:09:00.0"]))
+        run(boot_params(host, grub_root, devices=["0000:00:13.0", "0000:09:00.0"]))
     with pytest.raises(RefusedError, match="attached to db"):
-        run_assignable(boot_params(host, grub_root, devices=["0000:00:11.0"], state="absent"))
+        run(boot_params(host, grub_root, devices=["0000:00:11.0"], state="absent"))
     assert not os.path.exists(os.path.join(grub_root, GRUB_DROPIN))
     assert not os.path.exists(os.path.join(modprobe_root, MODPROBE_CONF))
     assert calls(grub_root) == [] and calls(modprobe_root) == []
@@ -207,15 +218,31 @@ def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root):
 def test_a_failing_update_grub_is_reported_with_rc_and_stderr(sim, grub_root):
     host = sim(HOST)
     tool(grub_root, "update-grub", rc=3)
-    with pytest.raises(XenPciError, match=r"update-grub failed \(rc 3\)") as caught:
-        run_assignable(boot_params(host, grub_root, devices=["0000:00:13.0"]))
+    with pytest.raises(BootSetupError, match=r"update-grub failed \(rc 3\)") as caught:
+        run(boot_params(host, grub_root, devices=["0000:00:13.0"]))
     assert caught.value.details["rc"] == 3
+    assert isinstance(caught.value, XenPciError)
+    assert not os.path.exists(os.path.join(grub_root, GRUB_DROPIN))     # put back: there was none
+
+
+def test_a_missing_update_initramfs_is_a_boot_setup_error(sim, modprobe_root):
+    host = sim(HOST)
+    params = dict(boot_params(host, modprobe_root, devices=["0000:00:13.0"]),
+                  update_initramfs=os.path.join(modprobe_root, "usr/sbin/no-such-tool"))
+    with pytest.raises(BootSetupError, match=r"cannot run .*no-such-tool: .*; .*xen-pci.conf was put back") as caught:
+        run(params)
+    assert caught.value.details["path"] == os.path.join(modprobe_root, MODPROBE_CONF)
+    # Put back as it was (no file), so the next run writes it and runs the tool again.
+    assert not os.path.exists(os.path.join(modprobe_root, MODPROBE_CONF))
+    again = run(dict(params, update_initramfs=os.path.join(modprobe_root, "usr/sbin/update-initramfs")))
+    assert again["changed"] and calls(modprobe_root) == ["update-initramfs -u"]
+    assert "(0000:00:14.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
 
 
 def test_info_reports_now_and_after_reboot(sim, modprobe_root):
     from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # pylint: disable=import-outside-toplevel
     host = sim(HOST)
-    run_assignable(boot_params(host, modprobe_root, devices=["0000:00:13.0"]))
+    run(boot_params(host, modprobe_root, devices=["0000:00:13.0"]))
     full = {d["bdf"]: d for d in run_info(params_for(host, boot_root=modprobe_root, detail="full"))["devices"]}
     assert full["0000:00:13.0"]["assignable_now"] and full["0000:00:13.0"]["assignable_after_reboot"]
     assert full["0000:00:14.0"]["assignable_after_reboot"]          # hidden by hand in local.conf
