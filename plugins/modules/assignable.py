@@ -120,12 +120,18 @@ options:
     default: false
     version_added: 0.3.0
   update_grub:
-    description: The command that regenerates GRUB's configuration after O(boot_setup=grub) changed the drop-in.
+    description:
+      - The command that regenerates GRUB's configuration after O(boot_setup=grub) changed the drop-in, run without
+        arguments. A name is looked up in the module's C(PATH); give a path for a wrapper.
+      - When it cannot run or fails, the drop-in is put back as it was and the task fails (C(BootSetupError)).
     type: str
     default: update-grub
     version_added: 0.3.0
   update_initramfs:
-    description: The C(update-initramfs) command run (with C(-u)) after O(boot_setup=modprobe) changed its file.
+    description:
+      - The C(update-initramfs) command, run with C(-u) after O(boot_setup=modprobe) changed its file on an
+        initramfs-tools host. A wrapper that accepts C(-u) serves hosts with another initramfs tool.
+      - When it cannot run or fails, the file is put back as it was and the task fails (C(BootSetupError)).
     type: str
     default: update-initramfs
     version_added: 0.3.0
@@ -184,6 +190,30 @@ EXAMPLES = r"""
     devices: ["0000:03:00.0"]
     state: absent
     persistent: true
+
+- name: The GRUB way on a host whose GRUB configuration is made by a wrapper
+  xen.pci.assignable:
+    devices: ["0000:03:00.0"]
+    persistent: true
+    boot_setup: grub
+    update_grub: /usr/local/sbin/update-grub-and-sign
+
+- name: The modprobe.d way on a host whose initramfs is built by a wrapper that takes -u
+  xen.pci.assignable:
+    devices: ["0000:03:00.0"]
+    persistent: true
+    boot_setup: modprobe
+    update_initramfs: /usr/local/sbin/initramfs-wrapper
+
+- name: Against the simulated dom0 of xensim (its boot_root), as the collection's tests do
+  xen.pci.assignable:
+    devices: ["0000:00:14.0"]
+    take_from_driver: true
+    persistent: true
+    boot_root: "{{ xensim.paths.boot_root }}"
+    update_initramfs: "{{ xensim.paths.boot_root }}/usr/sbin/update-initramfs"
+  check_mode: true
+  diff: true
 """
 
 RETURN = r"""

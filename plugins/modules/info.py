@@ -68,6 +68,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ pci.devices | selectattr('assignable_after_reboot') | map(attribute='bdf') | list }}"
 
+- name: Against the simulated dom0 of xensim, whose boot setup is under its boot_root
+  xen.pci.info:
+    boot_root: "{{ xensim.paths.boot_root }}"
+  register: sim_pci
+
 - name: A cheap read for a fleet report
   xen.pci.info:
     detail: summary
