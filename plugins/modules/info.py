@@ -96,6 +96,7 @@ devices:
           assignable again after a reboot. Written by M(xen.pci.assignable) with O(xen.pci.assignable#module:persistent=true)
           or by hand.
         - A dom0 booted without GRUB reads only the modprobe.d list.
+        - V(null) when a file of the boot setup cannot be read (RV(warnings_detail) says which).
       type: bool
       returned: with O(detail=full)
   sample:
@@ -143,6 +144,13 @@ domains:
       device_model_state: null
       backend: {path: /local/domain/0/backend/pci/3/0, state: 4, frontend_state: 4, num_devs: 1, error: null}
       devices: [{bdf: "0000:00:10.0", index: 0, state: 3, vdev: "0000:00:00.00"}]
+warnings_detail:
+  description:
+    - Conditions worth knowing that did not fail the read, such as an unfinished request or a boot setup that
+      cannot be read (then RV(devices[].assignable_after_reboot) is V(null)).
+  returned: always
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

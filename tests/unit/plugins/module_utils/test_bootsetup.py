@@ -250,6 +250,13 @@ def test_info_reports_now_and_after_reboot(sim, modprobe_root):
     assert not full["0000:00:11.0"]["assignable_now"]                # attached to db
     summary = run_info(params_for(host, boot_root=modprobe_root, detail="summary"))["devices"]
     assert all("assignable_after_reboot" not in d and "assignable_now" in d for d in summary)
+    # An unreadable boot setup (a directory where a file should be) costs only that answer.
+    os.makedirs(os.path.join(modprobe_root, "etc/modprobe.d/broken.conf"))
+    broken = run_info(params_for(host, boot_root=modprobe_root, detail="full"))
+    assert all(d["assignable_after_reboot"] is None for d in broken["devices"])
+    assert any("assignable_after_reboot is unknown: cannot read" in w and "broken.conf" in w
+               for w in broken["warnings_detail"])
+    assert {d["bdf"]: d["assignable_now"] for d in broken["devices"]}["0000:00:13.0"] is True
 
 
 def test_on_the_simulated_dom0_boot_setup(sim):
