@@ -158,8 +158,15 @@ def _plan(platform, host, wanted, params):
         if actions:
             todo.append(actions)
             steps += _steps(platform, status, state, name, rebind, clear_name)
+    boot = None
+    try:
+        boot = _plan_boot(platform, host, resolved, params)
+    except (RefusedError, SpecError) as exc:    # the boot setup's refusals join the others
+        details = dict(exc.details)
+        problems.append(Problem(exc.msg, details.pop("input", None) or "persistent", device=details.pop("device", None),
+                                kind=type(exc), details=details))
     raise_problems(problems)
-    return resolved, todo, before, after, warnings, steps
+    return resolved, todo, before, after, warnings, steps, boot
 
 
 def _steps(platform, status, state, name, rebind, clear_name):
@@ -258,8 +265,8 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
         raise SpecError("xen.pci.assignable needs sysfs (sysfs_root)", input="sysfs_root")
     ctx = Context(platform, budget, hook=hook)
     host = read_host(platform.xs, budget.work)
-    resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
-    boot = _plan_boot(platform, host, resolved, params)    # refusals before any write
+    # Every refusal, the boot setup's too, before any write.
+    resolved, todo, before, after, warnings, steps, boot = _plan(platform, host, wanted, params)
     result = {
         "changed": bool(todo),
         "actions": [s.describe() for s in steps],
@@ -281,7 +288,7 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
             if host.journals:
                 recover_journals(ctx, host, required={"pool"})
                 host = read_host(platform.xs, budget.work)
-            resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
+            resolved, todo, before, after, warnings, steps, _boot = _plan(platform, host, wanted, params)
             execute(ctx, steps, POOL_KEY, {"op": "assignable %s" % params["state"], "label": "the assignable pool"})
     except XenPciError as exc:
         raise with_context(exc, actions=list(ctx.report.actions), changed=bool(ctx.report.actions or ctx.report.left),

@@ -205,6 +205,12 @@ def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root):
         run(boot_params(host, grub_root, devices=["0000:00:13.0"], boot_setup="modprobe"))
     with pytest.raises(RefusedError, match="needs GRUB's defaults file"):
         run(boot_params(host, modprobe_root, devices=["0000:00:13.0"], boot_setup="grub"))
+    # A pool refusal and a boot refusal are reported together, in problems.
+    with pytest.raises(RefusedError) as both:
+        run(boot_params(host, grub_root, devices=["0000:00:11.0"], state="absent", boot_setup="modprobe"))
+    assert [(p["input"], p["error"]) for p in both.value.details["problems"]] == [
+        ("devices", "RefusedError"), ("boot_setup", "RefusedError")]
+    assert "built into the running kernel" in both.value.details["problems"][1]["msg"]
     # One bad device: the task is refused before the boot file is written.
     with pytest.raises(RefusedError, match="does not exist"):
         run(boot_params(host, grub_root, devices=["0000:00:13.0", "0000:09:00.0"]))
