@@ -164,7 +164,8 @@ def test_info_summary_reads_a_link_per_device_and_reports_ownership(sim):
     host = sim(HOST)
     full = run_info(params_for(host))
     summary = run_info(params_for(host, detail="summary"))
-    keys = ("bdf", "driver", "pciback_slot", "assignable", "assigned_to", "assigned_to_name", "name", "remembered_driver")
+    keys = ("bdf", "driver", "pciback_slot", "assignable", "assignable_now", "assigned_to", "assigned_to_name", "name",
+            "remembered_driver")
     assert [{k: d[k] for k in keys} for d in summary["devices"]] == [{k: d[k] for k in keys} for d in full["devices"]]
     assert set(summary["devices"][0]) == set(keys)
     assert summary["domains"] == full["domains"] and summary["assignable"] == full["assignable"]
