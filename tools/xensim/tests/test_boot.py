@@ -64,3 +64,13 @@ def test_scenario_boot_key():
         loads("name: x\nboot: {loader: lilo}\n")
     with pytest.raises(ScenarioError, match="unknown"):
         loads("name: x\nboot: {grub: true}\n")
+
+
+def test_pciback_and_boot_pciback_are_one_kernel():
+    assert loads("name: x\npciback: builtin\n").boot["pciback"] == "builtin"
+    assert loads("name: x\nboot: {pciback: builtin}\n").pciback == "builtin"
+    both = loads("name: x\npciback: builtin\nboot: {pciback: builtin}\n")
+    assert both.pciback == both.boot["pciback"] == "builtin"
+    assert loads("name: x\n").pciback == loads("name: x\n").boot["pciback"] == "module"
+    with pytest.raises(ScenarioError, match="boot.pciback: module disagrees with pciback builtin"):
+        loads("name: x\npciback: builtin\nboot: {pciback: module}\n")

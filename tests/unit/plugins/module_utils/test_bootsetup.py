@@ -282,3 +282,62 @@ def test_on_the_simulated_dom0_boot_setup(sim):
     # 00:13.0 is hidden neither now nor at the next boot; 00:14.0 (hidden only
     # on this boot, not by the task) is no reason to reboot.
     assert gone["reboot_required"] is False and gone["boot_setup"]["hidden_now"] == ["0000:00:14.0"]
+
+
+SELECT_HOST = """
+name: boot-select-host
+devices:
+  - {bdf: "0000:00:12.0", vendor: 0x8086, device: 0x100e, class: 0x020000, driver: e1000}
+  - {bdf: "0000:00:13.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, driver: null, reset: false}
+  - {bdf: "0000:00:14.0", vendor: 0x1234, device: 0x11e8, class: 0x00ff00, hidden: true}
+"""
+
+
+def test_a_selected_device_is_hidden_at_boot_by_its_address(sim, modprobe_root):
+    host = sim(SELECT_HOST)
+    params = boot_params(host, modprobe_root, devices=[{"select": {"id": "8086:100e"}, "name": "lan0"}],
+                         take_from_driver=True, reset="strict")
+    real = four_steps(params)
+    assert real["selected"] == [{"entry": 0, "select": {"id": "8086:100e"}, "count": None, "bdfs": ["0000:00:12.0"]}]
+    assert real["boot_setup"]["hidden_after_reboot"] == ["0000:00:14.0", "0000:00:12.0"]
+    text = read(modprobe_root, MODPROBE_CONF)
+    assert "# xen.pci owns: 0000:00:12.0\n" in text
+    assert "options xen_pciback hide=(0000:00:14.0)(0000:00:12.0)\n" in text
+    assert "softdep e1000 pre: xen_pciback\n" in text     # the selected device's dom0 driver
+    assert [(d["bdf"], d["driver"], d["name"]) for d in real["devices"]] == [("0000:00:12.0", "pciback", "lan0")]
+    assert real["reboot_required"] is True
+
+    # Given back by the same selector (now chosen in the pool): the file goes.
+    gone = four_steps(dict(params, state="absent"))
+    assert gone["selected"][0]["bdfs"] == ["0000:00:12.0"]
+    assert not os.path.exists(os.path.join(modprobe_root, MODPROBE_CONF))
+    assert gone["boot_setup"]["hidden_after_reboot"] == ["0000:00:14.0"]
+    assert calls(modprobe_root) == ["update-initramfs -u", "update-initramfs -u"]
+
+
+def test_reset_strict_refuses_a_selected_device_before_the_boot_file(sim, modprobe_root):
+    host = sim(SELECT_HOST)
+    params = boot_params(host, modprobe_root, devices=[{"select": {"id": "1234:11e8", "class": "0x00ff00"},
+                                                        "count": "all"}], reset="strict")
+    with pytest.raises(RefusedError, match="0000:00:13.0 has no reset") as caught:
+        run(params)
+    assert [p["device"] for p in caught.value.details["problems"]] == ["0000:00:13.0"]
+    assert not os.path.exists(os.path.join(modprobe_root, MODPROBE_CONF)) and calls(modprobe_root) == []
+    # best_effort: both chosen devices are hidden at boot, with the reset warning.
+    real = four_steps(dict(params, reset="best_effort"))
+    assert real["selected"][0]["bdfs"] == ["0000:00:14.0", "0000:00:13.0"]     # the pool's first
+    assert sorted(real["boot_setup"]["hidden_after_reboot"]) == ["0000:00:13.0", "0000:00:14.0"]
+    assert "# xen.pci owns: " in read(modprobe_root, MODPROBE_CONF)
+    assert any("0000:00:13.0 has no reset" in w for w in real["warnings_detail"])
+
+
+def test_info_readiness_carries_the_boot_setup_too(sim, modprobe_root):
+    from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # pylint: disable=import-outside-toplevel
+    host = sim(SELECT_HOST)
+    out = run_info(params_for(host, boot_root=modprobe_root, detail="readiness"))
+    assert out["readiness"]["passthrough_ready"] is True
+    devices = {d["bdf"]: d for d in out["devices"]}
+    assert devices["0000:00:14.0"]["assignable_after_reboot"] and devices["0000:00:14.0"]["assignable_now"]
+    assert devices["0000:00:13.0"]["assignable_after_reboot"] is False
+    assert devices["0000:00:13.0"]["reset"]["usable"] is False
+    assert devices["0000:00:12.0"]["assignability"]["refused"] is None
