@@ -25,9 +25,7 @@ Differences that are ours by design, asserted as such (any other fails):
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 
 import pytest
 
