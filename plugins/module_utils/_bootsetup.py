@@ -27,13 +27,11 @@ about Ansible: commands run through the ``run_command`` the caller passes.
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
-import shutil
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError, RefusedError, SpecError, XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import write_config
+from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import default_backup, write_config
 
 GRUB_DROPIN = "etc/default/grub.d/zz-xen-pci.cfg"
 GRUB_MAIN = "etc/default/grub"
@@ -296,13 +294,6 @@ def after_reboot(params):
     return sorted({_norm(i) for i in items})
 
 
-def _backup(path):
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
-    dest = "%s.%d.%s~" % (path, os.getpid(), stamp)
-    shutil.copy2(path, dest)
-    return dest
-
-
 def _put(path, text):
     """Write ``text`` to ``path`` atomically, or remove ``path`` when ``text`` is None."""
     try:
@@ -330,7 +321,7 @@ def apply_boot(plan, params, run_command):
         return out
     if params.get("backup") and plan["before"] is not None:
         try:
-            out["backup_file"] = _backup(plan["path"])
+            out["backup_file"] = default_backup(plan["path"])
         except OSError as exc:
             raise BootSetupError("cannot back up %s: %s" % (plan["path"], exc.strerror or exc),
                                  path=plan["path"]) from exc

@@ -15,7 +15,6 @@ import pytest
 from ansible_collections.xen.pci.plugins.module_utils._bootsetup import (
     GRUB_DROPIN, MODPROBE_CONF, after_reboot, hide_items, pciback_kind, running_hide)
 from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError, RefusedError, XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
 from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
 
 HOST = """
@@ -108,19 +107,15 @@ def run(params, **kwargs):
     return run_assignable(params, run_command=run_command, **kwargs)
 
 
-def params_for(host, **extra):
-    p = {k: v.get("default") for k, v in HOST_ARGS.items()}
-    p.update(xenstore_path=host.paths["xenstored"], sysfs_root=host.paths["sysfs_root"],
-             hypervisor="xensim:" + host.paths["hypervisor"], userdata_dir=host.paths["userdata_dir"], timeout=30.0,
-             state="present", take_from_driver=False, rebind=True, names="keep")
-    p.update(extra)
-    return p
-
-
-def boot_params(host, root, **extra):
-    extra.setdefault("persistent", True)
-    return params_for(host, boot_root=root, update_grub=os.path.join(root, "usr/sbin/update-grub"),
-                      update_initramfs=os.path.join(root, "usr/sbin/update-initramfs"), **extra)
+@pytest.fixture
+def boot_params(params_of):
+    """``boot_params(host, root, **extra)``: the assignable runner's parameters with persistent on
+    that host root, its update-grub and update-initramfs."""
+    def make(host, root, **extra):
+        extra.setdefault("persistent", True)
+        return params_of(host, boot_root=root, update_grub=os.path.join(root, "usr/sbin/update-grub"),
+                         update_initramfs=os.path.join(root, "usr/sbin/update-initramfs"), **extra)
+    return make
 
 
 def four_steps(params):
@@ -146,7 +141,7 @@ def test_hide_helpers(grub_root, modprobe_root):
     assert running_hide(modprobe_root) == []
 
 
-def test_grub_dropin_merges_the_hand_written_list_and_update_grub_runs(sim, grub_root):
+def test_grub_dropin_merges_the_hand_written_list_and_update_grub_runs(sim, grub_root, boot_params):
     host = sim(HOST)
     params = boot_params(host, grub_root, devices=["0000:00:12.0", "00:13.0"], take_from_driver=True)
     real = four_steps(params)
@@ -177,7 +172,7 @@ def test_grub_dropin_merges_the_hand_written_list_and_update_grub_runs(sim, grub
     assert after_reboot({"boot_root": grub_root}) == ["0000:00:14.0"]
 
 
-def test_modprobe_conf_softdeps_initramfs_and_backup(sim, modprobe_root):
+def test_modprobe_conf_softdeps_initramfs_and_backup(sim, modprobe_root, boot_params):
     host = sim(HOST)
     params = boot_params(host, modprobe_root, devices=["0000:00:12.0"], take_from_driver=True, backup=True)
     real = four_steps(params)
@@ -199,7 +194,7 @@ def test_modprobe_conf_softdeps_initramfs_and_backup(sim, modprobe_root):
     assert "(0000:00:12.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
 
 
-def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root):
+def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root, boot_params):
     host = sim(HOST)
     with pytest.raises(RefusedError, match="built into the running kernel"):
         run(boot_params(host, grub_root, devices=["0000:00:13.0"], boot_setup="modprobe"))
@@ -221,7 +216,7 @@ def test_refusals_write_no_boot_file(sim, grub_root, modprobe_root):
     assert calls(grub_root) == [] and calls(modprobe_root) == []
 
 
-def test_a_failing_update_grub_is_reported_with_rc_and_stderr(sim, grub_root):
+def test_a_failing_update_grub_is_reported_with_rc_and_stderr(sim, grub_root, boot_params):
     host = sim(HOST)
     tool(grub_root, "update-grub", rc=3)
     with pytest.raises(BootSetupError, match=r"update-grub failed \(rc 3\)") as caught:
@@ -231,7 +226,7 @@ def test_a_failing_update_grub_is_reported_with_rc_and_stderr(sim, grub_root):
     assert not os.path.exists(os.path.join(grub_root, GRUB_DROPIN))     # put back: there was none
 
 
-def test_a_missing_update_initramfs_is_a_boot_setup_error(sim, modprobe_root):
+def test_a_missing_update_initramfs_is_a_boot_setup_error(sim, modprobe_root, boot_params):
     host = sim(HOST)
     params = dict(boot_params(host, modprobe_root, devices=["0000:00:13.0"]),
                   update_initramfs=os.path.join(modprobe_root, "usr/sbin/no-such-tool"))
@@ -245,27 +240,27 @@ def test_a_missing_update_initramfs_is_a_boot_setup_error(sim, modprobe_root):
     assert "(0000:00:14.0)(0000:00:13.0)" in read(modprobe_root, MODPROBE_CONF)
 
 
-def test_info_reports_now_and_after_reboot(sim, modprobe_root):
+def test_info_reports_now_and_after_reboot(sim, modprobe_root, boot_params, params_of):
     from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # pylint: disable=import-outside-toplevel
     host = sim(HOST)
     run(boot_params(host, modprobe_root, devices=["0000:00:13.0"]))
-    full = {d["bdf"]: d for d in run_info(params_for(host, boot_root=modprobe_root, detail="full"))["devices"]}
+    full = {d["bdf"]: d for d in run_info(params_of(host, boot_root=modprobe_root, detail="full"))["devices"]}
     assert full["0000:00:13.0"]["assignable_now"] and full["0000:00:13.0"]["assignable_after_reboot"]
     assert full["0000:00:14.0"]["assignable_after_reboot"]          # hidden by hand in local.conf
     assert not full["0000:00:12.0"]["assignable_now"] and not full["0000:00:12.0"]["assignable_after_reboot"]
     assert not full["0000:00:11.0"]["assignable_now"]                # attached to db
-    summary = run_info(params_for(host, boot_root=modprobe_root, detail="summary"))["devices"]
+    summary = run_info(params_of(host, boot_root=modprobe_root, detail="summary"))["devices"]
     assert all("assignable_after_reboot" not in d and "assignable_now" in d for d in summary)
     # An unreadable boot setup (a directory where a file should be) costs only that answer.
     os.makedirs(os.path.join(modprobe_root, "etc/modprobe.d/broken.conf"))
-    broken = run_info(params_for(host, boot_root=modprobe_root, detail="full"))
+    broken = run_info(params_of(host, boot_root=modprobe_root, detail="full"))
     assert all(d["assignable_after_reboot"] is None for d in broken["devices"])
     assert any("assignable_after_reboot is unknown: cannot read" in w and "broken.conf" in w
                for w in broken["warnings_detail"])
     assert {d["bdf"]: d["assignable_now"] for d in broken["devices"]}["0000:00:13.0"] is True
 
 
-def test_on_the_simulated_dom0_boot_setup(sim):
+def test_on_the_simulated_dom0_boot_setup(sim, boot_params):
     """xensim's own boot root: a built-in pciback with a device hidden by this boot, update-grub faithful."""
     host = sim(HOST + "boot: {pciback: builtin}\n")
     root = host.paths["boot_root"]
@@ -293,7 +288,7 @@ devices:
 """
 
 
-def test_a_selected_device_is_hidden_at_boot_by_its_address(sim, modprobe_root):
+def test_a_selected_device_is_hidden_at_boot_by_its_address(sim, modprobe_root, boot_params):
     host = sim(SELECT_HOST)
     params = boot_params(host, modprobe_root, devices=[{"select": {"id": "8086:100e"}, "name": "lan0"}],
                          take_from_driver=True, reset="strict")
@@ -315,7 +310,7 @@ def test_a_selected_device_is_hidden_at_boot_by_its_address(sim, modprobe_root):
     assert calls(modprobe_root) == ["update-initramfs -u", "update-initramfs -u"]
 
 
-def test_reset_strict_refuses_a_selected_device_before_the_boot_file(sim, modprobe_root):
+def test_reset_strict_refuses_a_selected_device_before_the_boot_file(sim, modprobe_root, boot_params):
     host = sim(SELECT_HOST)
     params = boot_params(host, modprobe_root, devices=[{"select": {"id": "1234:11e8", "class": "0x00ff00"},
                                                         "count": "all"}], reset="strict")
@@ -331,10 +326,10 @@ def test_reset_strict_refuses_a_selected_device_before_the_boot_file(sim, modpro
     assert any("0000:00:13.0 has no reset" in w for w in real["warnings_detail"])
 
 
-def test_info_readiness_carries_the_boot_setup_too(sim, modprobe_root):
+def test_info_readiness_carries_the_boot_setup_too(sim, modprobe_root, params_of):
     from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # pylint: disable=import-outside-toplevel
     host = sim(SELECT_HOST)
-    out = run_info(params_for(host, boot_root=modprobe_root, detail="readiness"))
+    out = run_info(params_of(host, boot_root=modprobe_root, detail="readiness"))
     assert out["readiness"]["passthrough_ready"] is True
     devices = {d["bdf"]: d for d in out["devices"]}
     assert devices["0000:00:14.0"]["assignable_after_reboot"] and devices["0000:00:14.0"]["assignable_now"]
