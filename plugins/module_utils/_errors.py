@@ -72,6 +72,11 @@ class HypervisorError(XenPciError):
         self.errno = errno_name
 
 
+class BootSetupError(XenPciError):
+    """A file of dom0's boot setup could not be read or written, or the tool
+    that regenerates what the boot reads (update-grub, update-initramfs) failed."""
+
+
 class RefusedError(XenPciError):
     """A safety rule refused the request before anything was written."""
 

@@ -12,9 +12,13 @@ execute the steps with their journal, and report the devices as read back.
 
 from __future__ import annotations
 
+import os
+import posixpath
+
 from ansible_collections.xen.pci.plugins.module_utils._assignable import (
     device_status, plan_add, plan_remove, pool_view, predict_add, predict_remove)
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf, PciSpec
+from ansible_collections.xen.pci.plugins.module_utils._bootsetup import SETUPS, apply_boot, plan_boot, running_hide
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
 from ansible_collections.xen.pci.plugins.module_utils._engine import Context, execute
 from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError, XenPciError, with_context
@@ -102,9 +106,12 @@ def _input(params):
         problems.append(Problem("state must be present or absent, got %r" % (params.get("state"),), "state"))
     if params.get("names", "keep") not in NAMES_MODES:
         problems.append(Problem("names must be keep or exact, got %r" % (params.get("names"),), "names"))
-    for name in ("rebind", "take_from_driver"):
+    for name in ("rebind", "take_from_driver", "persistent", "backup"):
         check_bool(params, name, problems)
     check_reset_policy(params, problems)
+    if params.get("boot_setup", "auto") not in SETUPS:
+        problems.append(Problem("boot_setup must be one of %s, got %r" % (", ".join(SETUPS), params.get("boot_setup")),
+                                "boot_setup"))
     wanted = parse_pool_devices(params.get("devices"), problems)
     raise_problems(problems)
     return wanted
@@ -168,8 +175,15 @@ def _plan(platform, host, wanted, params):
         if actions:
             todo.append(actions)
             steps += _steps(platform, status, state, name, rebind, clear_name)
+    boot = None
+    try:
+        boot = _plan_boot(platform, host, resolved, params)
+    except (RefusedError, SpecError) as exc:    # the boot setup's refusals join the others
+        details = dict(exc.details)
+        problems.append(Problem(exc.msg, details.pop("input", None) or "persistent", device=details.pop("device", None),
+                                kind=type(exc), details=details))
     raise_problems(problems)
-    return resolved, todo, before, after, warnings, steps
+    return resolved, todo, before, after, warnings, steps, boot
 
 
 def _steps(platform, status, state, name, rebind, clear_name):
@@ -204,8 +218,75 @@ def _select(platform, params, wanted):
     return parse_pool_devices(concrete[None]), selected.get(None, [])
 
 
-def run_assignable(params, check_mode=False, platform=None, hook=None):
-    """Bring the listed devices into (present) or out of (absent) the pool."""
+def _driver_modules(platform, host, resolved, state):
+    """Kernel modules of the dom0 drivers of the devices to hide (for modprobe softdeps)."""
+    out = set()
+    if state != "present":
+        return out
+    for bdf, _name in resolved:
+        if not platform.sysfs.exists(bdf):
+            continue
+        driver = platform.sysfs.driver_name(bdf)
+        if driver == "pciback":
+            driver = posixpath.basename(host.libxl_pci.get(bdf, {}).get("driver_path") or "") or None
+        if driver:
+            link = os.path.join(platform.sysfs.root, "bus/pci/drivers", driver, "module")
+            out.add(os.path.basename(os.readlink(link)) if os.path.islink(link) else driver)
+    return out
+
+
+def _plan_boot(platform, host, resolved, params):
+    if not params.get("persistent"):
+        return None
+    return plan_boot(params, [bdf for bdf, _name in resolved], params["state"],
+                     _driver_modules(platform, host, resolved, params["state"]))
+
+
+def _boot_result(result, boot, params, applied, bdfs):
+    """The boot-setup fields of the result; ``applied`` is what apply_boot reported (None in check mode)."""
+    if boot is None:
+        return
+    root = params.get("boot_root") or "/"
+    running = sorted(running_hide(root))
+    result["changed"] = result["changed"] or boot["changed"]
+    result["diff"].setdefault("before", {})["boot_setup"] = {boot["path"]: boot["before"] or ""}
+    result["diff"].setdefault("after", {})["boot_setup"] = {boot["path"]: boot["after"] or ""}
+    if boot["changed"]:
+        result["actions"].append("%s %s" % ("remove" if boot["after"] is None else "write", boot["path"]))
+    result["boot_setup"] = applied or {"setup": boot["setup"], "pciback": boot["pciback"], "files": [boot["path"]],
+                                       "commands": []}
+    result["boot_setup"]["hidden_after_reboot"] = boot["after_reboot"]
+    result["boot_setup"]["hidden_now"] = running
+    # Only the task's devices count: another device hidden by hand now and
+    # not at the next boot is no reason to reboot for this task.
+    now = {i.lower() if i.count(":") == 2 else "0000:" + i.lower() for i in running}
+    later = set(boot["after_reboot"])
+    result["reboot_required"] = any((bdf in now) != (bdf in later) for bdf in bdfs)
+
+
+def _finish_boot(result, platform, host, resolved, params, boot, run_command):
+    if boot is None:
+        return
+    if run_command is None:
+        raise XenPciError("persistent needs a way to run update-grub / update-initramfs (run_command)")
+    applied = apply_boot(boot, params, run_command)
+    # Read back: what the files say now, not what we meant to write.
+    _boot_result(result, _plan_boot(platform, host, resolved, params), params, applied,
+                 [bdf for bdf, _name in resolved])
+    result["changed"] = result["changed"] or boot["changed"]
+    if boot["changed"]:
+        result["actions"].append("%s %s" % ("remove" if boot["after"] is None else "write", boot["path"]))
+        result["diff"]["before"]["boot_setup"] = {boot["path"]: boot["before"] or ""}
+        result["actions"] += ["run %s (rc %d)" % (" ".join(c["cmd"]), c["rc"]) for c in applied["commands"]]
+
+
+def run_assignable(params, check_mode=False, platform=None, hook=None, run_command=None):
+    """Bring the listed devices into (present) or out of (absent) the pool;
+    with ``persistent``, also the boot setup that hides them at boot.
+
+    ``run_command(argv) -> (rc, stdout, stderr)`` runs update-grub and
+    update-initramfs (the module passes AnsibleModule.run_command); it
+    raises OSError when the command cannot be started."""
     wanted = _input(params)
     budget = Budget(params["timeout"], "xen.pci.assignable")
     platform = platform or platform_from(params)
@@ -214,7 +295,9 @@ def run_assignable(params, check_mode=False, platform=None, hook=None):
     ctx = Context(platform, budget, hook=hook)
     host = read_host(platform.xs, budget.work)
     wanted, selected = _select(platform, params, wanted)
-    resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
+    # Every refusal (the pool's, the reset policy's, the boot setup's) before
+    # any write; the boot setup hides the addresses the selectors chose too.
+    resolved, todo, before, after, warnings, steps, boot = _plan(platform, host, wanted, params)
     result = {
         "selected": selected,
         "changed": bool(todo),
@@ -226,6 +309,10 @@ def run_assignable(params, check_mode=False, platform=None, hook=None):
     }
     if check_mode or (not todo and not host.journals):
         result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
+        if check_mode:
+            _boot_result(result, boot, params, None, [bdf for bdf, _name in resolved])
+        else:
+            _finish_boot(result, platform, host, resolved, params, boot, run_command)
         return result
     try:
         with platform.pool_lock(budget.work):
@@ -233,7 +320,7 @@ def run_assignable(params, check_mode=False, platform=None, hook=None):
             if host.journals:
                 recover_journals(ctx, host, required={"pool"})
                 host = read_host(platform.xs, budget.work)
-            resolved, todo, before, after, warnings, steps = _plan(platform, host, wanted, params)
+            resolved, todo, before, after, warnings, steps, _boot = _plan(platform, host, wanted, params)
             execute(ctx, steps, POOL_KEY, {"op": "assignable %s" % params["state"], "label": "the assignable pool"})
     except XenPciError as exc:
         raise with_context(exc, actions=list(ctx.report.actions), changed=bool(ctx.report.actions or ctx.report.left),
@@ -244,4 +331,5 @@ def run_assignable(params, check_mode=False, platform=None, hook=None):
                   interrupted=[j.summary() for j in host.journals],
                   warnings_detail=warnings + list(ctx.report.warnings) + untrusted_warnings(platform.xs))
     result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
+    _finish_boot(result, platform, host, resolved, params, boot, run_command)
     return result

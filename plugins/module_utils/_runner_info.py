@@ -6,7 +6,9 @@ acted on: info changes nothing)."""
 
 from __future__ import annotations
 
+from ansible_collections.xen.pci.plugins.module_utils._bootsetup import after_reboot
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
+from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
 from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, device_facts, host_readiness
 from ansible_collections.xen.pci.plugins.module_utils._reset import reset_report
@@ -32,6 +34,14 @@ def run_info(params, platform=None):
     sysfs = platform.sysfs
     summary = params.get("detail", "full") == "summary"
     readiness = host_readiness(platform) if params.get("detail") == "readiness" else None
+    # A few small files, read once; the summary path skips them.  A boot
+    # setup that cannot be read costs only this answer (None), not the read.
+    boot_warnings = []
+    try:
+        hidden_at_boot = set() if summary else set(after_reboot(params))
+    except BootSetupError as exc:
+        hidden_at_boot = None
+        boot_warnings.append("assignable_after_reboot is unknown: %s" % exc)
     if sysfs is not None:
         slots = set(sysfs.pciback_slots()) if sysfs.pciback_loaded() else set()
         listed = sysfs.devices()
@@ -53,6 +63,9 @@ def run_info(params, platform=None):
                 facts = device_facts(sysfs, bdf, listed)
                 facts["refused"] = assign_refusal(sysfs, bdf, readiness)
                 dev.update(reset=reset_report(sysfs, bdf), assignability=facts)
+            dev["assignable_now"] = dev["assignable"]
+            if not summary:
+                dev["assignable_after_reboot"] = None if hidden_at_boot is None else bdf in hidden_at_boot
             devices.append(dev)
     domains = {}
     for dom in host.domains.values():
@@ -63,7 +76,7 @@ def run_info(params, platform=None):
             "device_model_state": dom.dm_state,
             "backend": dom.backend.as_dict() if dom.backend else None,
             "devices": [d.as_dict() for d in dom.devices]}
-    warnings = untrusted_warnings(platform.xs)
+    warnings = boot_warnings + untrusted_warnings(platform.xs)
     warnings += ["a request was interrupted and is unfinished (journal %s, %s of %s); the next passthrough or assignable "
                  "run finishes or rolls it back" % (j.path, (j.meta or {}).get("op"), (j.meta or {}).get("label"))
                  for j in host.journals]

@@ -283,17 +283,21 @@ def _mismatch(the_plan, after):
 def _failed(ctx, platform, budget, exc, the_plan, before, result):
     """The error of a failed request, with the host as read back."""
     domids = [d.domid for d in the_plan.domains]
+    # A deadline can run out where no step names the guest (the re-read under
+    # the locks, the journal's removal): say which guests the request was for.
+    labels = [d.label for d in the_plan.domains]
+    prefix = "%s: " % ", ".join(labels) if labels and not any(label in exc.msg for label in labels) else ""
     try:
         if not platform.xs.connected:
             platform.xs.reconnect(budget.final())
         after = read_host(platform.xs, budget.final(), _with_stubdoms(ctx.host, domids))
     except XenPciError as again:
-        return with_context(exc, suffix="; the host could not be read back (%s)" % again.msg, changed=True,
+        return with_context(exc, prefix, "; the host could not be read back (%s)" % again.msg, changed=True,
                             actions=list(ctx.report.actions), left=list(ctx.report.left) or None)
     now = {d: [x.bdf for x in after.domains[d].devices] if d in after.domains else [] for d in domids}
     changed = bool(exc.details.get("changed")) or any(sorted(now[d]) != sorted(before.get(d, [])) for d in domids) \
         or bool(ctx.report.left)
-    return with_context(exc, changed=changed, actions=list(ctx.report.actions), left=list(ctx.report.left) or None,
+    return with_context(exc, prefix, changed=changed, actions=list(ctx.report.actions), left=list(ctx.report.left) or None,
                         domains=domain_summary(after, domids), recovered=list(ctx.report.recovered) or None,
                         interrupted=[j.summary() for j in after.journals] or None,
                         warnings_detail=list(ctx.report.warnings) + untrusted_warnings(platform.xs),

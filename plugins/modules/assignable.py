@@ -94,7 +94,69 @@ options:
     choices: [strict, best_effort, none]
     default: best_effort
     version_added: 0.2.0
+  persistent:
+    description:
+      - Also keep the devices hidden from dom0 drivers at boot, so they are assignable again after dom0 reboots
+        (with O(state=absent), stop hiding them). The pool changes now as without it; the boot setup takes
+        effect at the next boot (see RV(reboot_required)).
+      - The boot setup is chosen by O(boot_setup). The module owns one file and merges with hide lists written
+        by hand elsewhere, which it keeps; a comment in its file names the devices it owns, and O(state=absent)
+        removes only those (a device hidden by a line written by hand is refused, naming the file).
+      - With O(boot_setup=grub), C(xen-pciback.hide=(BDF)...) goes into the drop-in
+        C(/etc/default/grub.d/zz-xen-pci.cfg) (read last by Debian's grub-mkconfig, so its list wins), which sets
+        only the Xen entries' variables C(GRUB_CMDLINE_LINUX_XEN_REPLACE) and C(GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT)
+        (starting from C(GRUB_CMDLINE_LINUX) and C(GRUB_CMDLINE_LINUX_DEFAULT) when they are unset); then
+        O(update_grub) runs.
+      - 'With O(boot_setup=modprobe), C(options xen_pciback hide=(BDF)...) and one C(softdep <driver> pre: xen_pciback)
+        per dom0 driver of the devices go into C(/etc/modprobe.d/xen-pci.conf); then, on initramfs-tools hosts
+        (C(/etc/initramfs-tools) exists), C(update-initramfs -u) copies it into the initramfs.'
+      - A device a C(select) entry chooses is hidden by its address (RV(selected)); the reset policy of O(reset) and the
+        refusals of devices that cannot be assigned on this host apply to it before the boot setup is written.
+    type: bool
+    default: false
+    version_added: 0.2.0
+  boot_setup:
+    description:
+      - How O(persistent) hides devices at boot.
+      - V(auto) picks V(grub) when xen-pciback is built into the running kernel (C(modules.builtin) lists it and
+        C(/sys/module/xen_pciback/initstate) does not exist) and V(modprobe) when it is a module.
+      - V(grub) needs C(/etc/default/grub) and Debian's C(/etc/default/grub.d) layout; V(modprobe) is refused when
+        pciback is built in. A host that boots dom0 without GRUB (direct kernel load) needs V(modprobe).
+    type: str
+    choices: [auto, grub, modprobe]
+    default: auto
+    version_added: 0.2.0
+  boot_root:
+    description:
+      - The directory under which C(/etc), C(/proc), C(/sys/module) and C(/lib/modules) of O(persistent) are read and
+        written. For tests and chroots; leave it at V(/) on a host.
+    type: path
+    default: /
+    version_added: 0.2.0
+  backup:
+    description:
+      - With O(persistent), keep a time-stamped copy of the module's boot file before changing it (RV(boot_setup.backup_file)).
+    type: bool
+    default: false
+    version_added: 0.2.0
+  update_grub:
+    description:
+      - The command that regenerates GRUB's configuration after O(boot_setup=grub) changed the drop-in, run without
+        arguments. A name is looked up in the module's C(PATH); give a path for a wrapper.
+      - When it cannot run or fails, the drop-in is put back as it was and the task fails (C(BootSetupError)).
+    type: str
+    default: update-grub
+    version_added: 0.2.0
+  update_initramfs:
+    description:
+      - The C(update-initramfs) command, run with C(-u) after O(boot_setup=modprobe) changed its file on an
+        initramfs-tools host. A wrapper that accepts C(-u) serves hosts with another initramfs tool.
+      - When it cannot run or fails, the file is put back as it was and the task fails (C(BootSetupError)).
+    type: str
+    default: update-initramfs
+    version_added: 0.2.0
 notes:
+  - In check mode nothing is written and no command runs; RV(boot_setup) and RV(reboot_required) say what would change.
   - Making a device assignable takes it away from dom0. Do not use O(take_from_driver) on a device dom0 needs
     (its disk or management network).
 seealso:
@@ -142,6 +204,64 @@ EXAMPLES = r"""
   xen.pci.assignable:
     devices: ["0000:03:00.0"]
     names: exact
+
+- name: Assignable now and after every reboot (the boot setup chosen for this host)
+  xen.pci.assignable:
+    devices: ["0000:03:00.0", "0000:04:00.1"]
+    take_from_driver: true
+    persistent: true
+    backup: true
+  register: pool
+
+- name: Tell the operator when the boot setup waits for a reboot
+  ansible.builtin.debug:
+    msg: "reboot to apply {{ pool.boot_setup.files }}"
+  when: pool.reboot_required
+
+- name: Every NIC of one model, assignable now and after every reboot, by address on this host
+  xen.pci.assignable:
+    devices:
+      - select: {id: "8086:100e"}
+        count: all
+    take_from_driver: true
+    persistent: true
+    reset: strict
+
+- name: A dom0 booted without GRUB, pciback a module (the modprobe.d way)
+  xen.pci.assignable:
+    devices: ["0000:03:00.0"]
+    persistent: true
+    boot_setup: modprobe
+
+- name: No longer hidden at boot (and given back now)
+  xen.pci.assignable:
+    devices: ["0000:03:00.0"]
+    state: absent
+    persistent: true
+
+- name: The GRUB way on a host whose GRUB configuration is made by a wrapper
+  xen.pci.assignable:
+    devices: ["0000:03:00.0"]
+    persistent: true
+    boot_setup: grub
+    update_grub: /usr/local/sbin/update-grub-and-sign
+
+- name: The modprobe.d way on a host whose initramfs is built by a wrapper that takes -u
+  xen.pci.assignable:
+    devices: ["0000:03:00.0"]
+    persistent: true
+    boot_setup: modprobe
+    update_initramfs: /usr/local/sbin/initramfs-wrapper
+
+- name: Against the simulated dom0 of xensim (its boot_root), as the collection's tests do
+  xen.pci.assignable:
+    devices: ["0000:00:14.0"]
+    take_from_driver: true
+    persistent: true
+    boot_root: "{{ xensim.paths.boot_root }}"
+    update_initramfs: "{{ xensim.paths.boot_root }}/usr/sbin/update-initramfs"
+  check_mode: true
+  diff: true
 """
 
 RETURN = r"""
@@ -193,12 +313,59 @@ devices:
   sample:
     - {bdf: "0000:04:00.0", exists: true, driver: pciback, in_slots: true, assignable: true, assigned_to: null,
        assigned_to_name: null, name: nic1, driver_path: /sys/bus/pci/drivers/e1000}
+reboot_required:
+  description:
+    - With O(persistent), whether one of the task's devices is hidden at the next boot (as the boot setup reads
+      after the task) but not by the running kernel, or the other way round. The running kernel's list is pciback's
+      C(hide) parameter, else the C(xen-pciback.hide) of C(/proc/cmdline).
+    - It stays V(true) on reruns until dom0 reboots; the pool itself changed already (RV(devices)).
+  returned: when O(persistent=true)
+  type: bool
+boot_setup:
+  description: With O(persistent), the boot setup read back after the task.
+  returned: when O(persistent=true)
+  type: dict
+  contains:
+    setup:
+      description: V(grub) or V(modprobe).
+      type: str
+    pciback:
+      description: V(module) or V(builtin), how the running kernel has xen-pciback.
+      type: str
+    files:
+      description: The file the module owns.
+      type: list
+      elements: str
+    commands:
+      description: The commands run (C(update-grub), C(update-initramfs -u)) with their C(rc); empty in check mode.
+      type: list
+      elements: dict
+    backup_file:
+      description: The copy made with O(backup).
+      type: str
+    initramfs:
+      description:
+        - With V(modprobe) on a host without initramfs-tools (no C(/etc/initramfs-tools)), why no initramfs was rebuilt.
+          Such a host reads modprobe.d from its root file system, or its own initramfs tool must be run.
+      type: str
+    hidden_after_reboot:
+      description: The devices the boot setup hides at the next boot (ours and those written by hand).
+      type: list
+      elements: str
+    hidden_now:
+      description: The devices the running kernel was told to hide.
+      type: list
+      elements: str
+  sample: {setup: grub, pciback: builtin, files: [/etc/default/grub.d/zz-xen-pci.cfg],
+           commands: [{cmd: [update-grub], rc: 0}], hidden_after_reboot: ["0000:03:00.0"], hidden_now: []}
 warnings_detail:
   description: Conditions that did not fail the task, such as a device left with no driver.
   returned: always
   type: list
   elements: str
 """
+
+from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -215,10 +382,17 @@ def main():
         rebind=dict(type="bool", default=True),
         names=dict(type="str", choices=["keep", "exact"], default="keep"),
         reset=dict(type="str", choices=["strict", "best_effort", "none"], default="best_effort"),
+        persistent=dict(type="bool", default=False),
+        boot_setup=dict(type="str", choices=["auto", "grub", "modprobe"], default="auto"),
+        boot_root=dict(type="path", default="/"),
+        backup=dict(type="bool", default=False),
+        update_grub=dict(type="str", default="update-grub"),
+        update_initramfs=dict(type="str", default="update-initramfs"),
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    finish(module, lambda: run_assignable(module.params, check_mode=module.check_mode))
+    finish(module, lambda: run_assignable(module.params, check_mode=module.check_mode,
+                                          run_command=partial(module.run_command, handle_exceptions=False)))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ options:
     choices: [full, summary, readiness]
     default: full
     version_added: 0.2.0
+  boot_root:
+    description:
+      - The directory under which the boot setup (C(/etc/default/grub), C(/etc/default/grub.d), C(/etc/modprobe.d))
+        is read for RV(devices[].assignable_after_reboot). For tests and chroots; leave it at V(/) on a host.
+    type: path
+    default: /
+    version_added: 0.2.0
 seealso:
   - module: xen.pci.passthrough
   - module: xen.pci.assignable
@@ -59,6 +66,15 @@ EXAMPLES = r"""
 - name: List the devices ready for guests
   ansible.builtin.debug:
     msg: "{{ pci.assignable }}"
+
+- name: Devices that come back assignable after a reboot
+  ansible.builtin.debug:
+    msg: "{{ pci.devices | selectattr('assignable_after_reboot') | map(attribute='bdf') | list }}"
+
+- name: Against the simulated dom0 of xensim, whose boot setup is under its boot_root
+  xen.pci.info:
+    boot_root: "{{ xensim.paths.boot_root }}"
+  register: sim_pci
 
 - name: A cheap read for a fleet report
   xen.pci.info:
@@ -82,6 +98,20 @@ devices:
   returned: always
   type: list
   elements: dict
+  contains:
+    assignable_now:
+      description: Bound to pciback and attached to no guest (the same as C(assignable)).
+      type: bool
+    assignable_after_reboot:
+      description:
+        - Whether the boot setup hides the device from dom0 drivers at the next boot (C(xen-pciback.hide) in the
+          dom0 arguments of GRUB's Xen entries, or C(options xen_pciback hide=) in modprobe.d), so it is
+          assignable again after a reboot. Written by M(xen.pci.assignable) with O(xen.pci.assignable#module:persistent=true)
+          or by hand.
+        - A dom0 booted without GRUB reads only the modprobe.d list.
+        - V(null) when a file of the boot setup cannot be read (RV(warnings_detail) says which).
+      type: bool
+      returned: with O(detail=full) and O(detail=readiness)
   sample:
     - bdf: "0000:00:10.0"
       vendor: "0x1234"
@@ -94,6 +124,8 @@ devices:
       name: null
       pciback_slot: true
       remembered_driver: null
+      assignable_now: true
+      assignable_after_reboot: true
       reset_method: reset
       iommu_group: 4
       reset:
@@ -156,6 +188,13 @@ domains:
       device_model_state: null
       backend: {path: /local/domain/0/backend/pci/3/0, state: 4, frontend_state: 4, num_devs: 1, error: null}
       devices: [{bdf: "0000:00:10.0", index: 0, state: 3, vdev: "0000:00:00.00"}]
+warnings_detail:
+  description:
+    - Conditions worth knowing that did not fail the read, such as an unfinished request or a boot setup that
+      cannot be read (then RV(devices[].assignable_after_reboot) is V(null)).
+  returned: always
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -166,7 +205,8 @@ from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_in
 
 
 def main():
-    argument_spec = dict(detail=dict(type="str", choices=["full", "summary", "readiness"], default="full"))
+    argument_spec = dict(detail=dict(type="str", choices=["full", "summary", "readiness"], default="full"),
+                         boot_root=dict(type="path", default="/"))
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     finish(module, lambda: run_info(module.params))

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .boot import build as build_boot, parse_boot
 from . import scenario as scenario_mod
 from .faults import Faults, until_removed
 from .kernel import CONNECTED, Kernel
@@ -103,6 +104,7 @@ class SimHost:
             "qmp_dir": str(d / "run/xen"),
             "userdata_dir": str(d / "var/lib/xen"),
             "hypervisor": str(d / "run/xensim/privcmd"),
+            "boot_root": str(d / "root"),
         }
         self.faults = Faults(scenario.faults)
         self.transitions: list[tuple[float, str, str, str | None]] = []
@@ -343,6 +345,8 @@ class SimHost:
             os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
         for key in ("qmp_dir", "userdata_dir"):
             os.makedirs(self.paths[key], exist_ok=True)
+        build_boot(self.paths["boot_root"], self.scenario.boot or parse_boot(None),
+                   [dev.bdf for dev in self.scenario.devices if dev.hidden])
         self.store = Store(faults=self.faults, flavour=self.xenstored_flavour)
         self.toolstack = InternalConn(self.store, 0, "A0", None, self.loop)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .boot import parse_boot
 from .sysfs import HEADER_OF_CLASS, default_reset_methods
 
 # The shipped scenarios: tools/xensim/scenarios beside the package in the
@@ -150,6 +151,8 @@ class Scenario:
     pciback: str = "module"
     pciback_do_flr: bool = False
     source: str | None = None
+    # The dom0 boot setup (boot.py): loader, pciback kind, files.
+    boot: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def device(self, bdf: str) -> DeviceSpec | None:
         bdf = normalise_bdf(bdf)
@@ -222,7 +225,7 @@ _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsyst
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
 _TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored", "iommu", "pciback",
-             "pciback_do_flr"}
+             "pciback_do_flr", "boot"}
 # The kernel's reset methods, in the order it tries them (pci_reset_fn_methods).
 RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 PCIBACK_MODES = ("module", "builtin")
@@ -482,7 +485,18 @@ def parse(data: Any, source: str | None = None) -> Scenario:
     xenstored = data.get("xenstored", "oxenstored")
     if xenstored not in ("oxenstored", "c"):
         raise ScenarioError(f"xenstored: expected oxenstored or c, got {xenstored!r}")
+    try:
+        boot = parse_boot(data.get("boot"))
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    # One dom0 kernel: its sysfs (pciback) and its boot files (boot.pciback)
+    # have xen-pciback the same way; either key sets both.
+    pciback = _choice(data.get("pciback", boot["pciback"]), "pciback", PCIBACK_MODES)
+    if "pciback" in data and "pciback" in (data.get("boot") or {}) and pciback != boot["pciback"]:
+        raise ScenarioError(f"boot.pciback: {boot['pciback']} disagrees with pciback {pciback}")
+    boot["pciback"] = pciback
     return Scenario(
+        boot=boot,
         name=_str(data["name"], "name"),
         description=desc,
         devices=devices,
@@ -491,7 +505,7 @@ def parse(data: Any, source: str | None = None) -> Scenario:
         timing_scale=float(scale),
         xenstored=xenstored,
         iommu=_bool(data.get("iommu", True), "iommu"),
-        pciback=_choice(data.get("pciback", "module"), "pciback", PCIBACK_MODES),
+        pciback=pciback,
         pciback_do_flr=_bool(data.get("pciback_do_flr", False), "pciback_do_flr"),
         source=source,
     )

@@ -164,9 +164,24 @@ def test_info_summary_reads_a_link_per_device_and_reports_ownership(sim):
     host = sim(HOST)
     full = run_info(params_for(host))
     summary = run_info(params_for(host, detail="summary"))
-    keys = ("bdf", "driver", "pciback_slot", "assignable", "assigned_to", "assigned_to_name", "name", "remembered_driver")
+    keys = ("bdf", "driver", "pciback_slot", "assignable", "assignable_now", "assigned_to", "assigned_to_name", "name",
+            "remembered_driver")
     assert [{k: d[k] for k in keys} for d in summary["devices"]] == [{k: d[k] for k in keys} for d in full["devices"]]
     assert set(summary["devices"][0]) == set(keys)
     assert summary["domains"] == full["domains"] and summary["assignable"] == full["assignable"]
     with pytest.raises(SpecError, match="detail must be one of full, summary"):
         run_info(params_for(host, detail="brief"))
+
+
+def test_a_deadline_where_no_step_names_the_guest_is_reported_with_its_label(sim):
+    """The re-read under the locks or the journal's removal can run out of
+    time; the error still says which guest the request was for."""
+    from ansible_collections.xen.pci.plugins.module_utils._errors import DeadlineExceeded  # pylint: disable=import-outside-toplevel
+    host = sim(HOST)
+
+    def late(_point):
+        raise DeadlineExceeded("timed out after 0.0 s waiting for xenstored to answer RM /tool/xen-pci/journal/dom-1")
+    with pytest.raises(DeadlineExceeded) as caught:
+        run_passthrough(params_for(host), {"web": ["00:10.0"]}, hook=late)
+    assert caught.value.msg.startswith("web (domid 1): timed out after 0.0 s")
+    assert caught.value.msg.count("web (domid 1)") == 1
