@@ -80,7 +80,7 @@ def test_1_an_attach_whose_confirmation_is_answered_late_reports_what_the_host_s
     if outcome == "ok":
         assert on_host == {"0000:00:10.0": "3", "0000:00:11.0": "3"}
     else:
-        assert details["changed"] is bool(on_host)
+        assert details["changed"] is bool(on_host), details
     assert bookkeeping_consistent(host) == []
 
 
