@@ -98,18 +98,6 @@ def pci_list(host):
     return sorted(tuple(line.split()) for line in out.splitlines()[1:] if line.strip())
 
 
-def core(host, op, bdf, force=False):
-    """(seconds, result dict) of our core in dom0; a failure is returned, not raised."""
-    command = "cd %s && XEN_PCI_TIMEOUT=%.0f XEN_PCI_FORCE=%d PYTHONPATH=%s python3 dom0_driver.py %s %s %s" % (
-        REMOTE, paced(60.0), int(force), REMOTE, op, host.domain, bdf)
-    seconds, proc = host.timed(command, timeout=120.0)
-    try:
-        return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        pytest.fail("the driver printed no result (exit %d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
-    return None
-
-
 def xl(host, args):
     """(seconds, exit status, stderr) of an xl command that may fail."""
     seconds, proc = host.timed("xl " + args, timeout=120.0)
@@ -139,7 +127,7 @@ def run_sequence(host, tool):
                 if op == "detach" and not force:
                     assert status != 0, "xl pci-detach of a device the paused guest holds succeeded: %s" % err
             else:
-                seconds, result = core(host, op, bdf, force)
+                seconds, result = host.core(op, bdf, force=force, check=False)
                 outcome = "ok" if result["ok"] else "%s: %s" % (result["error"]["type"], result["error"]["msg"])
                 if result["ok"] and force:
                     outcome += "; left: %s" % "; ".join(result.get("left") or [])
