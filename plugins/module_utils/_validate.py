@@ -21,7 +21,6 @@ from ansible_collections.xen.pci.plugins.module_utils._bdf import SPEC_KEYS, Bdf
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
-from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
 from ansible_collections.xen.pci.plugins.module_utils._reset import POLICIES, reset_report
 from ansible_collections.xen.pci.plugins.module_utils._selectors import Inventory, choose, is_selector, parse_selector, selector_fields
 
@@ -120,6 +119,8 @@ def pool_entry_problem(platform, bdf, policy, warnings, readiness):
     """A device entering the pool (xen.pci.assignable) must be assignable on
     this host (an endpoint, an IOMMU) and, under reset: strict, have a reset.
     ``readiness``: a dict filled with the host's readiness on first use."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
     if not readiness:
         readiness.update(host_readiness(platform))
     refusal = assign_refusal(platform.sysfs, bdf, readiness)
@@ -408,6 +409,8 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu, re
         # Asked once, and only when a device is to be attached: a request
         # that changes nothing never opens the hypervisor.
         if not readiness:
+            # Imported here: only a device to attach is checked against the host's readiness.
+            from ansible_collections.xen.pci.plugins.module_utils._readiness import host_readiness  # pylint: disable=import-outside-toplevel
             readiness.update(host_readiness(platform))
         return readiness
     owner = {}
@@ -465,6 +468,7 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu, re
                 problems.append(Problem("xen-pciback is not loaded: %s cannot be made assignable for %s" % (bdf, label),
                                         where, domain=label, device=bdf, kind=RefusedError))
             else:
+                from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal  # pylint: disable=import-outside-toplevel
                 refusal = assign_refusal(sysfs, bdf, ready())
                 if refusal:
                     problems.append(Problem("%s (declared for %s)" % (refusal, label), where, domain=label, device=bdf,
