@@ -66,23 +66,24 @@ def _qemu(platform, host, resolved, deadline):
     return seen, errors
 
 
-def _check(platform, host, parsed, params, deadline, warnings=None):
+def _check(platform, host, parsed, params, deadline, warnings=None, facts=None):
     """Validate against the host and plan; raise every problem at once.
-    ``warnings``: a list that gets the reset policy's warnings."""
+    ``warnings``: a list that gets the reset policy's warnings; ``facts``:
+    the request's hardware facts read so far (see passthrough_host)."""
     state = params["state"]
     make_assignable = params.get("make_assignable", False)
     consent = consent_of(params, [])
     reset = params.get("reset", "best_effort")
     first_warnings = []
     resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent, reset=reset,
-                                          warnings=first_warnings)
+                                          warnings=first_warnings, facts=facts)
     qemu, qemu_errors = ({}, {})
     if not problems:
         qemu, qemu_errors = _qemu(platform, host, resolved, deadline)
     if qemu:
         # What QEMU shows (its slots, its devices) is checked in a second pass.
         resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent,
-                                              reset=reset, warnings=warnings)
+                                              reset=reset, warnings=warnings, facts=facts)
     elif warnings is not None:
         warnings.extend(first_warnings)
     raise_problems(problems)
@@ -181,7 +182,8 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
         raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
     parsed, selected = _select(platform, host, parsed, params, desired)
     reset_warnings = []
-    the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
+    facts = {}
+    the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings, facts)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
     result["resolved"] = declared(the_plan, host, platform)
@@ -211,7 +213,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
             recover_journals(ctx, host, held=set(domids), required=set(domids))
             host = ctx.host = read_host(platform.xs, budget.work, involved)
         reset_warnings = []
-        the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
+        the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings, facts)
         before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
         _run(ctx, platform, host, the_plan, params)
     except XenPciError as exc:

@@ -97,13 +97,14 @@ def check_reset_policy(params, problems):
         problems.append(Problem("reset must be one of %s, got %r" % (", ".join(POLICIES), value), "reset"))
 
 
-def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attached"):
+def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attached", report=None):
     """The reset policy for one device about to be given out: strict refuses
     a device without a usable reset (a Problem), best_effort appends a
-    warning to ``warnings``, none does not look."""
+    warning to ``warnings``, none does not look. ``report``: the device's
+    reset_report when the caller has read it already."""
     if policy == "none":
         return None
-    report = reset_report(sysfs, bdf)
+    report = report or reset_report(sysfs, bdf)
     if report["usable"]:
         return None
     if policy == "strict":
@@ -323,10 +324,12 @@ def check_domain(dom, platform, problems, where):
 
 
 def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=(), reset="best_effort",
-                     warnings=None):
+                     warnings=None, facts=None):
     """Stage 2: ``parsed`` against the host. Returns ({domid: [PciFunction]
     or [bdf]}, problems). ``consent``: addresses that may be seized;
-    ``reset``: the reset policy; ``warnings``: a list for best_effort's."""
+    ``reset``: the reset policy; ``warnings``: a list for best_effort's;
+    ``facts``: a dict kept for one request, so that its passes read each
+    device's hardware facts (reset, header type) and the host's readiness once."""
     problems: List[Problem] = []
     resolved: Dict[int, list] = {}
     labels = {}
@@ -367,7 +370,8 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
         if funcs:
             check_domain(dom, platform, problems, where)
     if state != "absent":
-        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {}, reset, warnings)
+        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {}, reset, warnings,
+                             {} if facts is None else facts)
     return resolved, problems
 
 
@@ -397,13 +401,20 @@ def _absent_bdfs(host, dom, specs):
     return out
 
 
-def _devices(host, resolved, state, platform, make_assignable, present, qemu, reset, warnings):
+def _devices(host, resolved, state, platform, make_assignable, present, qemu, reset, warnings, facts):
     """Every device exists, belongs to nobody else, is (or may be made)
     assignable, can be assigned on this host (an endpoint, an IOMMU), has
     a reset if the policy says so, is declared once, and its vslot is free
     in the guest."""
     problems: List[Problem] = []
-    readiness = {}
+    # What the hardware and the hypervisor say does not change between the
+    # passes of one request (before and under the locks): read once.
+    readiness = facts.setdefault("readiness", {})
+
+    def once(key, read):
+        if key not in facts:
+            facts[key] = read()
+        return facts[key]
 
     def ready():
         # Asked once, and only when a device is to be attached: a request
@@ -469,12 +480,13 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu, re
                                         where, domain=label, device=bdf, kind=RefusedError))
             else:
                 from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal  # pylint: disable=import-outside-toplevel
-                refusal = assign_refusal(sysfs, bdf, ready())
+                refusal = once(("refusal", bdf), lambda: assign_refusal(sysfs, bdf, ready()))
                 if refusal:
                     problems.append(Problem("%s (declared for %s)" % (refusal, label), where, domain=label, device=bdf,
                                             kind=RefusedError, details={"readiness": ready()}))
                     continue
-                problem = reset_problem(sysfs, bdf, reset, warnings, where, label, "attached to %s" % label)
+                report = once(("reset", bdf), lambda: reset_report(sysfs, bdf)) if reset != "none" else None
+                problem = reset_problem(sysfs, bdf, reset, warnings, where, label, "attached to %s" % label, report)
                 if problem:
                     problems.append(problem)
         problems += _slots(dom, funcs, current, resolved, state, qemu.get(domid))
