@@ -97,8 +97,8 @@ def main():
         finally:
             host.stop()
 
-    print("%-17s %3s %9s %9s %9s %7s %9s %10s %10s %10s" % ("case", "K", "wall s", "waited s", "own s", "trips",
-                                                              "requests", "wall/K=1", "kernel/K=1", "own/K=1"))
+    header = ("case", "K", "wall s", "waited s", "own s", "trips", "requests", "wall/K=1", "kernel/K=1", "own/K=1")
+    print("%-17s %3s %9s %9s %9s %7s %9s %10s %10s %10s" % header)
     for case in CASES:
         base = None
         for k in KS:

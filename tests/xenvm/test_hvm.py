@@ -244,7 +244,7 @@ def sim_steps(domid, workdir):
     from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
     from xensim import scenario as sim_scenario
     from xensim.host import SimHost
-    text = SIM_DEVICES.split("domains:")[0] % (EDU, TESTDEV) + "domains:\n" + SIM_HVM % (domid, DOMU)
+    text = SIM_DEVICES.split("domains:", maxsplit=1)[0] % (EDU, TESTDEV) + "domains:\n" + SIM_HVM % (domid, DOMU)
     host = SimHost(sim_scenario.loads(text), os.path.join(workdir, "sim"), timing_scale=1.0)
     host.start()
     steps = []

@@ -191,7 +191,6 @@ def test_unplug_never_is_bounded_and_delay_completes(sim):
         assert 0.45 <= time.monotonic() - t0 < 2
 
 
-
 def test_a_pending_unplug_may_be_asked_again_once_qemus_window_has_passed(sim, monkeypatch):
     """Real Xen's qemu-xen 7.2 refuses a second device_del while the first is
     pending, and takes it (``{}``) once its 5 s window has passed; the
