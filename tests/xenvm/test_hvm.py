@@ -40,7 +40,7 @@ import pytest
 
 from conftest import EDU, REMOTE, TESTDEV, import_paths, paced, skip_if_unavailable, timings_table, vm_fixture_body
 from dom0_driver import record_qmp
-from test_differential import SIM_DEVICES, access_log, pci_entries, snapshot, tree_of
+from test_differential import SIM_DEVICES, access_log, pci_entries, sim_access_log, sim_params, sim_tree, snapshot
 
 XENVM_SHARED = True    # conftest.py: the one VM of the layer
 DOMU = "hvmu"
@@ -240,7 +240,7 @@ def sim_steps(domid, workdir):
     import_paths(workdir)
     # pylint: disable=import-outside-toplevel,import-error
     from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
-    from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults, platform_from
+    from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
     from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
     from xensim import scenario as sim_scenario
     from xensim.host import SimHost
@@ -249,10 +249,7 @@ def sim_steps(domid, workdir):
     host.start()
     steps = []
     try:
-        paths = host.paths
-        params = host_defaults(xenstore_path=paths["xenstored"], sysfs_root=paths["sysfs_root"],
-                               hypervisor="xensim:" + paths["hypervisor"], userdata_dir=paths["userdata_dir"],
-                               qmp_dir=paths["qmp_dir"], timeout=60.0, make_assignable=False)
+        params = sim_params(host)
         platform = platform_from(params)
         transcript = []
         restore = record_qmp(transcript)
@@ -267,14 +264,8 @@ def sim_steps(domid, workdir):
                 except XenPciError as exc:
                     outcome = "%s%s" % (type(exc).__name__, " (timed out)" if exc.details.get("timed_out") else "")
                 host.settle()
-                entries = host.call(lambda s=start: [(e.label, e.tx, e.op, e.path, e.value)
-                                                     for e in host.store.access_log[s:]])
-                nodes = []
-                for prefix in ("/local/domain/0/backend/pci", "/local/domain/%d/device/pci" % domid, "/libxl/pci"):
-                    nodes.extend((p, v.decode(), ",".join(perms)) for p, v, perms in host.call(host.store.dump, prefix)
-                                 if p != prefix)
-                view = sim_qemu_view(os.path.join(paths["qmp_dir"], "qmp-libxl-%d" % domid))
-                steps.append((outcome, tree_of(nodes, domid), view, entries, list(transcript)))
+                view = sim_qemu_view(os.path.join(host.paths["qmp_dir"], "qmp-libxl-%d" % domid))
+                steps.append((outcome, sim_tree(host, domid), view, sim_access_log(host, start), list(transcript)))
         finally:
             restore()
             platform.xs.close()

@@ -5,9 +5,6 @@ a result that never says changed, and failures as fail_json."""
 
 from __future__ import annotations
 
-import json
-
-import pytest
 
 HOST = """
 name: plan-module-host
@@ -19,28 +16,17 @@ domains:
 """
 
 
-def run_module(args, capsys):
-    testing = pytest.importorskip("ansible.module_utils.testing", reason="ansible-core 2.19+ is needed for patch_module_args")
-    from ansible_collections.xen.pci.plugins.modules import plan
-    with testing.patch_module_args(args):
-        with pytest.raises(SystemExit) as info:
-            plan.main()
-    out = json.loads(capsys.readouterr().out)
-    out["rc"] = info.value.code
-    return out
-
-
 def host_args(host):
     return {"xenstore_path": host.paths["xenstored"], "sysfs_root": host.paths["sysfs_root"],
             "hypervisor": "xensim:" + host.paths["hypervisor"], "userdata_dir": host.paths["userdata_dir"],
             "qmp_dir": host.paths["qmp_dir"], "timeout": 30}
 
 
-def test_module_plans_in_check_mode_and_for_real_alike_and_never_changes(sim, tmp_path, capsys):
+def test_module_plans_in_check_mode_and_for_real_alike_and_never_changes(sim, tmp_path, run_module):
     host = sim(HOST)
     args = dict(host_args(host), assignments={"web": ["00:10.0"]}, config_dir=str(tmp_path), config_create=True)
-    check = run_module(dict(args, _ansible_check_mode=True), capsys)
-    real = run_module(args, capsys)
+    check = run_module("plan", dict(args, _ansible_check_mode=True))
+    real = run_module("plan", args)
     for result in (check, real):
         assert result["rc"] == 0 and result["changed"] is False and result["changes"] is True
         assert result["why"] == ["attach 0000:00:10.0 to web (domid 1)", "config file: %s/web.cfg" % tmp_path]
@@ -48,10 +34,10 @@ def test_module_plans_in_check_mode_and_for_real_alike_and_never_changes(sim, tm
     assert not (tmp_path / "web.cfg").exists()
 
 
-def test_module_failures_name_the_input_and_the_device(sim, capsys):
+def test_module_failures_name_the_input_and_the_device(sim, run_module):
     host = sim(HOST)
-    held = run_module(dict(host_args(host), assignments={"web": ["00:12.0"]}), capsys)
+    held = run_module("plan", dict(host_args(host), assignments={"web": ["00:12.0"]}))
     assert held["rc"] == 1 and held["failed"] and held["device"] == "0000:00:12.0"
     assert "in use by the dom0 driver e1000" in held["msg"]
-    missing = run_module(host_args(host), capsys)
+    missing = run_module("plan", host_args(host))
     assert missing["rc"] == 1 and "assignments" in missing["msg"]
