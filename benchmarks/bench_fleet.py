@@ -175,7 +175,7 @@ def main(argv):
     print("first (changing) rollout, per phase of the role: wall seconds (module calls)")
     for size, first, changed, phases, _median, _low in table:
         parts = ", ".join("%s %.1f (%d)" % (p, phases["seconds"].get(p, 0.0), phases["module_calls"].get(p, 0))
-                          for p in ("Preflight", "Assignable", "Persist", "Hotplug", "Verify", "other"))
+                          for p in ("Plan", "Preflight", "Assignable", "Persist", "Hotplug", "Verify", "other"))
         print("%5d hosts: %.1f s, changed=%d; %s" % (size, first, changed, parts))
     return 0
 

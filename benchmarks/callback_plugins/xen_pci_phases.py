@@ -1,7 +1,7 @@
 # Copyright (c) 2026, xen.pci contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A callback of the fleet benchmark: the wall time of each phase of the
-rollout role (preflight, assignable, persist, hotplug, verify, by the
+rollout role (plan, preflight, assignable, persist, hotplug, verify, by the
 prefix of its task names) and the module calls it made, written as JSON to
 the file named by XEN_PCI_PHASES_FILE when the playbook ends."""
 
@@ -13,7 +13,7 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
-PHASES = ("Preflight", "Assignable", "Persist", "Hotplug", "Verify")
+PHASES = ("Plan", "Preflight", "Assignable", "Persist", "Hotplug", "Verify")
 
 
 def _phase(name):

@@ -31,7 +31,6 @@ import os
 import re
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError, RefusedError, SpecError, XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import default_backup, write_config
 
 GRUB_DROPIN = "etc/default/grub.d/zz-xen-pci.cfg"
 GRUB_MAIN = "etc/default/grub"
@@ -296,6 +295,8 @@ def after_reboot(params):
 
 def _put(path, text):
     """Write ``text`` to ``path`` atomically, or remove ``path`` when ``text`` is None."""
+    # Imported here: only a change writes files (a read, or info's report, needs no writer).
+    from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import write_config  # pylint: disable=import-outside-toplevel
     try:
         if text is None:
             if os.path.exists(path):
@@ -320,6 +321,7 @@ def apply_boot(plan, params, run_command):
     if not plan["changed"]:
         return out
     if params.get("backup") and plan["before"] is not None:
+        from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import default_backup  # pylint: disable=import-outside-toplevel
         try:
             out["backup_file"] = default_backup(plan["path"])
         except OSError as exc:

@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, field
 
 from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
-from ansible_collections.xen.pci.plugins.module_utils._lock import FileLock, domain_lock_path
 from ansible_collections.xen.pci.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.xen.pci.plugins.module_utils._xenstore import XenStore
 
@@ -81,6 +80,8 @@ class Platform:
         """libxl's per-domain lock of ``dom`` (a DomainState), held until released."""
         if not self.locking:
             return None
+        # Imported here: a request that changes nothing takes no lock.
+        from ansible_collections.xen.pci.plugins.module_utils._lock import FileLock, domain_lock_path  # pylint: disable=import-outside-toplevel
         lock = FileLock(domain_lock_path(self.userdata_dir, dom.domid, dom.uuid))
         return lock.acquire(deadline, "another toolstack request on %s" % dom.label())
 
@@ -93,6 +94,7 @@ class Platform:
             yield None
             return
         if self._pool is None:
+            from ansible_collections.xen.pci.plugins.module_utils._lock import FileLock  # pylint: disable=import-outside-toplevel
             self._pool = FileLock(os.path.join(self.userdata_dir, POOL_LOCK))
         if self._pool_depth == 0:
             self._pool.acquire(deadline, "another xen.pci request changing the assignable pool")

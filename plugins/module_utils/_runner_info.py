@@ -10,14 +10,28 @@ from ansible_collections.xen.pci.plugins.module_utils._bootsetup import after_re
 from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
 from ansible_collections.xen.pci.plugins.module_utils._errors import BootSetupError
 from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
-from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, device_facts, host_readiness
-from ansible_collections.xen.pci.plugins.module_utils._reset import reset_report
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._validate import Problem, common_options, raise_problems
 
 # readiness: full, and each device's reset and assignability, and the
 # host's readiness (reads the config space of every device: not the fleet path).
 DETAILS = ("full", "summary", "readiness")
+
+
+def _host_readiness(platform):
+    # Imported here: only detail=readiness reads the host's readiness and each device's reset.
+    from ansible_collections.xen.pci.plugins.module_utils._readiness import host_readiness  # pylint: disable=import-outside-toplevel
+    return host_readiness(platform)
+
+
+def _device_readiness(sysfs, bdf, listed, readiness):
+    """detail=readiness: a device's reset and whether this host can assign it."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, device_facts
+    from ansible_collections.xen.pci.plugins.module_utils._reset import reset_report  # pylint: disable=import-outside-toplevel
+    facts = device_facts(sysfs, bdf, listed)
+    facts["refused"] = assign_refusal(sysfs, bdf, readiness)
+    return {"reset": reset_report(sysfs, bdf), "assignability": facts}
 
 
 def run_info(params, platform=None):
@@ -33,7 +47,7 @@ def run_info(params, platform=None):
     devices = []
     sysfs = platform.sysfs
     summary = params.get("detail", "full") == "summary"
-    readiness = host_readiness(platform) if params.get("detail") == "readiness" else None
+    readiness = _host_readiness(platform) if params.get("detail") == "readiness" else None
     # A few small files, read once; the summary path skips them.  A boot
     # setup that cannot be read costs only this answer (None), not the read.
     boot_warnings = []
@@ -60,9 +74,7 @@ def run_info(params, platform=None):
                 "remembered_driver": rec.get("driver_path"),
             })
             if readiness is not None:
-                facts = device_facts(sysfs, bdf, listed)
-                facts["refused"] = assign_refusal(sysfs, bdf, readiness)
-                dev.update(reset=reset_report(sysfs, bdf), assignability=facts)
+                dev.update(_device_readiness(sysfs, bdf, listed, readiness))
             dev["assignable_now"] = dev["assignable"]
             if not summary:
                 dev["assignable_after_reboot"] = None if hidden_at_boot is None else bdf in hidden_at_boot

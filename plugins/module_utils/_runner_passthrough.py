@@ -52,13 +52,13 @@ def request_label(parsed):
 def _qemu(platform, host, resolved, deadline):
     """query-pci of every HVM guest of the request whose QEMU runs:
     ({domid: [QmpPciDevice]}, {domid: error})."""
-    # Imported here: only a request with a HVM guest needs the QMP client.
-    from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import qemu_devices  # pylint: disable=import-outside-toplevel
     seen, errors = {}, {}
     for domid in resolved:
         dom = host.domains[domid]
         if dom.type != "hvm" or dom.dm_state != "running":
             continue
+        # Imported here: only a request with a running HVM guest needs the QMP client.
+        from ansible_collections.xen.pci.plugins.module_utils._steps_qmp import qemu_devices  # pylint: disable=import-outside-toplevel
         try:
             seen[domid] = qemu_devices(platform, domid, dom.uuid, dom.label(), deadline.sub(10.0, "query-pci"))
         except XenPciError as exc:
@@ -66,19 +66,26 @@ def _qemu(platform, host, resolved, deadline):
     return seen, errors
 
 
-def _check(platform, host, parsed, params, deadline, warnings=None):
+def _check(platform, host, parsed, params, deadline, warnings=None, facts=None):
     """Validate against the host and plan; raise every problem at once.
-    ``warnings``: a list that gets the reset policy's warnings."""
+    ``warnings``: a list that gets the reset policy's warnings; ``facts``:
+    the request's hardware facts read so far (see passthrough_host)."""
     state = params["state"]
     make_assignable = params.get("make_assignable", False)
     consent = consent_of(params, [])
     reset = params.get("reset", "best_effort")
-    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent, reset=reset)
+    first_warnings = []
+    resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, consent=consent, reset=reset,
+                                          warnings=first_warnings, facts=facts)
     qemu, qemu_errors = ({}, {})
     if not problems:
         qemu, qemu_errors = _qemu(platform, host, resolved, deadline)
+    if qemu:
+        # What QEMU shows (its slots, its devices) is checked in a second pass.
         resolved, problems = passthrough_host(host, parsed, state, platform, make_assignable, qemu=qemu, consent=consent,
-                                              reset=reset, warnings=warnings)
+                                              reset=reset, warnings=warnings, facts=facts)
+    elif warnings is not None:
+        warnings.extend(first_warnings)
     raise_problems(problems)
     the_plan = plan(host, resolved, state, qemu)
     for dp in the_plan.domains:
@@ -97,6 +104,9 @@ def declared(the_plan, host, platform):
     """What the declaration resolved to on this host, per guest: each
     function's address, its canonical spec and the driver holding it now."""
     sysfs = platform.sysfs
+    funcs = [f for dp in the_plan.domains for f in the_plan.resolved.get(dp.domid, []) if not isinstance(f, str)]
+    # None for a device that is not there (its driver link is missing too).
+    drivers = sysfs.drivers(sorted({str(f.bdf) for f in funcs})) if sysfs is not None else {}
     out = {}
     for dp in the_plan.domains:
         dom = host.domains[dp.domid]
@@ -106,8 +116,7 @@ def declared(the_plan, host, platform):
                 items.append({"bdf": func})
                 continue
             bdf = str(func.bdf)
-            items.append({"bdf": bdf, "spec": describe(func), "seize": func.seize,
-                          "driver": sysfs.driver_name(bdf) if sysfs is not None and sysfs.exists(bdf) else None})
+            items.append({"bdf": bdf, "spec": describe(func), "seize": func.seize, "driver": drivers.get(bdf)})
         out[_name(dom)] = items
     return out
 
@@ -173,7 +182,8 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
         raise with_context(exc, "%s %s: nothing done: " % (params["state"], request_label(parsed)), changed=False) from exc
     parsed, selected = _select(platform, host, parsed, params, desired)
     reset_warnings = []
-    the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
+    facts = {}
+    the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings, facts)
     domids = [d.domid for d in the_plan.domains]
     result = _result(the_plan, host, domids)
     result["resolved"] = declared(the_plan, host, platform)
@@ -203,7 +213,7 @@ def run_passthrough(params, desired, check_mode=False, platform=None, hook=None)
             recover_journals(ctx, host, held=set(domids), required=set(domids))
             host = ctx.host = read_host(platform.xs, budget.work, involved)
         reset_warnings = []
-        the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings)
+        the_plan = _check(platform, host, parsed, params, budget.work, reset_warnings, facts)
         before = {d.domid: [x.bdf for x in host.domains[d.domid].devices] for d in the_plan.domains}
         _run(ctx, platform, host, the_plan, params)
     except XenPciError as exc:

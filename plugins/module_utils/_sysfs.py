@@ -385,8 +385,17 @@ class Sysfs(object):
         return out
 
     def drivers(self, bdfs):
-        """{bdf: driver name or None}: one link read per device."""
-        return {bdf: self.driver_name(bdf) for bdf in bdfs}
+        """{bdf: driver name or None}. Most devices of a passthrough host are
+        bound to pciback, and pciback's directory has a link for each: one
+        listing answers for all of them, and only the others cost a link read."""
+        bdfs = list(bdfs)
+        bound = set()
+        if len(bdfs) > 2:
+            try:
+                bound = set(os.listdir(self.pciback_path()))
+            except OSError:
+                bound = set()       # not loaded (or unreadable): read each link
+        return {bdf: "pciback" if bdf in bound else self.driver_name(bdf) for bdf in bdfs}
 
     def pciback_loaded(self):
         return os.path.isdir(self.pciback_path())

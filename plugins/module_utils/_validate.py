@@ -21,7 +21,6 @@ from ansible_collections.xen.pci.plugins.module_utils._bdf import SPEC_KEYS, Bdf
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import DomainError, RefusedError, SpecError, XenPciError
 from ansible_collections.xen.pci.plugins.module_utils._plan import STATES
-from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
 from ansible_collections.xen.pci.plugins.module_utils._reset import POLICIES, reset_report
 from ansible_collections.xen.pci.plugins.module_utils._selectors import Inventory, choose, is_selector, parse_selector, selector_fields
 
@@ -98,13 +97,14 @@ def check_reset_policy(params, problems):
         problems.append(Problem("reset must be one of %s, got %r" % (", ".join(POLICIES), value), "reset"))
 
 
-def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attached"):
+def reset_problem(sysfs, bdf, policy, warnings, where, domain=None, what="attached", report=None):
     """The reset policy for one device about to be given out: strict refuses
     a device without a usable reset (a Problem), best_effort appends a
-    warning to ``warnings``, none does not look."""
+    warning to ``warnings``, none does not look. ``report``: the device's
+    reset_report when the caller has read it already."""
     if policy == "none":
         return None
-    report = reset_report(sysfs, bdf)
+    report = report or reset_report(sysfs, bdf)
     if report["usable"]:
         return None
     if policy == "strict":
@@ -120,6 +120,8 @@ def pool_entry_problem(platform, bdf, policy, warnings, readiness):
     """A device entering the pool (xen.pci.assignable) must be assignable on
     this host (an endpoint, an IOMMU) and, under reset: strict, have a reset.
     ``readiness``: a dict filled with the host's readiness on first use."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal, host_readiness
     if not readiness:
         readiness.update(host_readiness(platform))
     refusal = assign_refusal(platform.sysfs, bdf, readiness)
@@ -322,10 +324,12 @@ def check_domain(dom, platform, problems, where):
 
 
 def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=None, consent=(), reset="best_effort",
-                     warnings=None):
+                     warnings=None, facts=None):
     """Stage 2: ``parsed`` against the host. Returns ({domid: [PciFunction]
     or [bdf]}, problems). ``consent``: addresses that may be seized;
-    ``reset``: the reset policy; ``warnings``: a list for best_effort's."""
+    ``reset``: the reset policy; ``warnings``: a list for best_effort's;
+    ``facts``: a dict kept for one request, so that its passes read each
+    device's hardware facts (reset, header type) and the host's readiness once."""
     problems: List[Problem] = []
     resolved: Dict[int, list] = {}
     labels = {}
@@ -366,7 +370,8 @@ def passthrough_host(host, parsed, state, platform, make_assignable=False, qemu=
         if funcs:
             check_domain(dom, platform, problems, where)
     if state != "absent":
-        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {}, reset, warnings)
+        problems += _devices(host, resolved, state, platform, make_assignable, present, qemu or {}, reset, warnings,
+                             {} if facts is None else facts)
     return resolved, problems
 
 
@@ -396,18 +401,27 @@ def _absent_bdfs(host, dom, specs):
     return out
 
 
-def _devices(host, resolved, state, platform, make_assignable, present, qemu, reset, warnings):
+def _devices(host, resolved, state, platform, make_assignable, present, qemu, reset, warnings, facts):
     """Every device exists, belongs to nobody else, is (or may be made)
     assignable, can be assigned on this host (an endpoint, an IOMMU), has
     a reset if the policy says so, is declared once, and its vslot is free
     in the guest."""
     problems: List[Problem] = []
-    readiness = {}
+    # What the hardware and the hypervisor say does not change between the
+    # passes of one request (before and under the locks): read once.
+    readiness = facts.setdefault("readiness", {})
+
+    def once(key, read):
+        if key not in facts:
+            facts[key] = read()
+        return facts[key]
 
     def ready():
         # Asked once, and only when a device is to be attached: a request
         # that changes nothing never opens the hypervisor.
         if not readiness:
+            # Imported here: only a device to attach is checked against the host's readiness.
+            from ansible_collections.xen.pci.plugins.module_utils._readiness import host_readiness  # pylint: disable=import-outside-toplevel
             readiness.update(host_readiness(platform))
         return readiness
     owner = {}
@@ -465,12 +479,14 @@ def _devices(host, resolved, state, platform, make_assignable, present, qemu, re
                 problems.append(Problem("xen-pciback is not loaded: %s cannot be made assignable for %s" % (bdf, label),
                                         where, domain=label, device=bdf, kind=RefusedError))
             else:
-                refusal = assign_refusal(sysfs, bdf, ready())
+                from ansible_collections.xen.pci.plugins.module_utils._readiness import assign_refusal  # pylint: disable=import-outside-toplevel
+                refusal = once(("refusal", bdf), lambda: assign_refusal(sysfs, bdf, ready()))
                 if refusal:
                     problems.append(Problem("%s (declared for %s)" % (refusal, label), where, domain=label, device=bdf,
                                             kind=RefusedError, details={"readiness": ready()}))
                     continue
-                problem = reset_problem(sysfs, bdf, reset, warnings, where, label, "attached to %s" % label)
+                report = once(("reset", bdf), lambda: reset_report(sysfs, bdf)) if reset != "none" else None
+                problem = reset_problem(sysfs, bdf, reset, warnings, where, label, "attached to %s" % label, report)
                 if problem:
                     problems.append(problem)
         problems += _slots(dom, funcs, current, resolved, state, qemu.get(domid))

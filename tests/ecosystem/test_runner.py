@@ -142,23 +142,25 @@ def _check_job(artifacts, first, collection):
     assert paths and all(p.startswith(collection + "/") for p in paths), paths
 
     hotplug = _task_results(events, "xen.pci.passthrough", "Hotplug")
+    plans = _task_results(events, "xen.pci.plan", "Plan")
     preflight = _task_results(events, "xen.pci.passthrough", "Preflight")
     stats = [e for e in events if e["event"] == "playbook_on_stats"][0]["event_data"]
     assert set(stats["ok"]) == set(HOSTS) and not stats["failures"] and not stats["dark"], stats
     changed = {h: stats["changed"].get(h, 0) for h in HOSTS}
-    # The plan's preflight, and on the first run the rolled-out role's own.
-    assert {h: len(preflight[h]) for h in HOSTS} == {h: 2 if first else 1 for h in HOSTS}
+    # One plan per host (one module call), and on the first run the rolled-out role's own preflight.
+    assert {h: len(plans.get(h, [])) for h in HOSTS} == {h: 1 for h in HOSTS}, plans
+    assert {h: len(preflight.get(h, [])) for h in HOSTS} == {h: 1 if first else 0 for h in HOSTS}
     if first:
         assert all(changed[h] > 0 for h in HOSTS), changed
         assert {h: [r["changed"] for r in hotplug[h]] for h in HOSTS} == {h: [True] for h in HOSTS}
-        assert all(preflight[h][0]["actions"] for h in HOSTS)
+        assert all(plans[h][0]["changes"] and plans[h][0]["actions"] for h in HOSTS)
         seen = {h: hotplug[h][0]["domains"] for h in HOSTS}
     else:
-        # Nothing to do: the preflight's plan is empty and the hotplug is not called.
+        # Nothing to do: the plan is empty, and neither the role nor the hotplug runs.
         assert changed == {h: 0 for h in HOSTS}, changed
-        assert {h: preflight[h][0]["actions"] for h in HOSTS} == {h: [] for h in HOSTS}
+        assert {h: (plans[h][0]["changes"], plans[h][0]["why"]) for h in HOSTS} == {h: (False, []) for h in HOSTS}
         assert hotplug == {}, hotplug
-        seen = {h: preflight[h][0]["domains"] for h in HOSTS}
+        seen = {h: plans[h][0]["domains"] for h in HOSTS}
     # What the hosts have: the declared devices, connected.
     a, b = seen["xen-a"], seen["xen-b"]
     assert sorted(d["bdf"] for d in a["sandbox"]["devices"]) == ["0000:00:11.0", "0000:00:12.0"]

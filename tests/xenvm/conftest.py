@@ -225,13 +225,16 @@ class Host:
             with open(os.path.join(self.artifacts, log + ".access.log"), "w", encoding="utf-8") as handle:
                 handle.write(proc.stdout)
 
-    def core(self, op, *bdfs, log=None, force=False, check=True):
+    def core(self, op, *bdfs, log=None, force=False, check=True, qmp_transcript=False):
         """Our hotplug core in dom0 (dom0_driver.py); (process seconds, result
         dict).  ``log`` as for ``xl``; ``check=False`` returns a failed
-        request's result instead of failing the test."""
+        request's result instead of failing the test; ``qmp_transcript``:
+        the result's ``qmp`` lists every QMP message of the request."""
         self.clear_access_log(log)
-        command = "cd %s && XEN_PCI_TIMEOUT=%.0f XEN_PCI_FORCE=%d PYTHONPATH=%s python3 dom0_driver.py %s %s %s" % (
-            REMOTE, paced(REQUEST_TIMEOUT), int(force), REMOTE, op, self.domain, " ".join(shlex.quote(b) for b in bdfs))
+        command = ("cd %s && XEN_PCI_TIMEOUT=%.0f XEN_PCI_FORCE=%d XEN_PCI_QMP_TRANSCRIPT=%d PYTHONPATH=%s "
+                   "python3 dom0_driver.py %s %s %s" % (
+                       REMOTE, paced(REQUEST_TIMEOUT), int(force), int(qmp_transcript), REMOTE, op, self.domain,
+                       " ".join(shlex.quote(b) for b in bdfs)))
         seconds, proc = self.timed(command, timeout=REQUEST_TIMEOUT + 30.0)
         self.save_access_log(log and "ours-" + log)
         try:

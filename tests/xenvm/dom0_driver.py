@@ -9,10 +9,12 @@ test_differential.py, with plugins/module_utils under PYTHONPATH).
 ``XEN_PCI_TIMEOUT`` (seconds, default 60): the request's timeout, which the
 test stretches on a slow machine as it does its own limits.
 ``XEN_PCI_FORCE=1``: a detach with force.
+``XEN_PCI_QMP_TRANSCRIPT=1``: record the request's QMP messages (result ``qmp``).
 
 Prints one JSON object: ok, seconds (the core's own call, connect excluded),
-import_seconds, connect_seconds, in_process_seconds, attached/detached, actions, warnings, and on failure the
-error's class, message, details and traceback.  Exit status 0 iff ok.
+import_seconds, connect_seconds, in_process_seconds, attached/detached, actions, warnings, qmp (the QMP
+messages, when recorded), and on failure the error's class, message, details and traceback.  Exit status 0
+iff ok.
 """
 
 from __future__ import annotations
@@ -27,9 +29,34 @@ import sys  # noqa: E402  pylint: disable=wrong-import-position
 import traceback  # noqa: E402  pylint: disable=wrong-import-position
 
 
+def record_qmp(transcript):
+    """Every QMP message our core sends and receives from now on, appended
+    to ``transcript`` as {"out": command} / {"in": reply, event or greeting}:
+    what test_hvm.py compares between real QEMU and the simulator's.
+    Returns the function that stops the recording."""
+    # pylint: disable=import-outside-toplevel,protected-access
+    from ansible_collections.xen.pci.plugins.module_utils._qmp import QmpSession
+    send, read = QmpSession._send, QmpSession._read_message
+
+    def _send(self, obj, dl, started, **ctx):
+        transcript.append({"out": obj})
+        return send(self, obj, dl, started, **ctx)
+
+    def _read_message(self, dl, waiting_for, started, **ctx):
+        msg = read(self, dl, waiting_for, started, **ctx)
+        if msg is not None:
+            transcript.append({"in": msg})
+        return msg
+    QmpSession._send, QmpSession._read_message = _send, _read_message
+
+    def restore():
+        QmpSession._send, QmpSession._read_message = send, read
+    return restore
+
+
 def main(argv):
     op, domain, bdfs = argv[0], argv[1], argv[2:]
-    result = {"ok": False, "op": op, "domain": domain, "bdfs": bdfs}
+    result = {"ok": False, "op": op, "domain": domain, "bdfs": bdfs, "qmp": []}
     platform = None
     try:
         # Imported here so that an import error is reported like any other.
@@ -39,6 +66,8 @@ def main(argv):
             run_passthrough)
         start = time.monotonic()
         result["import_seconds"] = round(start - STARTED, 3)
+        if os.environ.get("XEN_PCI_QMP_TRANSCRIPT") == "1":
+            record_qmp(result["qmp"])
         params = host_defaults(timeout=float(os.environ.get("XEN_PCI_TIMEOUT") or 60.0), state="present" if op == "attach" else "absent", make_assignable=False,
                                force=os.environ.get("XEN_PCI_FORCE", "0") == "1")
         if op not in ("attach", "detach"):

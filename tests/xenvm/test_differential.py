@@ -236,13 +236,36 @@ def pci_entries(entries):
             if "pci" in e[3] and not e[3].startswith("data/") and not e[3].startswith("/tool/xen-pci/")]
 
 
+def sim_params(host):
+    """The core's request parameters for a simulated host (present, no force)."""
+    # pylint: disable-next=import-outside-toplevel,import-error
+    from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults
+    paths = host.paths
+    return host_defaults(xenstore_path=paths["xenstored"], sysfs_root=paths["sysfs_root"],
+                         hypervisor="xensim:" + paths["hypervisor"], userdata_dir=paths["userdata_dir"],
+                         qmp_dir=paths["qmp_dir"], timeout=60.0, state="present", make_assignable=False, force=False)
+
+
+def sim_access_log(host, start):
+    """The simulated xenstored's access-log entries from index ``start`` on."""
+    return host.call(lambda: [(e.label, e.tx, e.op, e.path, e.value) for e in host.store.access_log[start:]])
+
+
+def sim_tree(host, domid):
+    """The simulated host's tree, as ``snapshot`` gives the real one."""
+    nodes = []
+    for prefix in ("/local/domain/0/backend/pci", "/local/domain/%d/device/pci" % domid, "/libxl/pci"):
+        nodes.extend((p, v.decode(), ",".join(perms)) for p, v, perms in host.call(host.store.dump, prefix) if p != prefix)
+    return tree_of(nodes, domid)
+
+
 def sim_steps(domid, workdir):
     """The four steps of our core, replayed on xensim: a simulated host like
     the real one (same devices, same guest domid and name).  Per step:
     (access-log entries, tree as ``snapshot`` gives it)."""
     import_paths(workdir)
     # pylint: disable=import-outside-toplevel,import-error
-    from ansible_collections.xen.pci.plugins.module_utils._host_options import host_defaults, platform_from
+    from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
     from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
     from xensim import scenario as sim_scenario
     from xensim.host import SimHost
@@ -253,10 +276,7 @@ def sim_steps(domid, workdir):
     host.start()
     steps = []
     try:
-        paths = host.paths
-        params = host_defaults(xenstore_path=paths["xenstored"], sysfs_root=paths["sysfs_root"],
-                               hypervisor="xensim:" + paths["hypervisor"], userdata_dir=paths["userdata_dir"],
-                               qmp_dir=paths["qmp_dir"], timeout=60.0, make_assignable=False, force=False)
+        params = sim_params(host)
         platform = platform_from(params)
         try:
             for op, bdf, want, what in STEPS:
@@ -268,13 +288,7 @@ def sim_steps(domid, workdir):
                     assert time.monotonic() < deadline, "xensim's guest never saw %s after %s" % (want, what)
                     time.sleep(0.05)
                 host.settle()
-                entries = host.call(lambda s=start: [(e.label, e.tx, e.op, e.path, e.value)
-                                                     for e in host.store.access_log[s:]])
-                nodes = []
-                for prefix in ("/local/domain/0/backend/pci", "/local/domain/%d/device/pci" % domid, "/libxl/pci"):
-                    nodes.extend((p, v.decode(), ",".join(perms)) for p, v, perms in host.call(host.store.dump, prefix)
-                                 if p != prefix)
-                steps.append((entries, tree_of(nodes, domid)))
+                steps.append((sim_access_log(host, start), sim_tree(host, domid)))
         finally:
             platform.xs.close()
     finally:

@@ -20,17 +20,27 @@ Differences that are ours by design, asserted as such (any other fails):
 - forced detach: ``xl pci-detach -f`` drops the xenstore state and says
   nothing of the device QEMU still has; we drop the same state and report
   the device left in QEMU (``left``).
+
+Then the simulator follows: our core's sequence is run again on xensim (a
+HVM guest like the real one, its QEMU model answering QMP), and what real
+Xen and real QEMU showed must come out the same there - the trees, QEMU's
+view, the QMP conversation (commands, replies, events) and xen-pciback's
+answers in xenstored's access log.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import EDU, REMOTE, TESTDEV, paced, skip_if_unavailable, timings_table, vm_fixture_body
-from test_differential import snapshot
+from conftest import EDU, REMOTE, TESTDEV, import_paths, paced, skip_if_unavailable, timings_table, vm_fixture_body
+from dom0_driver import record_qmp
+from test_differential import SIM_DEVICES, access_log, pci_entries, sim_access_log, sim_params, sim_tree, snapshot
 
 XENVM_SHARED = True    # conftest.py: the one VM of the layer
 DOMU = "hvmu"
@@ -78,6 +88,8 @@ UNPLUG_BOUND = 30.0
 RESULTS = {}    # tool -> [(step, tree, qemu view, xl pci-list) after each step]
 TIMES = {}      # tool -> [seconds of each step]
 OUTCOMES = {}   # tool -> [how each step ended]
+LOGS = {}       # tool -> (guest domid, [xenstored's access log of each step, PCI paths])
+QMP = {}        # "ours" -> [the QMP messages of each step]
 
 
 @pytest.fixture(scope="module", name="host")
@@ -118,16 +130,18 @@ def run_sequence(host, tool):
             host.xl("pci-assignable-add %s" % bdf)
     host.create(paused=True)
     assert qemu_view(host) == [], "the fresh guest's QEMU has passthrough devices before any attach"
-    results, times, outcomes = [], [], []
+    results, times, outcomes, logs, transcripts = [], [], [], [], []
     try:
         for op, bdf, force, what in STEPS:
+            host.sh(": > /var/log/xen/xenstored-access.log")
             if tool == "xl":
                 seconds, status, err = xl(host, "pci-%s %s%s %s" % (op, "-f " if force else "", host.domain, bdf))
                 outcome = "exit %d%s" % (status, ": " + err.strip().splitlines()[-1] if err.strip() else "")
                 if op == "detach" and not force:
                     assert status != 0, "xl pci-detach of a device the paused guest holds succeeded: %s" % err
             else:
-                seconds, result = host.core(op, bdf, force=force, check=False)
+                seconds, result = host.core(op, bdf, force=force, check=False, qmp_transcript=True)
+                transcripts.append(result.get("qmp") or [])
                 outcome = "ok" if result["ok"] else "%s: %s" % (result["error"]["type"], result["error"]["msg"])
                 if result["ok"] and force:
                     outcome += "; left: %s" % "; ".join(result.get("left") or [])
@@ -141,9 +155,15 @@ def run_sequence(host, tool):
                 assert seconds < paced(UNPLUG_BOUND), "%s took %.1f s on a paused guest" % (what, seconds)
             times.append(seconds)
             outcomes.append(outcome)
+            logs.append(access_log(host))
             results.append((what, snapshot(host), qemu_view(host), pci_list(host)))
     finally:
         RESULTS[tool], TIMES[tool], OUTCOMES[tool] = results, times, outcomes
+        LOGS[tool] = (host.domid, logs)
+        if tool == "ours":
+            QMP[tool] = transcripts
+            with open(os.path.join(host.artifacts, "hvm-ours-qmp.json"), "w", encoding="utf-8") as handle:
+                json.dump(transcripts, handle, indent=1)
         host.destroy()
     return results
 
@@ -203,6 +223,112 @@ def test_same_trees_qemu_views_and_pci_lists():
         if xl_list != our_list:
             report.append("after %s, xl pci-list differs:\n xl:   %s\n ours: %s" % (what, xl_list, our_list))
     assert not report, "HVM on real Xen, our core against xl:\n" + "\n".join(report)
+
+
+SIM_HVM = "  - {domid: %d, name: %s, type: hvm, state: paused, device_model: dom0, qemu: {machine: pc, unplug: never}}\n"
+
+
+def sim_qemu_view(path):
+    """QEMU's view on the simulator, read as qemu_view reads the real one."""
+    out = subprocess.run([sys.executable, "-c", QMP_VIEW, path], capture_output=True, text=True, check=True, timeout=30).stdout
+    return [d for d in json.loads(out) if d["qdev_id"].startswith("pci-pt-")]
+
+
+def sim_steps(domid, workdir):
+    """Our core's sequence on xensim, on a guest like the real one: per step
+    (outcome, tree, QEMU's view, access-log entries, QMP messages)."""
+    import_paths(workdir)
+    # pylint: disable=import-outside-toplevel,import-error
+    from ansible_collections.xen.pci.plugins.module_utils._errors import XenPciError
+    from ansible_collections.xen.pci.plugins.module_utils._host_options import platform_from
+    from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
+    from xensim import scenario as sim_scenario
+    from xensim.host import SimHost
+    text = SIM_DEVICES.split("domains:", maxsplit=1)[0] % (EDU, TESTDEV) + "domains:\n" + SIM_HVM % (domid, DOMU)
+    host = SimHost(sim_scenario.loads(text), os.path.join(workdir, "sim"), timing_scale=1.0)
+    host.start()
+    steps = []
+    try:
+        params = sim_params(host)
+        platform = platform_from(params)
+        transcript = []
+        restore = record_qmp(transcript)
+        try:
+            for op, bdf, force, _what in STEPS:
+                start = host.call(lambda: len(host.store.access_log))
+                del transcript[:]
+                try:
+                    run_passthrough(dict(params, state="present" if op == "attach" else "absent", force=force),
+                                    {DOMU: [bdf]}, platform=platform)
+                    outcome = "ok"
+                except XenPciError as exc:
+                    outcome = "%s%s" % (type(exc).__name__, " (timed out)" if exc.details.get("timed_out") else "")
+                host.settle()
+                view = sim_qemu_view(os.path.join(host.paths["qmp_dir"], "qmp-libxl-%d" % domid))
+                steps.append((outcome, sim_tree(host, domid), view, sim_access_log(host, start), list(transcript)))
+        finally:
+            restore()
+            platform.xs.close()
+    finally:
+        host.stop()
+    return steps
+
+
+def qmp_shape(messages):
+    """A QMP conversation with what differs between two QEMUs by nature taken
+    out: the greeting's capabilities (not its version), each command and its
+    arguments, each reply's kind (error class and text, or what query-pci and
+    query-status return), each event's name and data."""
+    out = []
+    for m in messages:
+        if "out" in m:
+            out.append(("command", m["out"].get("execute"), m["out"].get("arguments")))
+            continue
+        msg = m["in"]
+        if "QMP" in msg:
+            out.append(("greeting", msg["QMP"].get("capabilities")))
+        elif "event" in msg:
+            out.append(("event", msg["event"], msg.get("data")))
+        elif "error" in msg:
+            out.append(("error", msg["error"].get("class"), msg["error"].get("desc")))
+        elif isinstance(msg.get("return"), list) and msg["return"] and "devices" in msg["return"][0]:
+            out.append(("query-pci", [(b["bus"], d["slot"], d["function"], d["id"]["vendor"], d["id"]["device"],
+                                       d.get("qdev_id", "")) for b in msg["return"] for d in b["devices"]]))
+        else:
+            out.append(("return", msg.get("return")))
+    return out
+
+
+def test_simulator_matches_real_xen(tmp_path):
+    """Issue 12 part 4: the simulator replays our HVM sequence as real Xen
+    and real QEMU answered it."""
+    skip_if_unavailable()
+    if "ours" not in RESULTS or len(RESULTS["ours"]) != len(STEPS) or "ours" not in QMP:
+        pytest.fail("our sequence did not complete on real Xen; nothing to replay")
+    domid, logs = LOGS["ours"]
+    sim = sim_steps(domid, str(tmp_path))
+    from xensim import accesslog  # pylint: disable=import-outside-toplevel,import-error
+    report = []
+    for index, (_op, _bdf, _force, what) in enumerate(STEPS):
+        _what, real_tree, real_view, _listed = RESULTS["ours"][index]
+        outcome, tree, view, entries, transcript = sim[index]
+        real = pci_entries(accesslog.parse(logs[index]))
+        simulated = pci_entries(entries)
+        real_outcome = OUTCOMES["ours"][index]
+        checks = (("outcome", real_outcome.split(":")[0] if real_outcome != "ok" and not real_outcome.startswith("ok")
+                   else "ok", outcome.split(" ")[0]),
+                  ("xenstore tree", real_tree, tree),
+                  ("QEMU's view", real_view, view),
+                  ("our core's writes", accesslog.toolstack_ops(real), accesslog.toolstack_ops(simulated)),
+                  ("xen-pciback's answers", accesslog.kernel_ops(real, ("D0",)), accesslog.kernel_ops(simulated, ("D0",))),
+                  ("QMP conversation", qmp_shape(QMP["ours"][index]), qmp_shape(transcript)))
+        for name, want, got in checks:
+            if want != got:
+                report.append("after %s, %s differ:\n real: %r\n xensim: %r" % (what, name, want, got))
+        if _op == "attach":
+            # The comparison must have something to compare.
+            assert accesslog.toolstack_ops(real) and QMP["ours"][index], "nothing logged on real Xen for %s" % what
+    assert not report, "xensim differs from real Xen 4.17 and its QEMU on the HVM path:\n" + "\n".join(report)
 
 
 def test_zz_timings(capsys):

@@ -133,7 +133,7 @@ def test_our_client_attach_find_detach(sim):
         assert qmp.query_status() == {"status": "running", "singlestep": False, "running": True}
         base = {(d.slot, d.function): (d.vendor_id, d.device_id) for d in qmp.query_pci()}
         assert base == {(0, 0): (0x8086, 0x1237), (1, 0): (0x8086, 0x7000), (1, 1): (0x8086, 0x7010),
-                        (1, 3): (0x8086, 0x7113), (2, 0): (0x1013, 0x00B8), (3, 0): (0x5853, 0x0001)}
+                        (1, 3): (0x8086, 0x7113), (2, 0): (0x5853, 0x0001), (3, 0): (0x1013, 0x00B8)}
 
         qid = qmp.device_add_passthrough("0000:03:00.0")
         assert qid == "pci-pt-03_00.0"
@@ -189,6 +189,26 @@ def test_unplug_never_is_bounded_and_delay_completes(sim):
         t0 = time.monotonic()
         assert qmp.wait_device_gone(qid, Deadline(5), poll=2) == "event"
         assert 0.45 <= time.monotonic() - t0 < 2
+
+
+def test_a_pending_unplug_may_be_asked_again_once_qemus_window_has_passed(sim, monkeypatch):
+    """Real Xen's qemu-xen 7.2 refuses a second device_del while the first is
+    pending, and takes it (``{}``) once its 5 s window has passed; the
+    window is shortened here."""
+    from xensim import qemu as sim_qemu
+    monkeypatch.setattr(sim_qemu, "UNPLUG_REPEAT_AFTER", 0.3)
+    host = sim(HVM % "never")
+    with host.session(3) as qmp:
+        qid = qmp.device_add_passthrough("0000:03:00.0")
+        qmp.device_del(qid)
+        with pytest.raises(QmpError) as exc:
+            qmp.device_del(qid)
+        assert (exc.value.error_class, exc.value.desc) == err("unplug_pending", id=qid)
+        time.sleep(0.4)
+        assert qmp.device_del(qid) in (None, {})
+        assert host.qemu.devices(3)[0]["unplug_pending"] is True
+        with pytest.raises(QmpError):
+            qmp.device_del(qid)
 
 
 STUB = """

@@ -13,16 +13,19 @@ with ``DEVICE_DELETED``.
 Machine models:
 
 * ``pc``: Xen's ``xenfv`` (i440FX/PIIX3, ACPI PCI hotplug on ``pci.0``):
-  host bridge 00.0, ISA 01.0, IDE 01.1, ACPI 01.3, Cirrus VGA 02.0, Xen
-  platform device 03.0; passed-through devices take the first free slot (04)
-  unless ``addr`` asks for one. An unplug needs the guest's ACPI eject.
+  host bridge 00.0, ISA 01.0, IDE 01.1, ACPI 01.3, Xen platform device
+  02.0, Cirrus VGA 03.0 (as on real Xen 4.17); passed-through devices take
+  the first free slot (04) unless ``addr`` asks for one. An unplug needs the
+  guest's ACPI eject.
 * ``q35``: the Q35 base devices; as in real QEMU 7.2 the root bus ``pcie.0``
   does not support hotplug, so ``device_add``/``device_del`` on it fail with
   QEMU's text (devices of the scenario are coldplugged at start).
 
 Unplug (``qemu.unplug`` of the scenario, or a ``qemu.unplug`` fault): ``ack``
 (the running guest ejects at once), ``delay`` (after ``unplug_delay`` s),
-``never``. A guest that is not running never acknowledges.
+``never``. A guest that is not running never acknowledges. A second
+``device_del`` within 5 s of the first is refused (the unplug is pending);
+after that it sends the request again and succeeds.
 
 Fault points (``host.faults.match(point, **ctx)``, see faults.py):
 
@@ -109,6 +112,10 @@ PT_PROPERTIES = {"hostaddr", "permissive", "addr", "multifunction", "romfile", "
                  "x-pcie-extcap-init", "failover_pair_id", "acpi-index"}
 QEMU_VERSION = {"qemu": {"micro": 1, "minor": 2, "major": 7}, "package": ""}   # Xen 4.17's qemu-xen is 7.2-based
 ACK_DELAY = 0.02      # a running guest's ACPI eject, seconds
+# A device_del of a device whose unplug is pending is refused for 5 s after
+# the request, then sent again (QEMU's pending_deleted_expires_ms): real Xen's
+# qemu-xen 7.2 answered {} to a second device_del some 10 s after the first.
+UNPLUG_REPEAT_AFTER = 5.0
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")     # QEMU id_wellformed()
 _BOOL_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}
 
@@ -153,6 +160,7 @@ class PciFn:
     hostaddr: str | None = None      # passthrough only
     permissive: bool = False
     unplug_pending: bool = False
+    unplug_requested: float = 0.0    # monotonic time of the last device_del
     coldplug: bool = False
 
     @property
@@ -194,12 +202,14 @@ def _base_devices(machine: str) -> list[PciFn]:
         PciFn(1, 0, "PIIX3", 0x0601, 0x8086, 0x7000),
         PciFn(1, 1, "piix3-ide", 0x0101, 0x8086, 0x7010, regions=[{"bar": 4, "size": 16, "address": -1, "type": "io"}]),
         PciFn(1, 3, "PIIX4_PM", 0x0680, 0x8086, 0x7113, irq_pin=1),
-        PciFn(2, 0, "cirrus-vga", 0x0300, 0x1013, 0x00B8,
-              regions=[{"prefetch": True, "mem_type_64": False, "bar": 0, "size": 33554432, "address": -1, "type": "memory"},
-                       {"prefetch": False, "mem_type_64": False, "bar": 1, "size": 4096, "address": -1, "type": "memory"}]),
-        PciFn(3, 0, "xen-platform", 0xFF80, 0x5853, 0x0001, subsystem_vendor=0x5853, subsystem=0x0001, irq_pin=1,
+        # libxl puts the Xen platform device at slot 2, QEMU the VGA after it
+        # (query-pci of a qemu-xen 7.2 HVM guest on Xen 4.17).
+        PciFn(2, 0, "xen-platform", 0xFF80, 0x5853, 0x0001, subsystem_vendor=0x5853, subsystem=0x0001, irq_pin=1,
               regions=[{"bar": 0, "size": 256, "address": -1, "type": "io"},
                        {"prefetch": True, "mem_type_64": False, "bar": 1, "size": 16777216, "address": -1, "type": "memory"}]),
+        PciFn(3, 0, "cirrus-vga", 0x0300, 0x1013, 0x00B8,
+              regions=[{"prefetch": True, "mem_type_64": False, "bar": 0, "size": 33554432, "address": -1, "type": "memory"},
+                       {"prefetch": False, "mem_type_64": False, "bar": 1, "size": 4096, "address": -1, "type": "memory"}]),
     ]
 
 
@@ -664,9 +674,13 @@ class DeviceModel:
             raise QmpFailure("device_not_found", id=qdev_id)
         if not self.hotplug:
             raise QmpFailure("bus_no_hotplug", bus=self.root_bus)
-        if fn.unplug_pending:
+        now = time.monotonic()
+        if fn.unplug_pending and now - fn.unplug_requested < UNPLUG_REPEAT_AFTER:
             raise QmpFailure("unplug_pending", id=qdev_id)
-        fn.unplug_pending = True
+        repeat = fn.unplug_pending
+        fn.unplug_pending, fn.unplug_requested = True, now
+        if repeat and qdev_id in self._timers:
+            return {}             # the guest's eject is on its way already
         mode, delay = self.spec.unplug, self.spec.unplug_delay
         faults = getattr(self.host, "faults", None)
         if faults is not None:

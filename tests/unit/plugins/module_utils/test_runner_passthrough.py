@@ -185,3 +185,34 @@ def test_a_deadline_where_no_step_names_the_guest_is_reported_with_its_label(sim
         run_passthrough(params_for(host), {"web": ["00:10.0"]}, hook=late)
     assert caught.value.msg.startswith("web (domid 1): timed out after 0.0 s")
     assert caught.value.msg.count("web (domid 1)") == 1
+
+
+def test_one_request_reads_each_devices_reset_and_the_hosts_readiness_once(sim, monkeypatch):
+    """The validation runs before and under the locks; the hardware facts
+    (reset, header type) and the hypervisor's readiness are read in the first
+    pass only, and every device to attach is still checked."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils import _readiness, _validate
+    host = sim(HOST)
+    calls = {"reset": [], "refusal": [], "readiness": 0}
+    real_reset, real_refusal, real_ready = _validate.reset_report, _readiness.assign_refusal, _readiness.host_readiness
+
+    def reset_report(sysfs, bdf):
+        calls["reset"].append(bdf)
+        return real_reset(sysfs, bdf)
+
+    def assign_refusal(sysfs, bdf, readiness):
+        calls["refusal"].append(bdf)
+        return real_refusal(sysfs, bdf, readiness)
+
+    def host_readiness(platform):
+        calls["readiness"] += 1
+        return real_ready(platform)
+    monkeypatch.setattr(_validate, "reset_report", reset_report)
+    monkeypatch.setattr(_readiness, "assign_refusal", assign_refusal)
+    monkeypatch.setattr(_readiness, "host_readiness", host_readiness)
+    result = run_passthrough(params_for(host, make_assignable=True), {"web": ["00:10.0", "00:13.0"]})
+    assert result["changed"] and sorted(d["bdf"] for d in result["domains"]["web"]["devices"]) == ["0000:00:10.0", "0000:00:13.0"]
+    assert sorted(calls["reset"]) == ["0000:00:10.0", "0000:00:13.0"]
+    assert sorted(calls["refusal"]) == ["0000:00:10.0", "0000:00:13.0"]
+    assert calls["readiness"] == 1

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
@@ -101,34 +100,23 @@ def test_non_utf8_bytes_survive(tmp_path):
 # -- the module, through AnsibleModule ------------------------------------------
 
 
-def run_module(args, capsys):
-    testing = pytest.importorskip("ansible.module_utils.testing", reason="ansible-core 2.19+ is needed for patch_module_args")
-    from ansible_collections.xen.pci.plugins.modules import domain_config
-    with testing.patch_module_args(args):
-        with pytest.raises(SystemExit) as info:
-            domain_config.main()
-    out = json.loads(capsys.readouterr().out)
-    out["rc"] = info.value.code
-    return out
-
-
-def test_module_check_diff_and_apply(cfg, capsys):
+def test_module_check_diff_and_apply(cfg, run_module):
     args = {"path": str(cfg), "devices": ["05:00.0@2"], "state": "present", "pci_permissive": True}
-    check = run_module(dict(args, _ansible_check_mode=True, _ansible_diff=True), capsys)
+    check = run_module("domain_config", dict(args, _ansible_check_mode=True, _ansible_diff=True))
     assert check["rc"] == 0 and check["changed"] and cfg.read_text() == CONFIG
     assert check["diff"]["after"].endswith("pci = [ '0000:03:00.0', '0000:05:00.0@02' ]\npci_permissive = 1\n")
-    real = run_module(dict(args, backup=True), capsys)
+    real = run_module("domain_config", dict(args, backup=True))
     assert real["changed"] and "diff" not in real and os.path.exists(real["backup_file"])
     assert cfg.read_text() == check["diff"]["after"]
-    again = run_module(dict(args, _ansible_check_mode=True), capsys)
+    again = run_module("domain_config", dict(args, _ansible_check_mode=True))
     assert not again["changed"]
 
 
-def test_module_reports_errors_with_fail_json(cfg, capsys):
-    failed = run_module({"path": str(cfg), "devices": ["03:00.g"]}, capsys)
+def test_module_reports_errors_with_fail_json(cfg, run_module):
+    failed = run_module("domain_config", {"path": str(cfg), "devices": ["03:00.g"]})
     assert failed["failed"] and failed["rc"] == 1 and "device #0: invalid PCI spec" in failed["msg"]
     assert failed["error"] == "SpecError"
-    mode = run_module({"path": str(cfg), "mode": "0600"}, capsys)
+    mode = run_module("domain_config", {"path": str(cfg), "mode": "0600"})
     assert mode["changed"] and stat.S_IMODE(os.stat(cfg).st_mode) == 0o600
 
 
@@ -168,13 +156,13 @@ def test_one_bad_file_means_no_file_is_written(tmp_path):
             run_domain_configs(dict(params, configs=configs))
 
 
-def test_module_with_configs_applies_file_attributes_to_every_file(tmp_path, capsys):
+def test_module_with_configs_applies_file_attributes_to_every_file(tmp_path, run_module):
     web, db = tmp_path / "web1.cfg", tmp_path / "db1.cfg"
     web.write_text(CONFIG)
     db.write_text(CONFIG.replace("web1", "db1"))
     args = {"configs": [{"path": str(web), "devices": ["03:00.0"]}, {"path": str(db)}], "mode": "0600",
             "_ansible_diff": True}
-    out = run_module(args, capsys)
+    out = run_module("domain_config", args)
     assert out["rc"] == 0 and out["changed"] and [r["changed"] for r in out["results"]] == [True, True]
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in (web, db))
-    assert run_module({"path": str(web), "configs": [{"path": str(db)}]}, capsys)["failed"]
+    assert run_module("domain_config", {"path": str(web), "configs": [{"path": str(db)}]})["failed"]
