@@ -143,18 +143,28 @@ class RecordSlots(Step):
     def touches(self):
         return ["%s (vdevfn keys of %s)" % (backend_path(self.data["domid"]), ", ".join(self.data["bdfs"]))]
 
-    def do(self, ctx):
+    def _placed(self, ctx):
+        """{bdf: devfn} of the functions QEMU placed: what QmpAdd's check read
+        back from query-pci in this request (slots do not move once placed),
+        or, when this process did not run it (a killed request finished by
+        the next run), query-pci now."""
+        seen = {b: ctx.report.devices.get(b) or {} for b in self.data["bdfs"]}
+        if all("vslot" in v for v in seen.values()):
+            return {b: v["vslot"] << 3 | v["vfunc"] for b, v in seen.items()}
         with open_session(ctx, self.data) as qmp:
             placed = {d.qdev_id: d for d in qmp.query_pci(deadline=_command(ctx))}
-        wanted = {b: placed[Bdf.parse(b).qmp_id] for b in self.data["bdfs"] if Bdf.parse(b).qmp_id in placed}
+        return {b: placed[Bdf.parse(b).qmp_id].devfn for b in self.data["bdfs"] if Bdf.parse(b).qmp_id in placed}
+
+    def do(self, ctx):
+        wanted = self._placed(ctx)
 
         def body(tx):
             backend = read_backend(ctx.xs, self.data["domid"], ctx.deadline, tx=tx)
             changes = Changes()
             for dev in backend.devices if backend is not None else ():
-                qdev = wanted.get(str(dev.bdf))
-                if qdev is not None and not dev.vdevfn:
-                    changes.write("%s/vdevfn-%d" % (backend.path, dev.index), "%x" % (qdev.slot << 3 | qdev.function))
+                devfn = wanted.get(str(dev.bdf))
+                if devfn is not None and not dev.vdevfn:
+                    changes.write("%s/vdevfn-%d" % (backend.path, dev.index), "%x" % devfn)
             if changes:
                 ctx.xs.apply(changes, tx=tx, deadline=ctx.deadline)
             return len(changes)

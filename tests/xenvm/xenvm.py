@@ -322,8 +322,12 @@ def image_or_unavailable(cache_root=None, build=True):
 class XenVM:
     """One QEMU running Xen + dom0.  ``stop()`` always kills QEMU."""
 
-    def __init__(self, image, workdir=None, memory=2048, smp=None, die_with_owner=True):
+    def __init__(self, image, workdir=None, memory=2048, smp=None, die_with_owner=True, disk=None):
         self.image = image
+        # dom0's disk: the image's, with every write thrown away (QEMU's
+        # snapshot), or ``disk``, a writable copy that keeps them from one
+        # boot to the next (a test of what survives a reboot).
+        self.disk = disk
         self.workdir = workdir or os.path.join(image, "..", "run-%d" % os.getpid())
         self.memory = memory
         self.smp = smp or int(os.environ.get("XENVM_SMP") or SMP)
@@ -373,7 +377,8 @@ class XenVM:
             "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
             "-device", "intel-iommu,intremap=on",
             "-kernel", os.path.join(img, "xen"), "-append", XEN_CMDLINE % self.smp, "-initrd", modules,
-            "-drive", "file=%s,format=raw,if=virtio,snapshot=on" % os.path.join(img, "dom0.ext4"),
+            "-drive", ("file=%s,format=raw,if=virtio" % self.disk) if self.disk else
+            "file=%s,format=raw,if=virtio,snapshot=on" % os.path.join(img, "dom0.ext4"),
             "-netdev", "user,id=n0,restrict=off,hostfwd=tcp:127.0.0.1:%d-:22" % self.port,
             "-device", "virtio-net-pci,netdev=n0,mac=%s" % build_image.MAC,
             "-netdev", "user,id=n1,restrict=on",
@@ -596,15 +601,20 @@ class XenVM:
         self.stop()
 
     @classmethod
-    def booted(cls, cache_root=None, workdir=None, timeout=READY_TIMEOUT, die_with_owner=True):
+    def booted(cls, cache_root=None, workdir=None, timeout=READY_TIMEOUT, die_with_owner=True, disk=None):
         """Build (or reuse) the image and boot it.  Raises Unavailable.
-        ``XENVM_BUILD=0``: never build here (``XENVM_IMAGE_ERROR`` says why)."""
+        ``XENVM_BUILD=0``: never build here (``XENVM_IMAGE_ERROR`` says why).
+        ``disk``: a writable copy of dom0's disk at that path (made from the
+        image on first use, kept by later boots) instead of a throwaway one."""
         if shutil.which(QEMU) is None:
             raise Unavailable("%s is not installed (apt-get install qemu-system-x86)" % QEMU)
         if shutil.which("ssh") is None:
             raise Unavailable("ssh (openssh-client) is not installed")
         image = image_or_unavailable(cache_root, build=os.environ.get("XENVM_BUILD", "1") != "0")
-        vm = cls(image, workdir=workdir, die_with_owner=die_with_owner)
+        if disk and not os.path.exists(disk):
+            # Sparse: the image is mostly free space.
+            subprocess.run(["cp", "--sparse=always", os.path.join(image, "dom0.ext4"), disk], check=True, timeout=120)
+        vm = cls(image, workdir=workdir, die_with_owner=die_with_owner, disk=disk)
         try:
             return vm.boot(timeout=timeout)
         except BaseException:

@@ -154,6 +154,29 @@ def test_the_slot_qemu_chose_is_recorded_as_vdevfn_as_libxl_does(sim, run, param
         "0000:00:10.0": placed["pci-pt-00_10.0"], "0000:00:11.0": 0x38}
 
 
+def test_the_slot_is_recorded_from_the_attachs_own_read_back_or_else_from_query_pci(sim, run, params_of):
+    """The slot QEMU chose is what QmpAdd's check read back: no QMP session
+    of its own. Run without that check in the process, the step reads it
+    from query-pci."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._budget import Budget
+    from ansible_collections.xen.pci.plugins.module_utils._engine import Context
+    host = sim(DOM0_QEMU)
+    run(host, {"hvm1": ["00:10.0"]})
+    commands = [c[1] for c in host.qemu.commands(5)]
+    # Planned (before and under the lock), device_add, its check: no fourth read for the slot.
+    assert commands.count("query-pci") == 3 and commands.count("device_add") == 1, commands
+    be = "/local/domain/0/backend/pci/5/0"
+    recorded = peek(host, be + "/vdevfn-0")
+    platform = platform_from(params_of(host))
+    platform.xs.rm(be + "/vdevfn-0")
+    ctx = Context(platform, Budget(10.0, "test"))
+    dom = read_host(platform.xs, Deadline(5)).resolve("hvm1")
+    _steps_qmp.RecordSlots(domid=5, uuid=dom.uuid, label="hvm1", bdfs=["0000:00:10.0"]).do(ctx)
+    assert peek(host, be + "/vdevfn-0") == recorded
+    assert [c[1] for c in host.qemu.commands(5)].count("query-pci") == 4
+
+
 def test_qmp_socket_missing_is_a_clear_error_before_any_xenstore_write(sim, run, params_of):
     host = sim(DOM0_QEMU)
     platform = platform_from(params_of(host))
