@@ -228,9 +228,18 @@ class HostState:
     def holder_of(self, bdf):
         """Domid whose backend lists ``bdf`` (then libxl's bookkeeping), or None.
         A stub domain's device is its HVM guest's."""
-        for dom in self.domains.values():
-            if dom.backend and dom.backend.device(bdf) is not None:
-                return dom.target if dom.target is not None else dom.domid
+        # One index of every backend's devices, built on first use: a host
+        # is read once and asked about each of its devices (info: O(devices)
+        # questions, each a scan of every backend without it).
+        holders = self.__dict__.get("_holders")
+        if holders is None:
+            holders = {}
+            for dom in self.domains.values():
+                for dev in dom.backend.devices if dom.backend else ():
+                    holders.setdefault(dev.bdf, dom.target if dom.target is not None else dom.domid)
+            self.__dict__["_holders"] = holders
+        if bdf in holders:
+            return holders[bdf]
         rec = self.libxl_pci.get(bdf, {})
         return _int(rec.get("domid"))
 
