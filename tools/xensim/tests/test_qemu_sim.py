@@ -7,6 +7,7 @@ same situations (differential test, skipped loudly without qemu-system-x86_64).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ def _import_client():
     """The collection's QMP client, imported as ansible-test would (via a
     throwaway ansible_collections/xen/pci tree pointing at this checkout)."""
     tree = tempfile.mkdtemp(prefix="acqmp-")
+    # Only a symlink inside: gone when the tests end (the imports stay loaded).
+    atexit.register(shutil.rmtree, tree, True)
     os.makedirs(os.path.join(tree, "ansible_collections", "xen"))
     os.symlink(ROOT, os.path.join(tree, "ansible_collections", "xen", "pci"))
     sys.path.insert(0, tree)
