@@ -18,12 +18,6 @@ from ansible_collections.xen.pci.plugins.module_utils._validate import Problem, 
 DETAILS = ("full", "summary", "readiness")
 
 
-def _host_readiness(platform):
-    # Imported here: only detail=readiness reads the host's readiness and each device's reset.
-    from ansible_collections.xen.pci.plugins.module_utils._readiness import host_readiness  # pylint: disable=import-outside-toplevel
-    return host_readiness(platform)
-
-
 def _device_readiness(sysfs, bdf, listed, readiness):
     """detail=readiness: a device's reset and whether this host can assign it."""
     # pylint: disable-next=import-outside-toplevel
@@ -47,7 +41,11 @@ def run_info(params, platform=None):
     devices = []
     sysfs = platform.sysfs
     summary = params.get("detail", "full") == "summary"
-    readiness = _host_readiness(platform) if params.get("detail") == "readiness" else None
+    readiness = None
+    if params.get("detail") == "readiness":
+        # Imported here: only detail=readiness reads the host's readiness and each device's reset.
+        from ansible_collections.xen.pci.plugins.module_utils._readiness import host_readiness  # pylint: disable=import-outside-toplevel
+        readiness = host_readiness(platform)
     # A few small files, read once; the summary path skips them.  A boot
     # setup that cannot be read costs only this answer (None), not the read.
     boot_warnings = []

@@ -85,7 +85,7 @@ def run_plan(params, desired, platform=None):
         from ansible_collections.xen.pci.plugins.module_utils._sysfs import Sysfs
         iommu_problems(platform.sysfs if platform is not None else Sysfs(params["sysfs_root"]), core)
     configs = []
-    entries = config_entries(params, core) if params.get("config_dir") or params.get("config_files") else []
+    entries = config_entries(params, core)
     if entries:
         # pylint: disable-next=import-outside-toplevel
         from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs

@@ -146,8 +146,7 @@ class RecordSlots(Step):
     def _placed(self, ctx):
         """{bdf: devfn} of the functions QEMU placed: what QmpAdd's check read
         back from query-pci in this request (slots do not move once placed),
-        or, when this process did not run it (a killed request finished by
-        the next run), query-pci now."""
+        or, when that check did not run in this process, query-pci now."""
         seen = {b: ctx.report.devices.get(b) or {} for b in self.data["bdfs"]}
         if all("vslot" in v for v in seen.values()):
             return {b: v["vslot"] << 3 | v["vfunc"] for b, v in seen.items()}

@@ -90,13 +90,17 @@ def xenvm_artifacts(sub):
     return path
 
 
-def boot_or_skip(artifacts):
+def boot_or_skip(artifacts, disk=None, sub="vm"):
     """A booted XenVM, or pytest.skip with the reason in a loud banner.
 
     ``XENVM_STATE=<file>`` (written by ``xenvm.py boot``) reuses a VM left
     running by the CLI instead of booting one (for development; it is not
-    stopped)."""
+    stopped). ``disk``: dom0's disk as a writable copy at that path (see
+    XenVM.booted), for a test that boots again; never the CLI's VM.
+    ``sub``: the directory of this boot under ``artifacts``."""
     state = os.environ.get("XENVM_STATE")
+    if state and disk:
+        pytest.skip("a test that boots again needs a VM of its own: not with XENVM_STATE's")
     if state:
         with open(state, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -108,7 +112,7 @@ def boot_or_skip(artifacts):
         # One verdict per run: the next module does not try to boot again.
         pytest.skip("real Xen unavailable: %s" % UNAVAILABLE[0])
     try:
-        return xenvm.XenVM.booted(workdir=os.path.join(artifacts, "vm")), True
+        return xenvm.XenVM.booted(workdir=os.path.join(artifacts, sub), disk=disk), True
     except xenvm.Unavailable as exc:
         UNAVAILABLE.append(str(exc))
         banner = "\n" + "!" * 78 + "\nREAL-XEN TESTS SKIPPED: %s\n" % exc + "!" * 78 + "\n"

@@ -21,8 +21,7 @@ import time
 
 import pytest
 
-import xenvm
-from conftest import LAYER_TIMES, UNAVAILABLE, Host, paced, write_layer_times, xenvm_artifacts
+from conftest import LAYER_TIMES, Host, boot_or_skip, paced, write_layer_times, xenvm_artifacts
 from test_ansible_scenario import Ansible
 
 XENVM_SHARED = False    # conftest.py: the shared VM is stopped before this module
@@ -31,25 +30,11 @@ E1000 = "0000:00:12.0"
 
 def boot(artifacts, disk, what):
     """A VM on ``disk`` (or pytest.skip, loudly, when real Xen is unavailable)."""
-    if os.environ.get("XENVM_STATE"):
-        pytest.skip("a reboot needs a VM of its own: not with XENVM_STATE's")
-    if UNAVAILABLE:
-        pytest.skip("real Xen unavailable: %s" % UNAVAILABLE[0])
     start = time.monotonic()
-    try:
-        vm = xenvm.XenVM.booted(workdir=os.path.join(artifacts, what), disk=disk)
-    except xenvm.Unavailable as exc:
-        UNAVAILABLE.append(str(exc))
-        sys.stderr.write("\n" + "!" * 78 + "\nREAL-XEN REBOOT TEST SKIPPED: %s\n" % exc + "!" * 78 + "\n")
-        pytest.skip("real Xen unavailable: %s" % exc)
+    vm, _owned = boot_or_skip(artifacts, disk=disk, sub=what)
     LAYER_TIMES["boots"].append("%s: %.1f s (%s)" % (what, time.monotonic() - start, "; ".join(vm.attempts)))
     write_layer_times()
     return vm
-
-
-def driver_of(host, bdf):
-    out = host.sh("basename $(readlink /sys/bus/pci/devices/%s/driver) 2>/dev/null; true" % bdf).stdout.strip()
-    return out or None
 
 
 def test_persistent_assignment_survives_a_reboot(tmp_path):
@@ -58,7 +43,7 @@ def test_persistent_assignment_survives_a_reboot(tmp_path):
     vm = boot(artifacts, disk, "first-boot")
     try:
         host = Host(vm, artifacts, "none")
-        assert driver_of(host, E1000) == "e1000", "dom0's e1000 does not hold %s at boot" % E1000
+        assert host.driver(E1000) == "e1000", "dom0's e1000 does not hold %s at boot" % E1000
         runner = Ansible(host, str(tmp_path))
         if not runner.binary:
             pytest.skip("ansible-playbook is not installed next to %s nor on PATH" % sys.executable)
@@ -67,7 +52,7 @@ def test_persistent_assignment_survives_a_reboot(tmp_path):
         assert result["changed"] and result["reboot_required"], result
         assert result["boot_setup"]["setup"] == "modprobe" and result["boot_setup"]["pciback"] == "module", result
         assert result["boot_setup"]["hidden_after_reboot"] == [E1000], result
-        assert driver_of(host, E1000) == "pciback"
+        assert host.driver(E1000) == "pciback"
         conf = host.sh("cat /etc/modprobe.d/xen-pci.conf").stdout
         assert "hide=(%s)" % E1000 in conf and "softdep e1000 pre: xen_pciback" in conf, conf
         host.sh("sync")
@@ -79,10 +64,10 @@ def test_persistent_assignment_survives_a_reboot(tmp_path):
         host = Host(vm, artifacts, "none")
         # Nothing of ours has run since the boot: what the boot setup did.
         deadline = time.monotonic() + paced(30.0)
-        while driver_of(host, E1000) != "pciback" and time.monotonic() < deadline:
+        while host.driver(E1000) != "pciback" and time.monotonic() < deadline:
             time.sleep(1.0)     # udev and systemd-modules-load may still be at work
-        assert driver_of(host, E1000) == "pciback", "after the reboot %s is held by %s, not pciback\n%s" % (
-            E1000, driver_of(host, E1000), host.diagnose())
+        assert host.driver(E1000) == "pciback", "after the reboot %s is held by %s, not pciback\n%s" % (
+            E1000, host.driver(E1000), host.diagnose())
         assert E1000 in host.assignable_list()
         info = Ansible(host, str(tmp_path)).ok("info after the reboot", "info")
         dev = {d["bdf"]: d for d in info["devices"]}[E1000]
