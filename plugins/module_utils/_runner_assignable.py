@@ -116,7 +116,11 @@ def _input(params):
     if params.get("boot_setup", "auto") not in SETUPS:
         problems.append(Problem("boot_setup must be one of %s, got %r" % (", ".join(SETUPS), params.get("boot_setup")),
                                 "boot_setup"))
-    wanted = parse_pool_devices(params.get("devices") or [], problems)
+    devices = params.get("devices")
+    if devices is None and params.get("sriov") is None:
+        problems.append(Problem("devices must be given (a list of PCI addresses, {bdf, name} mappings or selectors), "
+                                "unless sriov is", "devices"))
+    wanted = parse_pool_devices([] if devices is None else devices, problems)
     sriov = parse_sriov(params.get("sriov"), problems, params.get("state"))
     if sriov and params.get("persistent"):
         problems.append(Problem("persistent cannot be combined with sriov: virtual functions exist only once their "

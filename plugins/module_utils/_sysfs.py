@@ -437,19 +437,6 @@ class Sysfs(object):
         self.write(self.dev_path(bdf, "sriov_numvfs"), "%d" % count, bdf)
 
 
-def predicted_vfs(sriov, count):
-    """The addresses the first ``count`` VFs of a PF get: routing id of the
-    PF + offset + i * stride (offset and stride as the PF reports them for
-    the current NumVFs: the capability may change them with NumVFs, so the
-    prediction is checked against the links once the VFs exist)."""
-    pf = Bdf.parse(sriov["pf"])
-    rid = pf.bus << 8 | pf.slot << 3 | pf.func
-    out = []
-    for index in range(count):
-        vf = rid + sriov["offset"] + index * sriov["stride"]
-        out.append("%04x:%02x:%02x.%d" % (pf.domain, vf >> 8 & 0xFF, vf >> 3 & 0x1F, vf & 7))
-    return out
-
     def drivers(self, bdfs):
         """{bdf: driver name or None}. Most devices of a passthrough host are
         bound to pciback, and pciback's directory has a link for each: one
@@ -573,3 +560,17 @@ def predicted_vfs(sriov, count):
                              % (bdf, self.pciback_path("do_flr"), self.dev_path(bdf, "reset")),
                              device=bdf, reset_method=None, errno="ENOENT")
         return method
+
+
+def predicted_vfs(sriov, count):
+    """The addresses the first ``count`` VFs of a PF get: routing id of the
+    PF + offset + i * stride (offset and stride as the PF reports them for
+    the current NumVFs: the capability may change them with NumVFs, so the
+    prediction is checked against the links once the VFs exist)."""
+    pf = Bdf.parse(sriov["pf"])
+    rid = pf.bus << 8 | pf.slot << 3 | pf.func
+    out = []
+    for index in range(count):
+        vf = rid + sriov["offset"] + index * sriov["stride"]
+        out.append("%04x:%02x:%02x.%d" % (pf.domain, vf >> 8 & 0xFF, vf >> 3 & 0x1F, vf & 7))
+    return out
