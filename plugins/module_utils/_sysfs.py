@@ -436,7 +436,6 @@ class Sysfs(object):
         bdf = self._require(bdf)
         self.write(self.dev_path(bdf, "sriov_numvfs"), "%d" % count, bdf)
 
-
     def drivers(self, bdfs):
         """{bdf: driver name or None}. Most devices of a passthrough host are
         bound to pciback, and pciback's directory has a link for each: one

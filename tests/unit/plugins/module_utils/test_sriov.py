@@ -40,8 +40,6 @@ domains:
 """
 
 
-
-
 def dev(host, bdf, *attr):
     return os.path.join(host.paths["sysfs_root"], "bus/pci/devices", bdf, *attr)
 
