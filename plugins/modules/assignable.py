@@ -46,8 +46,8 @@ options:
         C(bdf), the device gets that name; a C(name) alone names a device that already carries it.
       - A device may also be named by what it is, a dictionary with C(select) and optionally C(count) and C(name),
         with the keys of M(xen.pci.passthrough)'s selectors (C(id), C(vendor), C(device), C(subsystem),
-        C(subsystem_vendor), C(subsystem_device), C(class), C(serial), C(path), C(label)), and C(physfn): the
-        virtual functions of the SR-IOV physical function at that address. Without C(count) it must
+        C(subsystem_vendor), C(subsystem_device), C(class), C(serial), C(path), C(label)), and C(physfn) (the
+        virtual functions of the SR-IOV physical function at that address). Without C(count) it must
         match exactly one device; C(count=N) takes N (devices already in the pool first, then by address);
         C(count=all) every match. See RV(selected).
       - With O(sriov), the selectors choose among the virtual functions as they will be once O(sriov) is applied
@@ -71,7 +71,7 @@ options:
       - The PF keeps its dom0 driver; Xen learned of it when dom0 booted, so the VFs are reported to Xen after their
         PF, as Xen 4.20 and later require.
       - A VF created by the task that its PF's driver bound to a VF driver (for example C(igbvf)) is taken from it
-        without O(take_from_driver) when O(devices) names it: the task created it for the pool. The driver is
+        without O(take_from_driver) when O(devices) names it (the task created it for the pool). The driver is
         remembered, so O(state=absent) gives the VF back to it.
       - With O(state=absent), the devices of O(devices) are given back first, then every VF of these PFs is removed
         (C(sriov_numvfs) 0); C(numvfs) may be left out.
