@@ -28,10 +28,7 @@ from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_j
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import PCIBACK as PCIBACK_DRIVER
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import GiveBack, Seize, SetName
-from ansible_collections.xen.pci.plugins.module_utils._steps_sriov import SeizeVf, SetNumVfs
 from ansible_collections.xen.pci.plugins.module_utils._selectors import is_selector, parse_selector
-from ansible_collections.xen.pci.plugins.module_utils._sriov import (
-    PlannedSysfs, future_vfs, gone_vfs, parse_sriov, plan_sriov, resolve_pfs, sriov_prediction, sriov_report)
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
     Problem, check_bool, check_reset_policy, common_options, has_selectors, pool_entry_problem, raise_problems,
     select_devices)
@@ -121,7 +118,11 @@ def _input(params):
         problems.append(Problem("devices must be given (a list of PCI addresses, {bdf, name} mappings or selectors), "
                                 "unless sriov is", "devices"))
     wanted = parse_pool_devices([] if devices is None else devices, problems)
-    sriov = parse_sriov(params.get("sriov"), problems, params.get("state"))
+    sriov = []
+    if params.get("sriov") is not None:
+        # Imported only by a task that asks for SR-IOV (a module's imports are its start-up time).
+        from ansible_collections.xen.pci.plugins.module_utils._sriov import parse_sriov  # pylint: disable=import-outside-toplevel
+        sriov = parse_sriov(params.get("sriov"), problems, params.get("state"))
     if sriov and params.get("persistent"):
         problems.append(Problem("persistent cannot be combined with sriov: virtual functions exist only once their "
                                 "physical function's driver created them, after every boot; hide them with a task that "
@@ -134,6 +135,10 @@ def _prepare(platform, host, params, wanted, sriov):
     """The SR-IOV plans and the devices the entries stand for, planned
     together: making devices assignable selects among the VFs the plans
     create; giving them back lets the plans remove the VFs given back."""
+    if not sriov:
+        return _select(platform.sysfs, params, wanted) + ([], [])
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._sriov import PlannedSysfs, future_vfs, gone_vfs, plan_sriov, resolve_pfs
     problems = []
     resolved = resolve_pfs(platform.sysfs, sriov, problems)
     if params["state"] == "present":
@@ -168,7 +173,7 @@ def _plan(platform, host, wanted, params, sriov_plans=(), problems=None):
     clear_name = params.get("names", "keep") == "exact"
     take = params.get("take_from_driver", False)
     problems = list(problems or [])
-    future, gone = future_vfs(sriov_plans), gone_vfs(sriov_plans)
+    future, gone = _changes(sriov_plans)
     resolved = _resolve(host, wanted, state, problems)
     if state == "present":
         for bdf, name in resolved:
@@ -212,7 +217,8 @@ def _plan(platform, host, wanted, params, sriov_plans=(), problems=None):
         if actions:
             todo.append(actions)
             if bdf in future:
-                steps.append(SeizeVf(bdf=bdf, pf=future[bdf], reset=params.get("reset", "best_effort"), label=None))
+                steps.append(_step_sriov("SeizeVf", bdf=bdf, pf=future[bdf], reset=params.get("reset", "best_effort"),
+                                         label=None))
                 steps += _steps(platform, dict(status, driver=PCIBACK_DRIVER), state, name, rebind, clear_name)
             else:
                 steps += _steps(platform, status, state, name, rebind, clear_name)
@@ -224,12 +230,30 @@ def _plan(platform, host, wanted, params, sriov_plans=(), problems=None):
         problems.append(Problem(exc.msg, details.pop("input", None) or "persistent", device=details.pop("device", None),
                                 kind=type(exc), details=details))
     raise_problems(problems)
-    numvfs = [SetNumVfs(pf=p["pf"], old=p["old"], new=p["new"], vfs=p["vfs_after"], vfs_now=p["vfs_now"])
+    numvfs = [_step_sriov("SetNumVfs", pf=p["pf"], old=p["old"], new=p["new"], vfs=p["vfs_after"], vfs_now=p["vfs_now"])
               for p in sriov_plans if p["old"] != p["new"]]
     todo += [[s.describe()] for s in numvfs]
     # Present: the VFs exist before they are seized; absent: they are given back before they go.
     steps = numvfs + steps if state == "present" else steps + numvfs
     return resolved, todo, before, after, warnings, steps, boot
+
+
+def _changes(sriov_plans):
+    """({vf: pf} created, {vf} removed) by the SR-IOV plans."""
+    if not any(p["old"] != p["new"] for p in sriov_plans):
+        return {}, set()
+    from ansible_collections.xen.pci.plugins.module_utils._sriov import future_vfs, gone_vfs  # pylint: disable=import-outside-toplevel
+    return future_vfs(sriov_plans), gone_vfs(sriov_plans)
+
+
+def _step_sriov(kind, **data):
+    from ansible_collections.xen.pci.plugins.module_utils import _steps_sriov  # pylint: disable=import-outside-toplevel
+    return getattr(_steps_sriov, kind)(**data)
+
+
+def _sriov_result(platform, plans, check_mode):
+    from ansible_collections.xen.pci.plugins.module_utils._sriov import sriov_prediction, sriov_report  # pylint: disable=import-outside-toplevel
+    return sriov_prediction(plans) if check_mode else sriov_report(platform.sysfs, plans)
 
 
 def _steps(platform, status, state, name, rebind, clear_name):
@@ -360,7 +384,7 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
     if check_mode or (not todo and not host.journals):
         result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
         if sriov:
-            result["sriov"] = sriov_prediction(plans) if check_mode else sriov_report(platform.sysfs, plans)
+            result["sriov"] = _sriov_result(platform, plans, check_mode)
         if check_mode:
             _boot_result(result, boot, params, None, [bdf for bdf, _name in resolved])
         else:
@@ -388,6 +412,6 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
                   warnings_detail=warnings + list(ctx.report.warnings) + untrusted_warnings(platform.xs))
     result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
     if sriov:
-        result["sriov"] = sriov_report(platform.sysfs, plans)
+        result["sriov"] = _sriov_result(platform, plans, False)
     _finish_boot(result, platform, host, resolved, params, boot, run_command)
     return result
