@@ -452,7 +452,9 @@ class PciModel:
         # sriov_numvfs write), probed as at runtime.
         for entry in devices:
             pf = self.devices[normalise_bdf(_field(entry, "bdf"))]
-            numvfs = int(_field(_field(entry, "sriov"), "numvfs", 0) or 0) if pf.sriov else 0
+            if pf.sriov is None:
+                continue
+            numvfs = int(_field(_field(entry, "sriov"), "numvfs", 0) or 0)
             if numvfs > pf.sriov.totalvfs:
                 raise ValueError("%s: numvfs %d is above totalvfs %d" % (pf.bdf, numvfs, pf.sriov.totalvfs))
             if numvfs:
