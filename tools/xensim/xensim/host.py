@@ -293,6 +293,19 @@ class SimHost:
         else:
             self._stub_in_use.pop(bdf, None)
 
+    def on_sysfs_change(self, event) -> None:
+        """sysfs told us of a store (on the loop): dom0's kernel reports the
+        VFs it adds or removes to Xen."""
+        hv = self.hypervisor
+        for bdf in getattr(event, "added", ()):
+            if hasattr(hv, "pci_device_add"):
+                hv.pci_device_add(bdf)
+        for bdf in getattr(event, "removed", ()):
+            if hasattr(hv, "pci_device_remove"):
+                hv.pci_device_remove(bdf)
+            if self.pciback is not None:
+                self.pciback.device_gone(bdf)
+
     # ================================================================ loop
 
     def _in_loop_thread(self) -> bool:
