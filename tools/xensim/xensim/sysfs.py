@@ -25,6 +25,11 @@ toolstack touches:
   has no ``do_flr`` (a distribution patch does); the simulator leaves it out
   unless ``pciback_do_flr: true`` is set in the scenario;
 * ``kernel/iommu_groups/<n>/devices/<bdf>``;
+* an SR-IOV physical function (scenario ``sriov:``) has ``sriov_totalvfs``,
+  ``sriov_numvfs``, ``sriov_offset``, ``sriov_stride``, ``sriov_vf_device``,
+  ``sriov_drivers_autoprobe`` and ``virtfn<i>`` links; its VFs appear and go
+  through ``sriov_numvfs`` (drivers/pci/iov.c), each beside the PF with a
+  ``physfn`` link, the VF device id and a new IOMMU group;
 * a device behind a PCI-to-PCI bridge (scenario ``parent:``) lives in its
   bridge's directory, ``devices/pci0000:00/0000:00:1c.0/0000:01:00.0``, as
   the kernel nests them, and its ``bus/pci/devices`` link resolves there;
