@@ -359,26 +359,39 @@ def test_sysfs_autoprobe_file_and_pciback_slot(sriov_fs):
 
 # ------------------------------------------------------------ the host
 
-def test_host_tells_the_hypervisor_and_pciback(tmp_path):
+def _until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_host_tells_the_hypervisor(sockdir):
+    """The shipped sriov scenario: VFs at start known to Xen; a write to the
+    mounted sriov_numvfs adds and removes them there too."""
     from xensim.host import SimHost
-    text = SCEN.replace("vf_driver: igbvf", "vf_driver: igbvf, numvfs: 2")
-    host = SimHost(sc.loads(text), tmp_path / "h", mount_sysfs=False)
+    host = SimHost("sriov", os.path.join(sockdir, "h"), mount_sysfs=True)
     host.start()
     try:
         hv = host.hypervisor
         assert hv.owner("0000:03:10.2") == 0 and hv.owner("0000:03:10.4") is None
-        fs = host.sysfs
-        event = fs.model.set_numvfs(PF, b"0")
-        fs._notify(event, "/bus/pci/devices/%s/sriov_numvfs" % PF)
-        deadline = time.monotonic() + 5
-        while hv.owner("0000:03:10.0") is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert hv.owner("0000:03:10.0") is None and hv.owner(PF) == 0
-        event = fs.model.set_numvfs(PF, b"3")
-        fs._notify(event, "/bus/pci/devices/%s/sriov_numvfs" % PF)
-        deadline = time.monotonic() + 5
-        while hv.owner("0000:03:10.4") is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert hv.owner("0000:03:10.4") == 0
+        root = host.paths["sysfs_root"]
+        if not root:
+            # no FUSE here: the same stores through the model, told as FUSE would
+            fs = host.sysfs
+
+            def store(bdf, value):
+                fs._notify(fs.model.set_numvfs(bdf, value.encode()), "/bus/pci/devices/%s/sriov_numvfs" % bdf)
+                return 0
+        else:
+            def store(bdf, value):
+                return write(os.path.join(root, "bus/pci/devices", bdf, "sriov_numvfs"), value)
+        assert store(PF, "0") == 0
+        assert _until(lambda: hv.owner("0000:03:10.0") is None) and hv.owner(PF) == 0
+        assert store(PF, "3") == 0
+        assert _until(lambda: hv.owner("0000:03:10.4") == 0)
+        if root:
+            assert write(os.path.join(root, "bus/pci/devices/0000:03:00.1/sriov_numvfs"), "1") == errno.ENOENT
+            assert read(os.path.join(root, "bus/pci/devices/0000:03:10.4/physfn/sriov_numvfs")) == "3\n"
     finally:
         host.stop()
