@@ -395,3 +395,16 @@ def test_host_tells_the_hypervisor(sockdir):
             assert read(os.path.join(root, "bus/pci/devices/0000:03:10.4/physfn/sriov_numvfs")) == "3\n"
     finally:
         host.stop()
+
+
+def test_pciback_drops_a_removed_vf_from_its_guests_bus():
+    from xensim.kernel.pciback import Pciback, PcibackDevice
+    pb = Pciback(host=None, kernel=None)
+    dev = PcibackDevice("backend/pci/1/0", "/local/domain/1/device/pci/0", 1)
+    dev.connected = True
+    dev.slots[0] = ["0000:03:10.0"]
+    dev.slots[1] = ["0000:00:10.0"]
+    pb.devices[dev.nodename] = dev
+    pb.device_gone("0000:03:10.0")
+    assert pb.vbus(1) == {(1, 0): "0000:00:10.0"}
+    pb.device_gone("0000:03:10.0")          # gone already: nothing to do
