@@ -282,8 +282,10 @@ def _select(sysfs, params, wanted):
     devices = params.get("devices") or []
     if not has_selectors({None: devices}):
         return wanted, []
+    # Giving back: a count: all that matches nothing has nothing to give back.
     concrete, selected, problems = select_devices(sysfs, {None: devices}, lambda _ref: None,
-                                                  lambda _bdf: None, "devices", POOL_KEYS)
+                                                  lambda _bdf: None, "devices", POOL_KEYS,
+                                                  none_is_empty=params["state"] == "absent")
     raise_problems(problems)
     return parse_pool_devices(concrete[None]), selected.get(None, [])
 
@@ -364,11 +366,19 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
         raise SpecError("xen.pci.assignable needs sysfs (sysfs_root)", input="sysfs_root")
     ctx = Context(platform, budget, hook=hook)
     host = read_host(platform.xs, budget.work)
-    chosen, selected, plans, problems = _prepare(platform, host, params, wanted, sriov)
     # Every refusal (SR-IOV's, the pool's, the reset policy's, the boot
     # setup's) before any write; the boot setup hides the addresses the
-    # selectors chose too.
-    resolved, todo, before, after, warnings, steps, boot = _plan(platform, host, chosen, params, plans, problems)
+    # selectors chose too. A request killed half-way left the host between
+    # two states: what it refuses then is decided once it is rolled back.
+    deferred = False
+    try:
+        chosen, selected, plans, problems = _prepare(platform, host, params, wanted, sriov)
+        resolved, todo, before, after, warnings, steps, boot = _plan(platform, host, chosen, params, plans, problems)
+    except XenPciError:
+        if check_mode or not host.journals:
+            raise
+        deferred = True
+        selected, plans, resolved, todo, before, after, warnings, steps, boot = [], [], [], [], {}, {}, [], [], None
     if sriov:
         before["sriov"] = {p["pf"]: p["old"] for p in plans}
         after["sriov"] = {p["pf"]: p["new"] for p in plans}
@@ -397,7 +407,10 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
                 recover_journals(ctx, host, required={"pool"})
                 host = read_host(platform.xs, budget.work)
             chosen, selected, plans, problems = _prepare(platform, host, params, wanted, sriov)
-            resolved, todo, before, after, warnings, steps, _boot = _plan(platform, host, chosen, params, plans, problems)
+            resolved, todo, before, after, warnings, steps, replanned_boot = _plan(platform, host, chosen, params, plans,
+                                                                                    problems)
+            if deferred:
+                boot = replanned_boot
             if sriov:
                 before["sriov"] = {p["pf"]: p["old"] for p in plans}
                 after["sriov"] = {p["pf"]: p["new"] for p in plans}

@@ -30,6 +30,18 @@ def _set(ctx, pf, count):
     ctx.checkpoint("vfs-set")
 
 
+def _forget_empty(ctx, gone):
+    """libxl's empty device nodes of VFs that no longer exist (a VF given
+    back keeps an empty ``/libxl/pci/<bdf>``, as xl leaves it; once the VF is
+    gone it names nothing). Nodes that still hold something stay."""
+    if not gone:
+        return
+    values = ctx.xs.read_many([libxl_pci_path(vf) for vf in gone], deadline=ctx.deadline)
+    present = [path for path, value in values.items() if value is not None]
+    if present:
+        remove_pruned(ctx.xs, [], "/libxl", ctx.deadline, "forgetting the removed virtual functions", parents=present)
+
+
 @register
 class SetNumVfs(Step):
     """The number of VFs of one PF. data: pf, old, new, vfs (the addresses
@@ -58,6 +70,7 @@ class SetNumVfs(Step):
                     raise RefusedError("%s, a virtual function of %s, was made assignable or attached meanwhile; not "
                                        "removing it" % (vf, self.data["pf"]), device=vf)
             _set(ctx, self.data["pf"], self.data["new"])
+            _forget_empty(ctx, [vf for vf in self.data["vfs_now"] if vf not in self.data["vfs"]])
 
     def verify(self, ctx):
         info = ctx.platform.sysfs.sriov(self.data["pf"])
@@ -112,8 +125,12 @@ class SeizeVf(Seize):
 
     def undo(self, ctx):
         sysfs, bdf = ctx.platform.sysfs, self.data["bdf"]
-        driver_path = self.result.get("driver_path")
         with ctx.platform.pool_lock(ctx.deadline):
+            driver_path = self.result.get("driver_path")
+            if driver_path is None:
+                # Killed inside do(): the journal has no result, but the
+                # driver was remembered in xenstore before it was left.
+                driver_path = ctx.xs.read(libxl_pci_path(bdf, "driver_path"), deadline=ctx.deadline)
             if sysfs.exists(bdf):
                 from_pool(ctx, bdf, driver_path, forget_driver_path=bool(driver_path), prune=bool(self.result.get("created")))
                 return
