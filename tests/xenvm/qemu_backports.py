@@ -226,7 +226,7 @@ def check(vdir):
         raise Unavailable("%s --version failed: %s" % (wrapper, _why(version)))
     for device in ("igb", "pcie-root-port"):
         proc = _run([wrapper, "-device", "%s,help" % device], timeout=60)
-        if proc.returncode != 0:
+        if not _lists_device(proc, device):
             raise Unavailable("%s has no %s device: %s" % (wrapper, device, _why(proc)))
     return version.stdout.splitlines()[0].strip()
 
@@ -297,13 +297,19 @@ def ensure(say=None):
         return wrapper_path(vdir)
 
 
+def _lists_device(proc, device):
+    """Whether ``-device <device>,help`` answered with the device's options
+    (QEMU 7.2 exits 0 also for "Device 'igb' not found")."""
+    return proc.returncode == 0 and proc.stdout.startswith("%s options:" % device) and "not found" not in proc.stderr
+
+
 def has_device(qemu, device):
     """True when the QEMU ``qemu`` (path or name) has ``-device <device>``."""
     path = shutil.which(qemu)
     if path is None:
         return False
     try:
-        return _run([path, "-device", "%s,help" % device], timeout=60).returncode == 0
+        return _lists_device(_run([path, "-device", "%s,help" % device], timeout=60), device)
     except Unavailable:
         return False
 

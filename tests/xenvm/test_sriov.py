@@ -191,6 +191,10 @@ def test_assignable_sriov(host, tmp_path):
         assert gone["changed"], gone
         assert sysfs_state(host)[:2] == (0, []), (sysfs_state(host), gone)
         assert not set(VFS) & set(host.assignable_list()), host.assignable_list()
+        # pciback's slots name addresses: one left behind would take the
+        # VFs created there later before their VF driver does.
+        slots = host.sh("cat /sys/bus/pci/drivers/pciback/slots").stdout.split()
+        assert not set(VFS) & set(slots), slots
         assert host.driver(PF) == "igb"
     finally:
         host.sh("for v in %s; do xl pci-assignable-remove -r $v; done 2>/dev/null; echo 0 > %s/sriov_numvfs"
