@@ -11,7 +11,9 @@ Library::
 built, boot failed twice): callers skip with its message, loudly.
 
 CLI (``python3 tests/xenvm/xenvm.py ...``): ``build``, ``boot`` (leaves QEMU
-running, state in ``--state``), ``ssh -- CMD``, ``stop``, ``reap``.
+running, state in ``--state``; ``--qemu PATH|backports``, ``--cpu``,
+``--qemu-args '...'`` for another QEMU and more devices), ``ssh -- CMD``,
+``stop``, ``reap``.
 
 Lifetime: a QEMU never outlives the process that started it (its owner).
 QEMU runs in its own process group, is recorded in a pidfile under
