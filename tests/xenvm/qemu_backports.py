@@ -261,7 +261,13 @@ def unpack(version, say):
 def ensure(say=None):
     """Path of the wrapper of bookworm-backports' QEMU (see the module's
     docstring).  Raises Unavailable."""
-    say = say or (lambda line: None)
+    try:
+        return _ensure(say or (lambda line: None))
+    except OSError as exc:
+        raise Unavailable("%s: %s" % (type(exc).__name__, exc)) from None
+
+
+def _ensure(say):
     root = cache_root()
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, ".lock"), "w", encoding="utf-8") as lock:
