@@ -498,12 +498,31 @@ class Sysfs(object):
         if current is not None:
             raise SysfsError("%s: bound to %s; unbind it first" % (bdf, current),
                              device=bdf, file=self.dev_path(bdf, "driver"), errno="EBUSY", driver=current)
+        if self._probe_needs_override(bdf):
+            self.write(self.dev_path(bdf, "driver_override"), PCIBACK, bdf)
+            steps.append("driver_override")
         if bdf not in self.pciback_slots():
             self.write(self.pciback_path("new_slot"), bdf, bdf)
             steps.append("new_slot")
         self.write(self.pciback_path("bind"), bdf, bdf)
         steps.append("bind")
         return steps
+
+    def _override(self, bdf):
+        path = self.dev_path(bdf, "driver_override")
+        if not os.path.exists(path):
+            return None
+        value = self._read(path, bdf).strip()
+        return None if value in ("", "(null)") else value
+
+    def _probe_needs_override(self, bdf):
+        """A VF whose PF has ``sriov_drivers_autoprobe`` 0 is bound to no
+        driver, pciback's ``bind`` included (ENODEV), unless its
+        ``driver_override`` names the driver."""
+        autoprobe = self.dev_path(bdf, "physfn", "sriov_drivers_autoprobe")
+        if not os.path.exists(autoprobe) or self._read(autoprobe, bdf).strip() != "0":
+            return False
+        return self._override(bdf) != PCIBACK
 
     def unbind_pciback(self, bdf):
         """Unbind from pciback and drop its slot(s); returns the steps written."""
@@ -517,6 +536,10 @@ class Sysfs(object):
             # one write removes every duplicate of the slot
             self.write(self.pciback_path("remove_slot"), bdf, bdf)
             steps.append("remove_slot")
+        if self._override(bdf) == PCIBACK:
+            # ours (bind_pciback's): left, it would give the device to pciback at every probe
+            self.write(self.dev_path(bdf, "driver_override"), "\n", bdf)
+            steps.append("driver_override cleared")
         return steps
 
     def bind_driver(self, bdf, driver_path):

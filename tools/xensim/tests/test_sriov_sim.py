@@ -195,11 +195,17 @@ def test_autoprobe_vf_driver_pciback_slot_and_off():
     m.new_slot(b"0000:03:10.2")
     m.set_numvfs(PF, b"2")
     assert [m.driver_of(b) for b in m.vfs_of(PF)] == [None, PCIBACK]
-    # autoprobe off: no driver at all; bind still works afterwards
+    # autoprobe off: no driver at all, and a bind needs driver_override
+    # (real Xen 4.17 + Linux 6.1: pciback/bind answers ENODEV)
     m = model(drivers_autoprobe=False)
     m.new_slot(b"0000:03:10.2")
     m.set_numvfs(PF, b"2")
     assert [m.driver_of(b) for b in m.vfs_of(PF)] == [None, None]
+    with pytest.raises(SysfsWriteError) as exc:
+        m.bind(PCIBACK, b"0000:03:10.2")
+    assert exc.value.errno == errno.ENODEV
+    m.set_driver_override("0000:03:10.0", b"igbvf")
+    m.set_driver_override("0000:03:10.2", b"pciback")
     m.bind("igbvf", b"0000:03:10.0")
     m.bind(PCIBACK, b"0000:03:10.2")
     assert [m.driver_of(b) for b in m.vfs_of(PF)] == ["igbvf", PCIBACK]
@@ -417,3 +423,27 @@ def test_pciback_drops_a_removed_vf_from_its_guests_bus():
     pb.device_gone("0000:03:10.0")
     assert pb.vbus(1) == {(1, 0): "0000:00:10.0"}
     pb.device_gone("0000:03:10.0")          # gone already: nothing to do
+
+
+def test_autoprobe_off_refuses_every_probe_unless_driver_override_names_the_driver():
+    """pci_device_can_probe(): with the PF's sriov_drivers_autoprobe 0 a VF
+    binds to nothing, pciback's bind included, until driver_override names a
+    driver; then only that driver matches, and pciback lists the slot."""
+    m = model(drivers_autoprobe=False)
+    m.set_numvfs(PF, b"1")
+    vf = "0000:03:10.0"
+    m.new_slot(vf.encode())
+    with pytest.raises(SysfsWriteError) as exc:
+        m.bind(PCIBACK, vf.encode())
+    assert exc.value.errno == errno.ENODEV and m.driver_of(vf) is None
+    m.remove_slot(vf.encode())
+    m.set_driver_override(vf, b"pciback\n")
+    assert m.show_device(m.devices[vf], "driver_override") == b"pciback\n"
+    with pytest.raises(SysfsWriteError) as exc:
+        m.bind("igbvf", vf.encode())                 # not the overriding driver
+    assert exc.value.errno == errno.ENODEV
+    m.bind(PCIBACK, vf.encode())
+    assert m.driver_of(vf) == PCIBACK and m.show_pciback("slots") == b"0000:03:10.0\n"
+    m.unbind(PCIBACK, vf.encode())
+    m.set_driver_override(vf, b"\n")
+    assert m.show_device(m.devices[vf], "driver_override") == b"(null)\n"

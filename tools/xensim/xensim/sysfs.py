@@ -293,6 +293,7 @@ class PciDev:
     sriov: SriovState | None = None   # a PF: its capability and VFs
     physfn: str | None = None         # a VF: its PF
     removed: bool = False             # gone (VFs disabled): open files say ENODEV
+    driver_override: str | None = None   # the only driver that may bind it
 
     @property
     def is_bridge(self) -> bool:
@@ -572,7 +573,31 @@ class PciModel:
             raise SysfsWriteError(errno.ENODEV, "no such device")
         return dev
 
+    def _can_probe(self, dev: PciDev) -> bool:
+        """pci_device_can_probe(): a VF whose PF has sriov_drivers_autoprobe 0
+        binds to no driver, by autoprobe or by a driver's ``bind``, unless
+        its ``driver_override`` names one."""
+        if dev.physfn is None or dev.driver_override:
+            return True
+        pf = self.devices.get(dev.physfn)
+        return pf is None or pf.sriov is None or pf.sriov.autoprobe
+
+    def set_driver_override(self, bdf: str, buf: bytes) -> SysfsEvent:
+        """driver_set_override(): a name sets it, an empty write (or "\n") clears it."""
+        text = buf.decode("ascii", "replace")
+        if text.endswith("\n"):
+            text = text[:-1]
+        if len(text) >= 4096 or "\n" in text:
+            raise SysfsWriteError(errno.EINVAL, "bad driver_override")
+        with self.lock:
+            dev = self.live(bdf)
+            dev.driver_override = text or None
+            return SysfsEvent("driver_override", dev.bdf, dev.driver)
+
     def _driver_matches(self, drv: PciDriver, dev: PciDev) -> bool:
+        # pci_match_device(): with an override, only that driver matches.
+        if dev.driver_override is not None:
+            return dev.driver_override == drv.name
         if drv.matches_all or (dev.vendor, dev.device) in drv.ids:
             return True
         for vendor, device, subv, subd, klass, mask in drv.dynids:
@@ -587,7 +612,12 @@ class PciModel:
         """device_driver_attach(): EBUSY if bound, the probe's error otherwise."""
         if dev.driver is not None:
             raise SysfsWriteError(errno.EBUSY, "device already has a driver")
+        if not self._can_probe(dev):
+            raise SysfsWriteError(errno.ENODEV, "a VF of a PF with sriov_drivers_autoprobe 0")
         if drv.name == PCIBACK:
+            if not self._in_slots(dev) and dev.driver_override == PCIBACK:
+                # pcistub_probe seizes an overridden device and lists it in its slots
+                self.new_slot(dev.bdf.encode())
             if not self._in_slots(dev):
                 # pcistub_probe: not in the seize list -> -ENODEV
                 raise SysfsWriteError(errno.ENODEV, "not a pciback slot")
@@ -922,6 +952,8 @@ class PciModel:
             return b"".join(b"0x%016x 0x%016x 0x%016x\n" % r for r in lines)
         if attr == "reset_method":
             return (" ".join(dev.reset_methods) + "\n").encode()
+        if attr == "driver_override":
+            return ("%s\n" % (dev.driver_override or "(null)")).encode()
         if attr == "config":
             return config_space(dev)
         raise KeyError(attr)
@@ -956,7 +988,7 @@ class PciModel:
 _DEVICE_ATTRS = {
     "vendor": 0o444, "device": 0o444, "subsystem_vendor": 0o444, "subsystem_device": 0o444,
     "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "config": 0o644, "reset": 0o200,
-    "reset_method": 0o644, "label": 0o444,
+    "reset_method": 0o644, "label": 0o444, "driver_override": 0o644,
 }
 _RESET_ATTRS = ("reset", "reset_method")       # visible only when the device has a reset
 # A PF's (drivers/pci/iov.c sriov_pf_dev_attrs); its VFs have none of them.
@@ -1164,6 +1196,9 @@ class _Ops:
         if name == "enable":
             return _Node("file", 0o600, read=lambda: m.show_device(dev, name),
                          write=lambda buf: m.enable(dev.bdf, buf))
+        if name == "driver_override":
+            return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
+                         write=lambda buf: m.set_driver_override(dev.bdf, buf))
         if name in _DEVICE_ATTRS and name not in _RESET_ATTRS:
             return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         raise KeyError(name)

@@ -285,3 +285,35 @@ def test_info_reports_pfs_and_vfs(sim, params_of):
     assert pf["physfn"] is None
     vf = sysfs.device(VFS[1]).to_dict()
     assert vf["physfn"] == PF and vf["sriov"] is None and vf["device"] == "0x10ca" and vf["vendor"] == "0x8086"
+
+
+def test_vfs_of_a_pf_without_autoprobe_are_bound_through_driver_override(sim, params_of):
+    """sriov_drivers_autoprobe 0: the VFs come up with no driver and Linux
+    refuses pciback's bind (ENODEV) unless driver_override names it; given
+    back, the override is cleared again."""
+    host = sim(HOST)
+    with open(dev(host, PF, "sriov_drivers_autoprobe"), "w", encoding="ascii") as f:
+        f.write("0")
+    prm = params_of(host, sriov=[{"pf": PF, "numvfs": 2}], devices=[{"select": {"physfn": PF}, "count": "all"}])
+    result = run(prm)
+    assert [driver_of(host, vf) for vf in VFS[:2]] == ["pciback", "pciback"]
+    assert [d["driver_path"] for d in result["devices"]] == [None, None]        # no VF driver had them
+    with open(dev(host, VFS[0], "driver_override"), encoding="ascii") as f:
+        assert f.read() == "pciback\n"
+    run(dict(prm, state="absent"))
+    assert numvfs(host) == 0
+    run(params_of(host, sriov=[{"pf": PF, "numvfs": 1}]))
+    with open(dev(host, VFS[0], "driver_override"), encoding="ascii") as f:
+        assert f.read() == "(null)\n"                 # a new VF at the address starts clean
+    assert driver_of(host, VFS[0]) is None
+
+
+def test_given_back_vf_loses_its_driver_override(sim, params_of):
+    host = sim(HOST)
+    with open(dev(host, PF, "sriov_drivers_autoprobe"), "w", encoding="ascii") as f:
+        f.write("0")
+    run(params_of(host, sriov=[{"pf": PF, "numvfs": 1}], devices=[VFS[0]]))
+    run(params_of(host, devices=[VFS[0]], state="absent"))
+    with open(dev(host, VFS[0], "driver_override"), encoding="ascii") as f:
+        assert f.read() == "(null)\n"
+    assert driver_of(host, VFS[0]) is None and VFS[0] not in Sysfs(host.paths["sysfs_root"]).pciback_slots()
