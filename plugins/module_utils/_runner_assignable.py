@@ -407,8 +407,8 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
                 recover_journals(ctx, host, required={"pool"})
                 host = read_host(platform.xs, budget.work)
             chosen, selected, plans, problems = _prepare(platform, host, params, wanted, sriov)
-            resolved, todo, before, after, warnings, steps, replanned_boot = _plan(platform, host, chosen, params, plans,
-                                                                                    problems)
+            planned = _plan(platform, host, chosen, params, plans, problems)
+            resolved, todo, before, after, warnings, steps, replanned_boot = planned
             if deferred:
                 boot = replanned_boot
             if sriov:

@@ -287,8 +287,8 @@ def _ensure(say):
             apt_update(files, say)
             version = backports_version(QEMU_PACKAGE)
             if version is None:
-                raise Unavailable("apt knows no %s in %s after apt-get update of %s" % (QEMU_PACKAGE, SUITE,
-                                                                                     ", ".join(files)))
+                raise Unavailable("apt knows no %s in %s after apt-get update of %s"
+                                  % (QEMU_PACKAGE, SUITE, ", ".join(files)))
         try:
             vdir = unpack(version, say)
         except Unavailable as first:

@@ -274,7 +274,9 @@ def test_config_space_has_the_sriov_capability():
     m = model()
     m.set_numvfs(PF, b"3")
     cfg = config_space(m.devices[PF])
-    word = lambda at: int.from_bytes(cfg[at:at + 2], "little")   # noqa: E731
+
+    def word(at):
+        return int.from_bytes(cfg[at:at + 2], "little")
     assert int.from_bytes(cfg[0x100:0x104], "little") == 0x0010 | 1 << 16     # no DSN: at 0x100, last
     assert (word(0x108) & 0x9, word(0x10E), word(0x110), word(0x114), word(0x116), word(0x11A)) == (
         0x9, 7, 3, 0x80, 2, 0x10CA)
@@ -304,9 +306,9 @@ def sriov_fs(tmp_path):
 def test_sysfs_files_and_links(sriov_fs):
     fs = sriov_fs
     pf = p(fs, "bus/pci/devices", PF)
-    assert {n: read(os.path.join(pf, n)) for n in ("sriov_totalvfs", "sriov_numvfs", "sriov_offset",
-                                                     "sriov_stride", "sriov_vf_device",
-                                                     "sriov_drivers_autoprobe")} == {
+    names = ("sriov_totalvfs", "sriov_numvfs", "sriov_offset", "sriov_stride", "sriov_vf_device",
+             "sriov_drivers_autoprobe")
+    assert {n: read(os.path.join(pf, n)) for n in names} == {
         "sriov_totalvfs": "7\n", "sriov_numvfs": "1\n", "sriov_offset": "128\n", "sriov_stride": "2\n",
         "sriov_vf_device": "10ca\n", "sriov_drivers_autoprobe": "1\n"}
     modes = {n: os.stat(os.path.join(pf, n)).st_mode & 0o777 for n in os.listdir(pf) if n.startswith("sriov_")}

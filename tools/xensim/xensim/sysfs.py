@@ -932,9 +932,9 @@ class PciModel:
             iov = dev.sriov
             if attr == "sriov_vf_device":
                 return b"%x\n" % iov.vf_device
-            return b"%u\n" % {"sriov_totalvfs": iov.totalvfs, "sriov_numvfs": iov.numvfs,
-                               "sriov_offset": iov.offset, "sriov_stride": iov.stride,
-                               "sriov_drivers_autoprobe": int(iov.autoprobe)}[attr]
+            values = {"sriov_totalvfs": iov.totalvfs, "sriov_numvfs": iov.numvfs, "sriov_offset": iov.offset,
+                      "sriov_stride": iov.stride, "sriov_drivers_autoprobe": int(iov.autoprobe)}
+            return b"%u\n" % values[attr]
         if attr in ("vendor", "device", "subsystem_vendor", "subsystem_device"):
             return b"0x%04x\n" % getattr(dev, attr)
         if attr == "class":
