@@ -199,3 +199,41 @@ def test_assignable_sriov(host, tmp_path):
     finally:
         host.sh("for v in %s; do xl pci-assignable-remove -r $v; done 2>/dev/null; echo 0 > %s/sriov_numvfs"
                 % (" ".join(VFS), PF_SYSFS), check=False)
+
+
+def test_assignable_sriov_without_autoprobe(host, tmp_path):
+    """sriov_drivers_autoprobe 0 (VFs for guests only, no VF driver in dom0):
+    the VFs come up with no driver and pciback's bind of them is ENODEV
+    (xl pci-assignable-add fails so); the module binds them through
+    driver_override, lists them assignable, and clears the override when it
+    gives them back."""
+    if not module_has_sriov():
+        banner_skip("xen.pci.assignable in %s has no sriov option yet" % ROOT)
+    runner = Ansible(host, str(tmp_path))
+    if not runner.binary:
+        pytest.skip("ansible-playbook is not installed next to %s nor on PATH" % sys.executable)
+    assert sysfs_state(host)[:2] == (0, []), "the PF has VFs before the module runs"
+    args = dict(sriov=[{"pf": PF, "numvfs": 2}], devices=[{"select": {"physfn": PF}, "count": "all"}])
+    host.sh("echo 0 > %s/sriov_drivers_autoprobe" % PF_SYSFS)
+    try:
+        result = runner.ok("sriov present, no autoprobe", "assignable", state="present", **args)
+        assert result["changed"], result
+        numvfs, vfs, drivers = sysfs_state(host)
+        assert (numvfs, vfs, drivers) == (2, VFS, {vf: "pciback" for vf in VFS}), (numvfs, vfs, drivers, result)
+        assert set(VFS) <= set(host.assignable_list()), host.assignable_list()
+        overrides = host.sh("cat %s" % " ".join("/sys/bus/pci/devices/%s/driver_override" % vf for vf in VFS)).stdout.split()
+        assert overrides == ["pciback", "pciback"], overrides
+        assert [d["driver_path"] for d in result["devices"]] == [None, None], result["devices"]
+
+        gone = runner.ok("sriov absent, no autoprobe", "assignable", state="absent", **args)
+        assert gone["changed"], gone
+        assert sysfs_state(host)[:2] == (0, []), (sysfs_state(host), gone)
+        slots = host.sh("cat /sys/bus/pci/drivers/pciback/slots").stdout.split()
+        assert not set(VFS) & set(slots), slots
+        # Created again, the VFs start with no override and no driver.
+        assert write_numvfs(host, 1)[0] == 0
+        assert host.sh("cat /sys/bus/pci/devices/%s/driver_override" % VFS[0]).stdout.strip() == "(null)"
+        assert host.driver(VFS[0]) == ""
+    finally:
+        host.sh("for v in %s; do xl pci-assignable-remove -r $v; done 2>/dev/null; echo 0 > %s/sriov_numvfs; "
+                "echo 1 > %s/sriov_drivers_autoprobe" % (" ".join(VFS), PF_SYSFS, PF_SYSFS), check=False)
