@@ -142,12 +142,14 @@ def _prepare(platform, host, params, wanted, sriov):
     problems = []
     resolved = resolve_pfs(platform.sysfs, sriov, problems)
     if params["state"] == "present":
-        plans, more = plan_sriov(platform.sysfs, host, resolved, "present")
+        plans, more = plan_sriov(platform.sysfs, host, resolved, "present",
+                                 take_from_driver=params.get("take_from_driver", False))
         view = PlannedSysfs(platform.sysfs, plans) if future_vfs(plans) or gone_vfs(plans) else platform.sysfs
         wanted, selected = _select(view, params, wanted)
     else:
         wanted, selected = _select(platform.sysfs, params, wanted)
-        plans, more = plan_sriov(platform.sysfs, host, resolved, "absent", {bdf for bdf, _name in wanted if bdf})
+        plans, more = plan_sriov(platform.sysfs, host, resolved, "absent", {bdf for bdf, _name in wanted if bdf},
+                                 params.get("take_from_driver", False))
     return wanted, selected, plans, problems + more
 
 

@@ -143,27 +143,35 @@ def _refusal(where, msg, pf, **details):
 
 
 def _vf_holders(sysfs, host, vfs, given_back):
-    """Why each VF must not disappear: attached to a guest, or in the pool
-    (bound to pciback, or in its slot list) and not given back by this request."""
-    attached, pooled = [], []
+    """Why each VF must not disappear: attached to a guest, in the pool
+    (bound to pciback, or in its slot list) or held by a dom0 driver (dom0
+    may use it: a VF network interface), and not given back by this request.
+    ([attached], [pooled], {vf: driver})."""
+    attached, pooled, held = [], [], {}
     for vf in vfs:
         holder = host.holder_of(vf)
+        driver = sysfs.driver_name(vf)
         if holder is not None:
             dom = host.domains.get(holder)
             attached.append("%s (attached to %s)" % (vf, "%s (domid %d)" % (dom.name, holder) if dom else "domid %d" % holder))
-        elif vf not in given_back and (sysfs.driver_name(vf) == PCIBACK or vf in _slots(sysfs)):
+        elif vf in given_back:
+            continue
+        elif driver == PCIBACK or vf in _slots(sysfs):
             pooled.append(vf)
-    return attached, pooled
+        elif driver is not None:
+            held[vf] = driver
+    return attached, pooled, held
 
 
 def _slots(sysfs):
     return sysfs.pciback_slots() if sysfs.pciback_loaded() else []
 
 
-def plan_sriov(sysfs, host, resolved, state, given_back=()):
+def plan_sriov(sysfs, host, resolved, state, given_back=(), take_from_driver=False):
     """[plan] and problems for the resolved entries. A plan: {where, pf,
     old, new, vfs_now, vfs_after, driver}; ``old == new``: nothing to do.
-    ``given_back``: the VFs this request takes out of the pool first."""
+    ``given_back``: the VFs this request takes out of the pool first;
+    ``take_from_driver``: consent to remove VFs a dom0 driver holds."""
     plans, problems = [], []
     given_back = set(given_back)
     for entry, pfs in resolved:
@@ -203,13 +211,19 @@ def plan_sriov(sysfs, host, resolved, state, given_back=()):
                 problems.append(_refusal(where, "%s is bound to pciback (assignable), which cannot create virtual "
                                          "functions; give it back to its dom0 driver first" % pf, pf, driver=PCIBACK))
                 continue
-            attached, pooled = _vf_holders(sysfs, host, info["vfs"], given_back)
+            attached, pooled, held = _vf_holders(sysfs, host, info["vfs"], given_back)
             if attached or pooled:
                 why = ", ".join(attached + ["%s (in the pool)" % vf for vf in pooled])
                 problems.append(_refusal(where, "changing the number of virtual functions of %s from %d to %d removes all "
                                          "%d it has, and %s; detach them and give them back first (state: absent)" % (
                                              pf, info["numvfs"], new, info["numvfs"], why), pf,
                                          attached=attached, pooled=pooled))
+                continue
+            if held and not take_from_driver:
+                why = ", ".join("%s (held by the dom0 driver %s)" % (vf, held[vf]) for vf in sorted(held))
+                problems.append(_refusal(where, "changing the number of virtual functions of %s from %d to %d removes all "
+                                         "%d it has, and %s, which dom0 may be using; set take_from_driver to remove "
+                                         "them" % (pf, info["numvfs"], new, info["numvfs"], why), pf, held=held))
                 continue
             plan["vfs_after"] = predicted_vfs(info, new)
             clash = [vf for vf in plan["vfs_after"] if vf not in info["vfs"] and sysfs.exists(vf)]

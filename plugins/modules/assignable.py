@@ -67,7 +67,8 @@ options:
         changes a non-zero count only through 0, so a change from N to M removes every VF first. A change is refused
         before anything is written when it would remove a VF that is in the pool or attached to a guest
         (give it back first), when the PF has no dom0 driver or is itself assignable or attached, and for a device
-        without the SR-IOV capability.
+        without the SR-IOV capability. Removing VFs that a dom0 driver holds (dom0 may use a VF network interface)
+        needs O(take_from_driver).
       - The PF keeps its dom0 driver; Xen learned of it when dom0 booted, so the VFs are reported to Xen after their
         PF, as Xen 4.20 and later require.
       - A VF created by the task that its PF's driver bound to a VF driver (for example C(igbvf)) is taken from it
