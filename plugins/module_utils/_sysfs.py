@@ -252,12 +252,15 @@ class Sysfs(object):
         return self.logical(os.path.realpath(self.dev_path(bdf, "driver")))
 
     def _hex(self, bdf, attr, optional=False):
+        return self._number(bdf, attr, 16, optional)
+
+    def _number(self, bdf, attr, base, optional=False):
         path = self.dev_path(bdf, attr)
         if optional and not os.path.exists(path):
             return None
         text = self._read(path, bdf).strip()
         try:
-            return int(text, 16)
+            return int(text, base)
         except ValueError as exc:
             raise SysfsError("%s: %s holds %r, not a number" % (bdf, path, text), device=bdf, file=path) from exc
 
@@ -403,12 +406,7 @@ class Sysfs(object):
             return None
 
     def _decimal(self, bdf, attr):
-        path = self.dev_path(bdf, attr)
-        text = self._read(path, bdf).strip()
-        try:
-            return int(text, 10)
-        except ValueError as exc:
-            raise SysfsError("%s: %s holds %r, not a number" % (bdf, path, text), device=bdf, file=path) from exc
+        return self._number(bdf, attr, 10)
 
     def sriov(self, bdf):
         """A physical function's SR-IOV state, or None when the device has no

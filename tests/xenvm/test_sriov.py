@@ -165,14 +165,24 @@ def module_has_sriov():
         return re.search(r"^\s+sriov=dict\(", handle.read(), re.M) is not None
 
 
-def test_assignable_sriov(host, tmp_path):
+def module_runner(host, tmp_path):
+    """The collection's modules run on the VM, once the PF has no VFs (or a skip, loudly)."""
     if not module_has_sriov():
         banner_skip("xen.pci.assignable in %s has no sriov option yet" % ROOT)
     runner = Ansible(host, str(tmp_path))
     if not runner.binary:
         pytest.skip("ansible-playbook is not installed next to %s nor on PATH" % sys.executable)
     assert sysfs_state(host)[:2] == (0, []), "the PF has VFs before the module runs"
-    args = dict(sriov=[{"pf": PF, "numvfs": 2}], devices=[{"select": {"physfn": PF}, "count": "all"}])
+    return runner
+
+
+# Two VFs of the PF, all of them in the pool.
+MODULE_ARGS = dict(sriov=[{"pf": PF, "numvfs": 2}], devices=[{"select": {"physfn": PF}, "count": "all"}])
+
+
+def test_assignable_sriov(host, tmp_path):
+    runner = module_runner(host, tmp_path)
+    args = MODULE_ARGS
     try:
         result = runner.ok("sriov present", "assignable", state="present", **args)
         assert result["changed"], result
@@ -207,13 +217,8 @@ def test_assignable_sriov_without_autoprobe(host, tmp_path):
     (xl pci-assignable-add fails so); the module binds them through
     driver_override, lists them assignable, and clears the override when it
     gives them back."""
-    if not module_has_sriov():
-        banner_skip("xen.pci.assignable in %s has no sriov option yet" % ROOT)
-    runner = Ansible(host, str(tmp_path))
-    if not runner.binary:
-        pytest.skip("ansible-playbook is not installed next to %s nor on PATH" % sys.executable)
-    assert sysfs_state(host)[:2] == (0, []), "the PF has VFs before the module runs"
-    args = dict(sriov=[{"pf": PF, "numvfs": 2}], devices=[{"select": {"physfn": PF}, "count": "all"}])
+    runner = module_runner(host, tmp_path)
+    args = MODULE_ARGS
     host.sh("echo 0 > %s/sriov_drivers_autoprobe" % PF_SYSFS)
     try:
         result = runner.ok("sriov present, no autoprobe", "assignable", state="present", **args)

@@ -1175,15 +1175,16 @@ class _Ops:
         # VFs sit beside their PF (pci_iov_sysfs_link)
         if name == "physfn" and dev.physfn is not None:
             return _Node("link", target="../" + dev.physfn)
+        def rw(store, mode=0o644):
+            return _Node("file", mode, read=lambda: m.show_device(dev, name), write=lambda buf: store(dev.bdf, buf))
+
         if dev.sriov is not None:
             if name.startswith("virtfn") and name[6:].isdigit() and name[6:] == str(int(name[6:])):
                 return _Node("link", target="../" + dev.sriov.vfs[int(name[6:])])
             if name == "sriov_numvfs":
-                return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
-                             write=lambda buf: m.set_numvfs(dev.bdf, buf))
+                return rw(m.set_numvfs)
             if name == "sriov_drivers_autoprobe":
-                return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
-                             write=lambda buf: m.set_autoprobe(dev.bdf, buf))
+                return rw(m.set_autoprobe)
             if name in _SRIOV_ATTRS:
                 return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         if name == "config":
@@ -1191,14 +1192,11 @@ class _Ops:
         if name == "reset" and dev.has_reset:
             return _Node("file", 0o200, write=lambda buf: m.reset(dev.bdf, buf))
         if name == "reset_method" and dev.has_reset:
-            return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
-                         write=lambda buf: m.set_reset_method(dev.bdf, buf))
+            return rw(m.set_reset_method)
         if name == "enable":
-            return _Node("file", 0o600, read=lambda: m.show_device(dev, name),
-                         write=lambda buf: m.enable(dev.bdf, buf))
+            return rw(m.enable, 0o600)
         if name == "driver_override":
-            return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
-                         write=lambda buf: m.set_driver_override(dev.bdf, buf))
+            return rw(m.set_driver_override)
         if name in _DEVICE_ATTRS and name not in _RESET_ATTRS:
             return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         raise KeyError(name)
