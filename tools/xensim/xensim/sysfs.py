@@ -1175,6 +1175,7 @@ class _Ops:
         # VFs sit beside their PF (pci_iov_sysfs_link)
         if name == "physfn" and dev.physfn is not None:
             return _Node("link", target="../" + dev.physfn)
+
         def rw(store, mode=0o644):
             return _Node("file", mode, read=lambda: m.show_device(dev, name), write=lambda buf: store(dev.bdf, buf))
 
