@@ -46,7 +46,7 @@ def _load_kinds():
     """Every step kind, for a journal written by another process (the
     modules import only the kinds their request needs)."""
     # pylint: disable=import-outside-toplevel,unused-import
-    from ansible_collections.xen.pci.plugins.module_utils import _steps_backend, _steps_device, _steps_qmp  # noqa: F401
+    from ansible_collections.xen.pci.plugins.module_utils import _steps_backend, _steps_device, _steps_qmp, _steps_sriov  # noqa: F401
 
 
 def register(cls):

@@ -26,6 +26,7 @@ from ansible_collections.xen.pci.plugins.module_utils._host_options import platf
 from ansible_collections.xen.pci.plugins.module_utils._journal import POOL_KEY
 from ansible_collections.xen.pci.plugins.module_utils._recovery import recover_journals
 from ansible_collections.xen.pci.plugins.module_utils._state import read_host, untrusted_warnings
+from ansible_collections.xen.pci.plugins.module_utils._steps_device import PCIBACK as PCIBACK_DRIVER
 from ansible_collections.xen.pci.plugins.module_utils._steps_device import GiveBack, Seize, SetName
 from ansible_collections.xen.pci.plugins.module_utils._selectors import is_selector, parse_selector
 from ansible_collections.xen.pci.plugins.module_utils._validate import (
@@ -112,9 +113,44 @@ def _input(params):
     if params.get("boot_setup", "auto") not in SETUPS:
         problems.append(Problem("boot_setup must be one of %s, got %r" % (", ".join(SETUPS), params.get("boot_setup")),
                                 "boot_setup"))
-    wanted = parse_pool_devices(params.get("devices"), problems)
+    devices = params.get("devices")
+    if devices is None and params.get("sriov") is None:
+        problems.append(Problem("devices must be given (a list of PCI addresses, {bdf, name} mappings or selectors), "
+                                "unless sriov is", "devices"))
+    wanted = parse_pool_devices([] if devices is None else devices, problems)
+    sriov = []
+    if params.get("sriov") is not None:
+        # Imported only by a task that asks for SR-IOV (a module's imports are its start-up time).
+        from ansible_collections.xen.pci.plugins.module_utils._sriov import parse_sriov  # pylint: disable=import-outside-toplevel
+        sriov = parse_sriov(params.get("sriov"), problems, params.get("state"))
+    if sriov and params.get("persistent"):
+        problems.append(Problem("persistent cannot be combined with sriov: virtual functions exist only once their "
+                                "physical function's driver created them, after every boot; hide them with a task that "
+                                "runs after that, without persistent", "persistent"))
     raise_problems(problems)
-    return wanted
+    return wanted, sriov
+
+
+def _prepare(platform, host, params, wanted, sriov):
+    """The SR-IOV plans and the devices the entries stand for, planned
+    together: making devices assignable selects among the VFs the plans
+    create; giving them back lets the plans remove the VFs given back."""
+    if not sriov:
+        return _select(platform.sysfs, params, wanted) + ([], [])
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._sriov import PlannedSysfs, future_vfs, gone_vfs, plan_sriov, resolve_pfs
+    problems = []
+    resolved = resolve_pfs(platform.sysfs, sriov, problems)
+    if params["state"] == "present":
+        plans, more = plan_sriov(platform.sysfs, host, resolved, "present",
+                                 take_from_driver=params.get("take_from_driver", False))
+        view = PlannedSysfs(platform.sysfs, plans) if future_vfs(plans) or gone_vfs(plans) else platform.sysfs
+        wanted, selected = _select(view, params, wanted)
+    else:
+        wanted, selected = _select(platform.sysfs, params, wanted)
+        plans, more = plan_sriov(platform.sysfs, host, resolved, "absent", {bdf for bdf, _name in wanted if bdf},
+                                 params.get("take_from_driver", False))
+    return wanted, selected, plans, problems + more
 
 
 def _resolve(host, wanted, state, problems):
@@ -132,13 +168,14 @@ def _resolve(host, wanted, state, problems):
     return out
 
 
-def _plan(platform, host, wanted, params):
+def _plan(platform, host, wanted, params, sriov_plans=(), problems=None):
     """Statuses, steps and predictions of every device; every refusal at once."""
     state = params["state"]
     rebind = params.get("rebind", True)
     clear_name = params.get("names", "keep") == "exact"
     take = params.get("take_from_driver", False)
-    problems = []
+    problems = list(problems or [])
+    future, gone = _changes(sriov_plans)
     resolved = _resolve(host, wanted, state, problems)
     if state == "present":
         for bdf, name in resolved:
@@ -151,7 +188,14 @@ def _plan(platform, host, wanted, params):
     todo, before, after, warnings, steps = [], {}, {}, [], []
     readiness = {}
     for bdf, name in resolved:
+        if state == "present" and bdf in gone and bdf not in future:
+            problems.append(Problem("%s is a virtual function that sriov removes (its physical function's VFs are "
+                                    "recreated); it cannot be made assignable by the same task" % bdf, "devices",
+                                    device=bdf, kind=RefusedError))
+            continue
         status = device_status(platform, host, bdf)
+        if state == "present" and bdf in future:
+            status = dict(status, exists=True, driver=None)     # created, with no driver yet, by a step before
         try:
             if state == "present":
                 actions = plan_add(status, name, take, clear_name)
@@ -165,7 +209,7 @@ def _plan(platform, host, wanted, params):
         if state == "absent" and actions and rebind and status["driver"] == "pciback" and not status["driver_path"]:
             warnings.append("%s had no dom0 driver before it was made assignable (no driver_path is remembered); "
                             "it is left bound to no driver" % bdf)
-        if state == "present" and actions and status["driver"] != "pciback":
+        if state == "present" and actions and status["driver"] != "pciback" and bdf not in future:
             problem = pool_entry_problem(platform, bdf, params.get("reset", "best_effort"), warnings, readiness)
             if problem:
                 problems.append(problem)
@@ -174,7 +218,12 @@ def _plan(platform, host, wanted, params):
         after[bdf] = predicted
         if actions:
             todo.append(actions)
-            steps += _steps(platform, status, state, name, rebind, clear_name)
+            if bdf in future:
+                steps.append(_step_sriov("SeizeVf", bdf=bdf, pf=future[bdf], reset=params.get("reset", "best_effort"),
+                                         label=None))
+                steps += _steps(platform, dict(status, driver=PCIBACK_DRIVER), state, name, rebind, clear_name)
+            else:
+                steps += _steps(platform, status, state, name, rebind, clear_name)
     boot = None
     try:
         boot = _plan_boot(platform, host, resolved, params)
@@ -183,7 +232,30 @@ def _plan(platform, host, wanted, params):
         problems.append(Problem(exc.msg, details.pop("input", None) or "persistent", device=details.pop("device", None),
                                 kind=type(exc), details=details))
     raise_problems(problems)
+    numvfs = [_step_sriov("SetNumVfs", pf=p["pf"], old=p["old"], new=p["new"], vfs=p["vfs_after"], vfs_now=p["vfs_now"])
+              for p in sriov_plans if p["old"] != p["new"]]
+    todo += [[s.describe()] for s in numvfs]
+    # Present: the VFs exist before they are seized; absent: they are given back before they go.
+    steps = numvfs + steps if state == "present" else steps + numvfs
     return resolved, todo, before, after, warnings, steps, boot
+
+
+def _changes(sriov_plans):
+    """({vf: pf} created, {vf} removed) by the SR-IOV plans."""
+    if not any(p["old"] != p["new"] for p in sriov_plans):
+        return {}, set()
+    from ansible_collections.xen.pci.plugins.module_utils._sriov import future_vfs, gone_vfs  # pylint: disable=import-outside-toplevel
+    return future_vfs(sriov_plans), gone_vfs(sriov_plans)
+
+
+def _step_sriov(kind, **data):
+    from ansible_collections.xen.pci.plugins.module_utils import _steps_sriov  # pylint: disable=import-outside-toplevel
+    return getattr(_steps_sriov, kind)(**data)
+
+
+def _sriov_result(platform, plans, check_mode):
+    from ansible_collections.xen.pci.plugins.module_utils._sriov import sriov_prediction, sriov_report  # pylint: disable=import-outside-toplevel
+    return sriov_prediction(plans) if check_mode else sriov_report(platform.sysfs, plans)
 
 
 def _steps(platform, status, state, name, rebind, clear_name):
@@ -206,14 +278,16 @@ def _steps(platform, status, state, name, rebind, clear_name):
     return out
 
 
-def _select(platform, params, wanted):
+def _select(sysfs, params, wanted):
     """Selector entries -> the devices they choose (those in the pool
     first): (wanted, [{entry, select, count, bdfs}])."""
-    devices = params.get("devices")
+    devices = params.get("devices") or []
     if not has_selectors({None: devices}):
         return wanted, []
-    concrete, selected, problems = select_devices(platform.sysfs, {None: devices}, lambda _ref: None,
-                                                  lambda _bdf: None, "devices", POOL_KEYS)
+    # Giving back: a count: all that matches nothing has nothing to give back.
+    concrete, selected, problems = select_devices(sysfs, {None: devices}, lambda _ref: None,
+                                                  lambda _bdf: None, "devices", POOL_KEYS,
+                                                  none_is_empty=params["state"] == "absent")
     raise_problems(problems)
     return parse_pool_devices(concrete[None]), selected.get(None, [])
 
@@ -287,17 +361,29 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
     ``run_command(argv) -> (rc, stdout, stderr)`` runs update-grub and
     update-initramfs (the module passes AnsibleModule.run_command); it
     raises OSError when the command cannot be started."""
-    wanted = _input(params)
+    wanted, sriov = _input(params)
     budget = Budget(params["timeout"], "xen.pci.assignable")
     platform = platform or platform_from(params)
     if platform.sysfs is None:
         raise SpecError("xen.pci.assignable needs sysfs (sysfs_root)", input="sysfs_root")
     ctx = Context(platform, budget, hook=hook)
     host = read_host(platform.xs, budget.work)
-    wanted, selected = _select(platform, params, wanted)
-    # Every refusal (the pool's, the reset policy's, the boot setup's) before
-    # any write; the boot setup hides the addresses the selectors chose too.
-    resolved, todo, before, after, warnings, steps, boot = _plan(platform, host, wanted, params)
+    # Every refusal (SR-IOV's, the pool's, the reset policy's, the boot
+    # setup's) before any write; the boot setup hides the addresses the
+    # selectors chose too. A request killed half-way left the host between
+    # two states: what it refuses then is decided once it is rolled back.
+    deferred = False
+    try:
+        chosen, selected, plans, problems = _prepare(platform, host, params, wanted, sriov)
+        resolved, todo, before, after, warnings, steps, boot = _plan(platform, host, chosen, params, plans, problems)
+    except XenPciError:
+        if check_mode or not host.journals:
+            raise
+        deferred = True
+        selected, plans, resolved, todo, before, after, warnings, steps, boot = [], [], [], [], {}, {}, [], [], None
+    if sriov:
+        before["sriov"] = {p["pf"]: p["old"] for p in plans}
+        after["sriov"] = {p["pf"]: p["new"] for p in plans}
     result = {
         "selected": selected,
         "changed": bool(todo),
@@ -309,6 +395,8 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
     }
     if check_mode or (not todo and not host.journals):
         result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
+        if sriov:
+            result["sriov"] = _sriov_result(platform, plans, check_mode)
         if check_mode:
             _boot_result(result, boot, params, None, [bdf for bdf, _name in resolved])
         else:
@@ -320,16 +408,25 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
             if host.journals:
                 recover_journals(ctx, host, required={"pool"})
                 host = read_host(platform.xs, budget.work)
-            resolved, todo, before, after, warnings, steps, _boot = _plan(platform, host, wanted, params)
+            chosen, selected, plans, problems = _prepare(platform, host, params, wanted, sriov)
+            planned = _plan(platform, host, chosen, params, plans, problems)
+            resolved, todo, before, after, warnings, steps, replanned_boot = planned
+            if deferred:
+                boot = replanned_boot
+            if sriov:
+                before["sriov"] = {p["pf"]: p["old"] for p in plans}
+                after["sriov"] = {p["pf"]: p["new"] for p in plans}
             execute(ctx, steps, POOL_KEY, {"op": "assignable %s" % params["state"], "label": "the assignable pool"})
     except XenPciError as exc:
         raise with_context(exc, actions=list(ctx.report.actions), changed=bool(ctx.report.actions or ctx.report.left),
                            left=list(ctx.report.left) or None, recovered=list(ctx.report.recovered) or None) from exc
     host = read_host(platform.xs, budget.final())
-    result.update(changed=bool(todo) or bool(ctx.report.recovered), actions=list(ctx.report.actions),
+    result.update(selected=selected, changed=bool(todo) or bool(ctx.report.recovered), actions=list(ctx.report.actions),
                   diff={"before": before, "after": after}, recovered=list(ctx.report.recovered),
                   interrupted=[j.summary() for j in host.journals],
                   warnings_detail=warnings + list(ctx.report.warnings) + untrusted_warnings(platform.xs))
     result["devices"] = [device_status(platform, host, bdf) for bdf, _name in resolved]
+    if sriov:
+        result["sriov"] = _sriov_result(platform, plans, False)
     _finish_boot(result, platform, host, resolved, params, boot, run_command)
     return result

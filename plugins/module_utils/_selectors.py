@@ -6,8 +6,9 @@ A selector entry is a mapping with a ``select`` key, e.g.
 ``{select: {id: "8086:100e"}, count: 2, permissive: true}``. ``select``
 matches on any of: ``id``/``vendor``/``device``, ``subsystem`` (or
 ``subsystem_vendor``/``subsystem_device``), ``class``, ``serial`` (the PCIe
-DSN), ``path`` (``pci0000:00/1c.0/00.0``, see ``_sysfs.physical_path``) and
-``label``; every key given must match. ``count``:
+DSN), ``path`` (``pci0000:00/1c.0/00.0``, see ``_sysfs.physical_path``),
+``label`` and ``physfn`` (the virtual functions of the SR-IOV physical
+function at that address); every key given must match. ``count``:
 
 * absent: the selector names one device; no match or several is an error;
 * N: N of the matches, fewer is an error;
@@ -30,7 +31,7 @@ from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
 SELECT = "select"
 COUNT = "count"
 MATCH_KEYS = ("id", "vendor", "device", "subsystem", "subsystem_vendor", "subsystem_device", "class", "serial",
-              "path", "label")
+              "path", "label", "physfn")
 _HEX = re.compile(r"^(?:0[xX])?([0-9a-fA-F]+)$")
 _PATH = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}(?:/[0-9a-f]{2}\.[0-7])+$")
 _SERIAL = re.compile(r"^[0-9a-f]{16}$")
@@ -156,6 +157,12 @@ def parse_selector(entry, spec_keys):
                 raise SpecError("path must be the root bus then slot.function per hop, such as "
                                 "\"pci0000:00/1c.0/00.0\", got %r" % (value,))
             match["path"] = text
+        elif key == "physfn":
+            try:
+                match["physfn"] = str(Bdf.parse(value))
+            except SpecError as exc:
+                raise SpecError("physfn must be the PCI address of a physical function, such as \"0000:03:00.0\": %s"
+                                % exc.msg) from exc
         elif key == "label":
             if not isinstance(value, str) or not value.strip():
                 raise SpecError("label must be a non-empty string, got %r" % (value,))

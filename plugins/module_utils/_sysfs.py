@@ -101,7 +101,7 @@ class PciDevice(object):
     """What sysfs says about one device."""
 
     def __init__(self, bdf, vendor, device, klass, subsystem_vendor, subsystem_device,
-                 driver, driver_path, resources, irq, reset_method, iommu_group, enabled):
+                 driver, driver_path, resources, irq, reset_method, iommu_group, enabled, physfn=None, sriov=None):
         self.bdf = bdf
         self.vendor = vendor
         self.device = device
@@ -115,6 +115,8 @@ class PciDevice(object):
         self.reset_method = reset_method
         self.iommu_group = iommu_group
         self.enabled = enabled
+        self.physfn = physfn      # the PF of a virtual function, else None
+        self.sriov = sriov        # a PF's SR-IOV state (Sysfs.sriov), else None
 
     @property
     def function(self):
@@ -129,6 +131,7 @@ class PciDevice(object):
             "driver": self.driver, "driver_path": self.driver_path,
             "resources": [list(r) for r in self.resources], "irq": self.irq,
             "reset_method": self.reset_method, "iommu_group": self.iommu_group, "enabled": self.enabled,
+            "physfn": self.physfn, "sriov": self.sriov,
         }
 
 
@@ -249,12 +252,15 @@ class Sysfs(object):
         return self.logical(os.path.realpath(self.dev_path(bdf, "driver")))
 
     def _hex(self, bdf, attr, optional=False):
+        return self._number(bdf, attr, 16, optional)
+
+    def _number(self, bdf, attr, base, optional=False):
         path = self.dev_path(bdf, attr)
         if optional and not os.path.exists(path):
             return None
         text = self._read(path, bdf).strip()
         try:
-            return int(text, 16)
+            return int(text, base)
         except ValueError as exc:
             raise SysfsError("%s: %s holds %r, not a number" % (bdf, path, text), device=bdf, file=path) from exc
 
@@ -326,7 +332,9 @@ class Sysfs(object):
             driver=driver, driver_path=LOGICAL_ROOT + "/" + PCI_DRIVERS + "/" + driver if driver else None,
             resources=self.resources(bdf), irq=self.irq(bdf),
             reset_method="do_flr" if self._do_flr else ("reset" if "reset" in present else None),
-            iommu_group=self.iommu_group(bdf) if "iommu_group" in present else None, enabled=enabled)
+            iommu_group=self.iommu_group(bdf) if "iommu_group" in present else None, enabled=enabled,
+            physfn=self.physfn(bdf) if "physfn" in present else None,
+            sriov=self.sriov(bdf) if "sriov_totalvfs" in present else None)
 
     # -- identity (for selectors) ------------------------------------------
 
@@ -382,7 +390,49 @@ class Sysfs(object):
             out["path"] = self.physical_path(bdf)
         if "serial" in fields:
             out["serial"] = self.serial_number(bdf)
+        if "physfn" in fields:
+            out["physfn"] = self.physfn(bdf)
         return out
+
+    # -- SR-IOV --------------------------------------------------------------
+
+    def physfn(self, bdf):
+        """The physical function of a virtual function (its ``physfn``
+        link), or None for any other device."""
+        link = self.dev_path(bdf, "physfn")
+        try:
+            return normalise_bdf(os.path.basename(os.readlink(link)))
+        except OSError:
+            return None
+
+    def _decimal(self, bdf, attr):
+        return self._number(bdf, attr, 10)
+
+    def sriov(self, bdf):
+        """A physical function's SR-IOV state, or None when the device has no
+        SR-IOV capability (no ``sriov_totalvfs``): {pf, totalvfs, numvfs,
+        offset, stride, vf_device, drivers_autoprobe, vfs (the addresses of
+        its ``virtfnN`` links, in N order)}."""
+        bdf = normalise_bdf(bdf)
+        if not os.path.exists(self.dev_path(bdf, "sriov_totalvfs")):
+            return None
+        links = []
+        for name in os.listdir(self.dev_path(bdf)):
+            if name.startswith("virtfn") and name[6:].isdigit():
+                links.append((int(name[6:]), normalise_bdf(os.path.basename(os.readlink(self.dev_path(bdf, name))))))
+        autoprobe = self.dev_path(bdf, "sriov_drivers_autoprobe")
+        return {
+            "pf": bdf, "totalvfs": self._decimal(bdf, "sriov_totalvfs"), "numvfs": self._decimal(bdf, "sriov_numvfs"),
+            "offset": self._decimal(bdf, "sriov_offset"), "stride": self._decimal(bdf, "sriov_stride"),
+            "vf_device": "0x%04x" % self._hex(bdf, "sriov_vf_device"),
+            "drivers_autoprobe": self._read(autoprobe, bdf).strip() == "1" if os.path.exists(autoprobe) else None,
+            "vfs": [vf for _n, vf in sorted(links)],
+        }
+
+    def set_numvfs(self, bdf, count):
+        """Write ``sriov_numvfs`` (the PF's driver creates or removes the VFs)."""
+        bdf = self._require(bdf)
+        self.write(self.dev_path(bdf, "sriov_numvfs"), "%d" % count, bdf)
 
     def drivers(self, bdfs):
         """{bdf: driver name or None}. Most devices of a passthrough host are
@@ -446,12 +496,31 @@ class Sysfs(object):
         if current is not None:
             raise SysfsError("%s: bound to %s; unbind it first" % (bdf, current),
                              device=bdf, file=self.dev_path(bdf, "driver"), errno="EBUSY", driver=current)
+        if self._probe_needs_override(bdf):
+            self.write(self.dev_path(bdf, "driver_override"), PCIBACK, bdf)
+            steps.append("driver_override")
         if bdf not in self.pciback_slots():
             self.write(self.pciback_path("new_slot"), bdf, bdf)
             steps.append("new_slot")
         self.write(self.pciback_path("bind"), bdf, bdf)
         steps.append("bind")
         return steps
+
+    def _override(self, bdf):
+        path = self.dev_path(bdf, "driver_override")
+        if not os.path.exists(path):
+            return None
+        value = self._read(path, bdf).strip()
+        return None if value in ("", "(null)") else value
+
+    def _probe_needs_override(self, bdf):
+        """A VF whose PF has ``sriov_drivers_autoprobe`` 0 is bound to no
+        driver, pciback's ``bind`` included (ENODEV), unless its
+        ``driver_override`` names the driver."""
+        autoprobe = self.dev_path(bdf, "physfn", "sriov_drivers_autoprobe")
+        if not os.path.exists(autoprobe) or self._read(autoprobe, bdf).strip() != "0":
+            return False
+        return self._override(bdf) != PCIBACK
 
     def unbind_pciback(self, bdf):
         """Unbind from pciback and drop its slot(s); returns the steps written."""
@@ -465,6 +534,10 @@ class Sysfs(object):
             # one write removes every duplicate of the slot
             self.write(self.pciback_path("remove_slot"), bdf, bdf)
             steps.append("remove_slot")
+        if self._override(bdf) == PCIBACK:
+            # ours (bind_pciback's): left, it would give the device to pciback at every probe
+            self.write(self.dev_path(bdf, "driver_override"), "\n", bdf)
+            steps.append("driver_override cleared")
         return steps
 
     def bind_driver(self, bdf, driver_path):
@@ -507,3 +580,17 @@ class Sysfs(object):
                              % (bdf, self.pciback_path("do_flr"), self.dev_path(bdf, "reset")),
                              device=bdf, reset_method=None, errno="ENOENT")
         return method
+
+
+def predicted_vfs(sriov, count):
+    """The addresses the first ``count`` VFs of a PF get: routing id of the
+    PF + offset + i * stride (offset and stride as the PF reports them for
+    the current NumVFs: the capability may change them with NumVFs, so the
+    prediction is checked against the links once the VFs exist)."""
+    pf = Bdf.parse(sriov["pf"])
+    rid = pf.bus << 8 | pf.slot << 3 | pf.func
+    out = []
+    for index in range(count):
+        vf = rid + sriov["offset"] + index * sriov["stride"]
+        out.append("%04x:%02x:%02x.%d" % (pf.domain, vf >> 8 & 0xFF, vf >> 3 & 0x1F, vf & 7))
+    return out

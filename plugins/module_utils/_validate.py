@@ -207,13 +207,15 @@ def has_selectors(desired):
         isinstance(specs, list) and any(is_selector(s) for s in specs) for specs in desired.values())
 
 
-def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None, bdf_of_name=None):
+def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None, bdf_of_name=None, none_is_empty=False):
     """Replace every selector entry of ``desired`` ({ref: entries}, shapes
     already checked) by the devices it chooses on this host. Returns
     (desired with addresses only, {ref: [{entry, select, count, bdfs}]},
     problems). ``owner_of(ref)``: the domid whose devices come first (None
     when unknown); ``holder_of(bdf)``: the domid holding a device, or None;
-    ``bdf_of_name(name)``: the address a ``name=`` entry stands for, or None."""
+    ``bdf_of_name(name)``: the address a ``name=`` entry stands for, or None.
+    ``none_is_empty``: a ``count: all`` that matches nothing chooses nothing
+    (what taking devices away needs to be idempotent) instead of failing."""
     problems: List[Problem] = []
     parsed = {}
     claimed = {}
@@ -247,7 +249,8 @@ def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None
                 continue
             item = "%s[%d]" % (where, index)
             try:
-                bdfs = choose(sel, item, owner, inventory, holder_of, claimed)
+                bdfs = [] if none_is_empty and sel.count == "all" and not inventory.matching(sel) else \
+                    choose(sel, item, owner, inventory, holder_of, claimed)
             except SpecError as exc:
                 problems.append(Problem(exc.msg, item, domain=None if ref is None else str(ref),
                                         device=sel.describe(), details={"candidates": exc.details.get("candidates")}))

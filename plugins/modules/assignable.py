@@ -29,7 +29,9 @@ attributes:
     support: full
   diff_mode:
     support: full
-    details: The diff shows, per device, its driver, pool membership, libxl name and remembered driver before and after.
+    details:
+      - The diff shows, per device, its driver, pool membership, libxl name and remembered driver before and after.
+      - With O(sriov), it shows the number of VFs of each PF under C(sriov), before and after.
   idempotent:
     description: Running the task again with the same options changes nothing and reports no change.
     support: full
@@ -44,12 +46,41 @@ options:
         C(bdf), the device gets that name; a C(name) alone names a device that already carries it.
       - A device may also be named by what it is, a dictionary with C(select) and optionally C(count) and C(name),
         with the keys of M(xen.pci.passthrough)'s selectors (C(id), C(vendor), C(device), C(subsystem),
-        C(subsystem_vendor), C(subsystem_device), C(class), C(serial), C(path), C(label)). Without C(count) it must
+        C(subsystem_vendor), C(subsystem_device), C(class), C(serial), C(path), C(label)), and C(physfn) (the
+        virtual functions of the SR-IOV physical function at that address). Without C(count) it must
         match exactly one device; C(count=N) takes N (devices already in the pool first, then by address);
         C(count=all) every match. See RV(selected).
+      - With O(sriov), the selectors choose among the virtual functions as they will be once O(sriov) is applied
+        (in check mode too). A virtual function still to be created is matched on C(id), C(vendor), C(device),
+        C(class), C(path) and C(physfn), which its physical function predicts; not on subsystem ids, C(serial) or C(label).
+      - At least one of O(devices) and O(sriov) is given.
     type: list
     elements: raw
-    required: true
+  sriov:
+    description:
+      - SR-IOV physical functions (PFs) and the number of virtual functions (VFs) each must have
+        (its C(sriov_numvfs)), made so before the devices of O(devices) are made assignable, so that O(devices)
+        can name the VFs (by address, or with a C(physfn) or C(id) selector).
+      - Each entry is C({pf, numvfs}), C(pf) a PCI address, or C({select, count, numvfs}) with a selector as in
+        O(devices) that chooses among the host's SR-IOV PFs (C(count=all) for every PF of a model).
+      - C(numvfs) is checked against the PF's C(sriov_totalvfs). The PF's dom0 driver creates the VFs; Linux
+        changes a non-zero count only through 0, so a change from N to M removes every VF first. A change is refused
+        before anything is written when it would remove a VF that is in the pool or attached to a guest
+        (give it back first), when the PF has no dom0 driver or is itself assignable or attached, and for a device
+        without the SR-IOV capability. Removing VFs that a dom0 driver holds (dom0 may use a VF network interface)
+        needs O(take_from_driver).
+      - The PF keeps its dom0 driver; Xen learned of it when dom0 booted, so the VFs are reported to Xen after their
+        PF, as Xen 4.20 and later require.
+      - A VF created by the task that its PF's driver bound to a VF driver (for example C(igbvf)) is taken from it
+        without O(take_from_driver) when O(devices) names it (the task created it for the pool). The driver is
+        remembered, so O(state=absent) gives the VF back to it.
+      - With O(state=absent), the devices of O(devices) are given back first, then every VF of these PFs is removed
+        (C(sriov_numvfs) 0); C(numvfs) may be left out.
+      - The number of VFs does not survive a reboot of dom0, so O(persistent) cannot be combined with O(sriov).
+      - See RV(sriov).
+    type: list
+    elements: dict
+    version_added: 0.2.0
   state:
     description:
       - V(present) binds the devices to C(pciback) and quarantines them.
@@ -253,6 +284,34 @@ EXAMPLES = r"""
     boot_setup: modprobe
     update_initramfs: /usr/local/sbin/initramfs-wrapper
 
+- name: Four virtual functions of an SR-IOV NIC, all in the pool
+  xen.pci.assignable:
+    sriov:
+      - pf: "0000:03:00.0"
+        numvfs: 4
+    devices:
+      - select: {physfn: "0000:03:00.0"}
+        count: all
+
+- name: On every host, every Intel 82576 port with 7 VFs, and every VF of that model in the pool
+  xen.pci.assignable:
+    sriov:
+      - select: {id: "8086:10c9"}
+        count: all
+        numvfs: 7
+    devices:
+      - select: {id: "8086:10ca"}
+        count: all
+
+- name: The VFs given back and removed (sriov_numvfs 0)
+  xen.pci.assignable:
+    sriov:
+      - pf: "0000:03:00.0"
+    devices:
+      - select: {physfn: "0000:03:00.0"}
+        count: all
+    state: absent
+
 - name: Against the simulated dom0 of xensim (its boot_root), as the collection's tests do
   xen.pci.assignable:
     devices: ["0000:00:14.0"]
@@ -358,6 +417,34 @@ boot_setup:
       elements: str
   sample: {setup: grub, pciback: builtin, files: [/etc/default/grub.d/zz-xen-pci.cfg],
            commands: [{cmd: [update-grub], rc: 0}], hidden_after_reboot: ["0000:03:00.0"], hidden_now: []}
+sriov:
+  description:
+    - With O(sriov), each physical function as sysfs shows it after the task (in check mode, as it would be).
+  returned: when O(sriov) is given
+  type: list
+  elements: dict
+  contains:
+    pf:
+      description: The address of the physical function.
+      type: str
+    entry:
+      description: The entry of O(sriov) that named it (C(sriov[N])).
+      type: str
+    numvfs:
+      description: Its number of virtual functions (C(sriov_numvfs)).
+      type: int
+    totalvfs:
+      description: The most it supports (C(sriov_totalvfs)).
+      type: int
+    vfs:
+      description: The addresses of its virtual functions (its C(virtfnN) links, in order).
+      type: list
+      elements: str
+    changed:
+      description: Whether the task changed its number of virtual functions.
+      type: bool
+  sample: [{pf: "0000:03:00.0", entry: "sriov[0]", numvfs: 2, totalvfs: 7, vfs: ["0000:03:10.0", "0000:03:10.2"],
+            changed: true}]
 warnings_detail:
   description: Conditions that did not fail the task, such as a device left with no driver.
   returned: always
@@ -376,7 +463,8 @@ from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import 
 
 def main():
     argument_spec = dict(
-        devices=dict(type="list", elements="raw", required=True),
+        devices=dict(type="list", elements="raw"),
+        sriov=dict(type="list", elements="dict"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         take_from_driver=dict(type="bool", default=False),
         rebind=dict(type="bool", default=True),
@@ -390,7 +478,8 @@ def main():
         update_initramfs=dict(type="str", default="update-initramfs"),
     )
     argument_spec.update(HOST_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_one_of=[("devices", "sriov")])
     finish(module, lambda: run_assignable(module.params, check_mode=module.check_mode,
                                           run_command=partial(module.run_command, handle_exceptions=False)))
 

@@ -86,6 +86,10 @@ EXAMPLES = r"""
     detail: readiness
   register: pci_ready
 
+- name: The SR-IOV physical functions of a host, with how many virtual functions each has and can have
+  ansible.builtin.debug:
+    msg: "{{ pci.devices | selectattr('sriov') | map(attribute='sriov') | list }}"
+
 - name: Stop when the host cannot pass devices through
   ansible.builtin.assert:
     that: pci_ready.readiness.passthrough_ready is not false
@@ -112,6 +116,20 @@ devices:
         - V(null) when a file of the boot setup cannot be read (RV(warnings_detail) says which).
       type: bool
       returned: with O(detail=full) and O(detail=readiness)
+    physfn:
+      description: For an SR-IOV virtual function, the address of its physical function (its C(physfn) link); else V(null).
+      type: str
+      returned: with O(detail=full) and O(detail=readiness)
+      version_added: 0.2.0
+    sriov:
+      description:
+        - For a device with the SR-IOV capability (a physical function), its state; else V(null).
+        - C(totalvfs), C(numvfs), C(offset), C(stride) (decimal), C(vf_device) (the VFs' device id),
+          C(drivers_autoprobe) (whether new VFs are bound to a driver) and C(vfs) (the VFs' addresses).
+        - M(xen.pci.assignable)'s O(xen.pci.assignable#module:sriov) sets C(numvfs).
+      type: dict
+      returned: with O(detail=full) and O(detail=readiness)
+      version_added: 0.2.0
   sample:
     - bdf: "0000:00:10.0"
       vendor: "0x1234"

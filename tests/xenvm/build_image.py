@@ -50,10 +50,11 @@ XEN_GZ = "boot/xen-4.17-amd64.gz"
 KERNEL_META = "linux-image-amd64"
 ROOTFS_PACKAGES = ("systemd-sysv", "udev", "kmod", "openssh-server", "xen-utils-4.17", "xenstore-utils", "python3",
                    "python3-pyxs", "iproute2", "pciutils", "procps", "busybox", "qemu-system-xen")
-# dom0 modules (backends, the virtio disk/NIC, the e1000 dom0 holds) plus the
+# dom0 modules (backends, the virtio disk/NIC, the e1000 dom0 holds, igb and
+# igbvf for the SR-IOV test's 82576 PF and its VFs, on QEMU's igb) plus the
 # guest's pcifront, all copied into the rootfs with their dependencies.
 DOM0_MODULES = ("xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xen-pciback", "xen-blkback",
-                "xen-netback", "virtio_pci", "virtio_blk", "virtio_net", "ext4", "e1000")
+                "xen-netback", "virtio_pci", "virtio_blk", "virtio_net", "ext4", "e1000", "igb", "igbvf")
 # What the initramfs loads itself: only what mounting the root needs in dom0
 # (front-end drivers there stalled boot by ~20 s), pcifront in the guest.
 INITRD_DOM0_MODULES = ("virtio_pci", "virtio_blk", "ext4")

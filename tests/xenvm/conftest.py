@@ -90,14 +90,17 @@ def xenvm_artifacts(sub):
     return path
 
 
-def boot_or_skip(artifacts, disk=None, sub="vm"):
+def boot_or_skip(artifacts, disk=None, sub="vm", **vm_options):
     """A booted XenVM, or pytest.skip with the reason in a loud banner.
 
     ``XENVM_STATE=<file>`` (written by ``xenvm.py boot``) reuses a VM left
     running by the CLI instead of booting one (for development; it is not
     stopped). ``disk``: dom0's disk as a writable copy at that path (see
     XenVM.booted), for a test that boots again; never the CLI's VM.
-    ``sub``: the directory of this boot under ``artifacts``."""
+    ``sub``: the directory of this boot under ``artifacts``. ``vm_options``:
+    XenVM.booted's ``qemu``, ``cpu`` and ``extra_args`` (another QEMU, more
+    devices); a VM so booted that fails says nothing of the layer's VM, so
+    its failure does not make the later modules skip."""
     state = os.environ.get("XENVM_STATE")
     if state and disk:
         pytest.skip("a test that boots again needs a VM of its own: not with XENVM_STATE's")
@@ -112,9 +115,10 @@ def boot_or_skip(artifacts, disk=None, sub="vm"):
         # One verdict per run: the next module does not try to boot again.
         pytest.skip("real Xen unavailable: %s" % UNAVAILABLE[0])
     try:
-        return xenvm.XenVM.booted(workdir=os.path.join(artifacts, sub), disk=disk), True
+        return xenvm.XenVM.booted(workdir=os.path.join(artifacts, sub), disk=disk, **vm_options), True
     except xenvm.Unavailable as exc:
-        UNAVAILABLE.append(str(exc))
+        if not vm_options:
+            UNAVAILABLE.append(str(exc))
         banner = "\n" + "!" * 78 + "\nREAL-XEN TESTS SKIPPED: %s\n" % exc + "!" * 78 + "\n"
         sys.stderr.write(banner)
         pytest.skip("real Xen unavailable: %s" % exc)

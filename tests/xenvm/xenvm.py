@@ -11,7 +11,9 @@ Library::
 built, boot failed twice): callers skip with its message, loudly.
 
 CLI (``python3 tests/xenvm/xenvm.py ...``): ``build``, ``boot`` (leaves QEMU
-running, state in ``--state``), ``ssh -- CMD``, ``stop``, ``reap``.
+running, state in ``--state``; ``--qemu PATH|backports``, ``--cpu``,
+``--qemu-args '...'`` for another QEMU and more devices), ``ssh -- CMD``,
+``stop``, ``reap``.
 
 Lifetime: a QEMU never outlives the process that started it (its owner).
 QEMU runs in its own process group, is recorded in a pidfile under
@@ -322,8 +324,15 @@ def image_or_unavailable(cache_root=None, build=True):
 class XenVM:
     """One QEMU running Xen + dom0.  ``stop()`` always kills QEMU."""
 
-    def __init__(self, image, workdir=None, memory=2048, smp=None, die_with_owner=True, disk=None):
+    def __init__(self, image, workdir=None, memory=2048, smp=None, die_with_owner=True, disk=None, qemu=None,
+                 cpu=None, extra_args=()):
         self.image = image
+        # Another QEMU than the system's (a path, e.g. qemu_backports.py's
+        # wrapper), another ``-cpu`` value under TCG, and QEMU arguments
+        # appended to ours (more devices): the defaults are unchanged.
+        self.qemu = qemu
+        self.cpu = cpu
+        self.extra_args = list(extra_args)
         # dom0's disk: the image's, with every write thrown away (QEMU's
         # snapshot), or ``disk``, a writable copy that keeps them from one
         # boot to the next (a test of what survives a reboot).
@@ -356,10 +365,17 @@ class XenVM:
 
     # -- boot -------------------------------------------------------------
 
-    def qemu_argv(self):
-        qemu = shutil.which(QEMU)
+    def qemu_binary(self):
+        """The QEMU to run: ``self.qemu`` (a path or a name on PATH) or the system's."""
+        qemu = shutil.which(self.qemu or QEMU)
         if qemu is None:
+            if self.qemu:
+                raise Unavailable("QEMU %s is not there or not executable" % self.qemu)
             raise Unavailable("%s is not installed (apt-get install qemu-system-x86)" % QEMU)
+        return qemu
+
+    def qemu_argv(self):
+        qemu = self.qemu_binary()
         use_kvm, why = kvm_usable()
         self.accel = "kvm" if use_kvm else "tcg"
         accel = "kvm" if use_kvm else "tcg,thread=multi,tb-size=256"
@@ -372,7 +388,7 @@ class XenVM:
         modules = "%s %s,%s" % (os.path.join(img, "vmlinuz"), DOM0_CMDLINE.replace(",", ",,"), os.path.join(img, "initrd.gz"))
         return [
             qemu, "-name", "xen-pci-xenvm", "-machine", "q35", "-accel", accel,
-            "-cpu", "max,-smap,-xsave" if not use_kvm else "host,-smap",
+            "-cpu", ("host,-smap" if use_kvm else self.cpu or "max,-smap,-xsave"),
             "-m", str(self.memory), "-smp", str(self.smp),
             "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
             "-device", "intel-iommu,intremap=on",
@@ -385,7 +401,7 @@ class XenVM:
             "-device", "edu,addr=0x10", "-device", "pci-testdev,addr=0x11",
             "-device", "e1000,netdev=n1,addr=0x12",
             "-chardev", "file,id=ser0,path=%s" % self.serial_log, "-serial", "chardev:ser0",
-        ], why
+        ] + self.extra_args, why
 
     def _start(self, attempt):
         os.makedirs(self.workdir, exist_ok=True)
@@ -601,12 +617,16 @@ class XenVM:
         self.stop()
 
     @classmethod
-    def booted(cls, cache_root=None, workdir=None, timeout=READY_TIMEOUT, die_with_owner=True, disk=None):
+    def booted(cls, cache_root=None, workdir=None, timeout=READY_TIMEOUT, die_with_owner=True, disk=None, qemu=None,
+               cpu=None, extra_args=()):
         """Build (or reuse) the image and boot it.  Raises Unavailable.
         ``XENVM_BUILD=0``: never build here (``XENVM_IMAGE_ERROR`` says why).
         ``disk``: a writable copy of dom0's disk at that path (made from the
-        image on first use, kept by later boots) instead of a throwaway one."""
-        if shutil.which(QEMU) is None:
+        image on first use, kept by later boots) instead of a throwaway one.
+        ``qemu``, ``cpu``, ``extra_args``: as for the constructor."""
+        if shutil.which(qemu or QEMU) is None:
+            if qemu:
+                raise Unavailable("QEMU %s is not there or not executable" % qemu)
             raise Unavailable("%s is not installed (apt-get install qemu-system-x86)" % QEMU)
         if shutil.which("ssh") is None:
             raise Unavailable("ssh (openssh-client) is not installed")
@@ -614,7 +634,8 @@ class XenVM:
         if disk and not os.path.exists(disk):
             # Sparse: the image is mostly free space.
             subprocess.run(["cp", "--sparse=always", os.path.join(image, "dom0.ext4"), disk], check=True, timeout=120)
-        vm = cls(image, workdir=workdir, die_with_owner=die_with_owner, disk=disk)
+        vm = cls(image, workdir=workdir, die_with_owner=die_with_owner, disk=disk, qemu=qemu, cpu=cpu,
+                 extra_args=extra_args)
         try:
             return vm.boot(timeout=timeout)
         except BaseException:
@@ -640,6 +661,11 @@ def main(argv=None):
     sub.add_parser("build", help="build (or reuse) the image; print its directory")
     boot = sub.add_parser("boot", help="boot and leave QEMU running")
     boot.add_argument("--timeout", type=float, default=READY_TIMEOUT)
+    boot.add_argument("--qemu", help="QEMU binary to run instead of %s on PATH; 'backports': bookworm-backports' "
+                                     "QEMU (qemu_backports.py: downloaded and unpacked in the cache, not installed)" % QEMU)
+    boot.add_argument("--cpu", help="-cpu value under TCG (default max,-smap,-xsave)")
+    boot.add_argument("--qemu-args", action="append", default=[], metavar="ARGS",
+                      help="more QEMU arguments, one shell-quoted string (repeatable), appended to ours")
     ssh = sub.add_parser("ssh", help="run a command in dom0")
     ssh.add_argument("--timeout", type=float, default=300.0)
     ssh.add_argument("--stdin", action="store_true", help="pass our standard input to the command")
@@ -665,12 +691,20 @@ def main(argv=None):
             # Not tied to this process: detached once ready (until then a
             # kill of this process leaves a pidfile with a dead owner, which
             # the next boot reaps).
+            qemu = args.qemu
+            if qemu == "backports":
+                import qemu_backports  # pylint: disable=import-outside-toplevel
+                try:
+                    qemu = qemu_backports.ensure(say=lambda line: sys.stderr.write(line + "\n"))
+                except qemu_backports.Unavailable as exc:
+                    raise Unavailable("bookworm-backports' QEMU: %s" % exc) from None
+            extra = [word for text in args.qemu_args for word in shlex.split(text)]
             vm = XenVM.booted(args.cache, workdir=os.path.join(os.path.dirname(state_file), "cli-run"),
-                              timeout=args.timeout, die_with_owner=False)
+                              timeout=args.timeout, die_with_owner=False, qemu=qemu, cpu=args.cpu, extra_args=extra)
             vm.detach()
             _write_json(state_file, {"pid": vm.pid, "pid_start": vm.pid_start, "port": vm.port, "image": vm.image,
                                      "serial": vm.serial_log, "key": vm.key, "pidfile": vm.pidfile,
-                                     "boot": "; ".join(vm.attempts)})
+                                     "boot": "; ".join(vm.attempts), "qemu": vm.qemu})
             print("dom0 ready: ssh -i %s -p %d root@127.0.0.1 (%s)" % (vm.key, vm.port, "; ".join(vm.attempts)))
             return 0
         vm = from_state(state_file)

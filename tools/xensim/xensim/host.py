@@ -293,6 +293,13 @@ class SimHost:
         else:
             self._stub_in_use.pop(bdf, None)
 
+    def on_sysfs_change(self, event) -> None:
+        """sysfs told us of a store (on the loop): pciback drops the VFs that
+        went from its guests' buses. (Xen was told inside the store.)"""
+        for bdf in getattr(event, "removed", ()):
+            if self.pciback is not None:
+                self.pciback.device_gone(bdf)
+
     # ================================================================ loop
 
     def _in_loop_thread(self) -> bool:

@@ -19,6 +19,10 @@ The checks are Xen 4.17's (``xen/common/domctl.c``,
   guest sends the device to DOMID_IO (quarantine, on by default since 4.13
   builds), deassign from DOMID_IO gives it back to dom0;
 * devices hidden at boot start owned by dom0, not quarantined;
+* SR-IOV VFs are known from when dom0 enables them until it disables them
+  (PHYSDEVOP_pci_device_add/remove, which dom0's kernel issues as each VF
+  appears or goes: ``pci_device_add``/``pci_device_remove`` here), owned
+  by dom0 when they appear;
 * unmapping a pirq that is not mapped is EINVAL; mapping a GSI to a pirq
   already used by another GSI is EEXIST;
 * on a host whose IOMMU is off (scenario ``iommu: false``: no IOMMU found,
@@ -41,6 +45,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .sysfs import vf_bdf
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +180,10 @@ class Hypervisor:
             # Hidden or not, every host device starts with the hardware
             # domain; only pci-assignable-add quarantines (assign to DOMID_IO).
             self.devices[_sbdf_of(_normalise(_field(dev, "bdf")))] = PciOwner(0)
+            iov = _field(dev, "sriov")
+            for i in range(int(_field(iov, "numvfs", 0) or 0) if iov else 0):
+                self.pci_device_add(vf_bdf(_field(dev, "bdf"), int(_field(iov, "offset", 1)),
+                                           int(_field(iov, "stride", 1)), i))
 
     # -- test / simulator API -------------------------------------------
 
@@ -186,6 +196,13 @@ class Hypervisor:
         for dev in self.devices.values():
             if dev.owner == domid:
                 dev.owner, dev.quarantine = DOMID_IO, True
+
+    def pci_device_add(self, bdf: str) -> None:
+        self.devices.setdefault(_sbdf_of(_normalise(bdf)), PciOwner(0))
+
+    def pci_device_remove(self, bdf: str) -> None:
+        # Xen's pci_remove_device drops it even while a guest has it.
+        self.devices.pop(_sbdf_of(_normalise(bdf)), None)
 
     def owner(self, sbdf: int | str) -> int | None:
         if isinstance(sbdf, str):

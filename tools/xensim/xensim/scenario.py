@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .boot import parse_boot
-from .sysfs import HEADER_OF_CLASS, default_reset_methods
+from .sysfs import HEADER_OF_CLASS, default_reset_methods, vf_bdf
 
 # The shipped scenarios: tools/xensim/scenarios beside the package in the
 # source tree; inside the package (xensim/scenarios) once installed from the
@@ -103,6 +103,26 @@ class DeviceSpec:
     serial: int | None = None
     pcie: bool = True
     parent: str | None = None
+    # An SR-IOV physical function: its capability and its VFs' start state.
+    sriov: "SriovSpec | None" = None
+
+
+@dataclasses.dataclass
+class SriovSpec:
+    """A PF's SR-IOV capability (TotalVFs, First VF Offset, VF Stride, VF
+    Device ID), the dom0 driver of its VFs and the VFs enabled at start."""
+    totalvfs: int
+    vf_device: int
+    offset: int = 1
+    stride: int = 1
+    vf_driver: str | None = None
+    numvfs: int = 0
+    # false: the PF driver has no sriov_configure (sriov_numvfs says ENOENT)
+    configurable: bool = True
+    drivers_autoprobe: bool = True
+
+    def vf_bdfs(self, pf: str, count: int | None = None) -> list[str]:
+        return [vf_bdf(pf, self.offset, self.stride, i) for i in range(self.totalvfs if count is None else count)]
 
 
 @dataclasses.dataclass
@@ -221,7 +241,9 @@ def _mapping(value: Any, field: str, allowed: set[str]) -> dict[str, Any]:
 _DEVICE_KEYS = {"bdf", "vendor", "device", "class", "subsystem_vendor", "subsystem_device",
                 "revision", "driver", "hidden", "resources", "irq", "reset", "reset_method",
                 "header_type", "iommu_group", "original_driver", "name", "label", "serial", "pcie",
-                "parent"}
+                "parent", "sriov"}
+_SRIOV_KEYS = {"totalvfs", "vf_device", "offset", "stride", "vf_driver", "numvfs", "configurable",
+               "drivers_autoprobe"}
 _DOMAIN_KEYS = {"domid", "name", "type", "state", "passthrough", "pcifront", "devices",
                 "device_model", "stubdom", "target", "qemu", "uuid", "memory", "vcpus"}
 _TOP_KEYS = {"name", "description", "devices", "domains", "faults", "timing", "xenstored", "iommu", "pciback",
@@ -244,6 +266,40 @@ def _reset_methods(raw: Any, reset: bool, pcie: bool, where: str) -> list[str]:
     if "reset" in raw and bool(value) != reset:
         raise ScenarioError(f"{where}.reset: {reset} disagrees with reset_method {value}")
     return [m for m in RESET_METHODS if m in value]
+
+
+def _parse_sriov(raw: Any, bdf: str, pcie: bool, header: int, driver: str | None, where: str) -> SriovSpec:
+    raw = _mapping(raw, where, _SRIOV_KEYS)
+    for key in ("totalvfs", "vf_device"):
+        if key not in raw:
+            raise ScenarioError(f"{where}.{key}: missing")
+    if not pcie:
+        raise ScenarioError(f"{where}: SR-IOV is a PCIe extended capability; conventional PCI has none")
+    if header != 0:
+        raise ScenarioError(f"{where}: a physical function has a type 0 header, not {header}")
+    vf_driver = raw.get("vf_driver")
+    spec = SriovSpec(
+        totalvfs=_int(raw["totalvfs"], f"{where}.totalvfs", 1, 256),
+        vf_device=_int(raw["vf_device"], f"{where}.vf_device", 0, 0xFFFF),
+        # the capability's 16-bit First VF Offset and VF Stride
+        offset=_int(raw.get("offset", 1), f"{where}.offset", 1, 0xFFFF),
+        stride=_int(raw.get("stride", 1), f"{where}.stride", 1, 0xFFFF),
+        vf_driver=None if vf_driver is None else _str(vf_driver, f"{where}.vf_driver"),
+        numvfs=_int(raw.get("numvfs", 0), f"{where}.numvfs", 0, 256),
+        configurable=_bool(raw.get("configurable", True), f"{where}.configurable"),
+        drivers_autoprobe=_bool(raw.get("drivers_autoprobe", True), f"{where}.drivers_autoprobe"),
+    )
+    if spec.vf_driver == "pciback":
+        raise ScenarioError(f"{where}.vf_driver: pciback seizes VFs through its slots, not as their driver")
+    if spec.numvfs and driver in (None, "pciback"):
+        raise ScenarioError(f"{where}.numvfs: VFs are enabled by the PF's own driver, not {driver or 'none'}")
+    if spec.numvfs > spec.totalvfs:
+        raise ScenarioError(f"{where}.numvfs: {spec.numvfs} is above totalvfs {spec.totalvfs}")
+    _seg, bus, slot, func = bdf_parts(bdf)
+    last = (bus << 8 | slot << 3 | func) + spec.offset + (spec.totalvfs - 1) * spec.stride
+    if last > 0xFFFF:
+        raise ScenarioError(f"{where}: VF {spec.totalvfs - 1}'s routing id {last:#x} is beyond bus 0xff")
+    return spec
 
 
 def _parse_device(raw: Any, where: str) -> DeviceSpec:
@@ -300,7 +356,11 @@ def _parse_device(raw: Any, where: str) -> DeviceSpec:
         if klass >> 8 in HEADER_OF_CLASS and header != HEADER_OF_CLASS[klass >> 8]:
             raise ScenarioError(f"{where}.header_type: a device of class {klass:#08x} has header type "
                                 f"{HEADER_OF_CLASS[klass >> 8]}, not {header}")
+    sriov = None
+    if raw.get("sriov") is not None:
+        sriov = _parse_sriov(raw["sriov"], bdf, pcie, header, driver, f"{where}.sriov")
     return DeviceSpec(
+        sriov=sriov,
         bdf=bdf,
         vendor=_int(raw["vendor"], f"{where}.vendor", 0, 0xFFFF),
         device=_int(raw["device"], f"{where}.device", 0, 0xFFFF),
@@ -419,6 +479,18 @@ def parse(data: Any, source: str | None = None) -> Scenario:
             raise ScenarioError(f"devices[{dev.bdf}]: duplicate BDF")
         seen.add(dev.bdf)
     by_bdf = {d.bdf: d for d in devices}
+    # Every VF a PF can enable (totalvfs, not numvfs: sriov_numvfs may ask
+    # for them all) needs a free address.
+    vf_of: dict[str, str] = {}
+    for dev in devices:
+        if dev.sriov is None:
+            continue
+        for i, vf in enumerate(dev.sriov.vf_bdfs(dev.bdf)):
+            if vf in by_bdf:
+                raise ScenarioError(f"devices[{dev.bdf}].sriov: VF {i} at {vf} collides with device {vf}")
+            if vf in vf_of:
+                raise ScenarioError(f"devices[{dev.bdf}].sriov: VF {i} at {vf} collides with a VF of {vf_of[vf]}")
+            vf_of[vf] = dev.bdf
     for dev in devices:
         if dev.parent is None:
             continue

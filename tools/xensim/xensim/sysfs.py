@@ -25,6 +25,11 @@ toolstack touches:
   has no ``do_flr`` (a distribution patch does); the simulator leaves it out
   unless ``pciback_do_flr: true`` is set in the scenario;
 * ``kernel/iommu_groups/<n>/devices/<bdf>``;
+* an SR-IOV physical function (scenario ``sriov:``) has ``sriov_totalvfs``,
+  ``sriov_numvfs``, ``sriov_offset``, ``sriov_stride``, ``sriov_vf_device``,
+  ``sriov_drivers_autoprobe`` and ``virtfn<i>`` links; its VFs appear and go
+  through ``sriov_numvfs`` (drivers/pci/iov.c), each beside the PF with a
+  ``physfn`` link, the VF device id and a new IOMMU group;
 * a device behind a PCI-to-PCI bridge (scenario ``parent:``) lives in its
   bridge's directory, ``devices/pci0000:00/0000:00:1c.0/0000:01:00.0``, as
   the kernel nests them, and its ``bus/pci/devices`` link resolves there;
@@ -185,6 +190,42 @@ def _kstrtoul(buf: bytes) -> int:
     raise SysfsWriteError(errno.EINVAL, "invalid number")
 
 
+def _kstrtou16(buf: bytes) -> int:
+    """kstrtou16(buf, 0): an optional ``+``, EINVAL for no number, ERANGE
+    above 0xffff."""
+    if buf[:1] == b"+":
+        buf = buf[1:]
+    value = _kstrtoul(buf)
+    if value > 0xFFFF:
+        raise SysfsWriteError(errno.ERANGE, "above 0xffff")
+    return value
+
+
+def _kstrtobool(buf: bytes) -> bool:
+    """kstrtobool: only the first characters count (y/1/on, n/0/off)."""
+    text = buf.decode("ascii", "replace").lower()
+    if text[:1] in ("y", "t", "1"):
+        return True
+    if text[:1] in ("n", "f", "0"):
+        return False
+    if text[:2] == "on":
+        return True
+    if text[:2] == "of":
+        return False
+    raise SysfsWriteError(errno.EINVAL, "not a boolean")
+
+
+def vf_bdf(pf: str, offset: int, stride: int, index: int) -> str:
+    """VF ``index``'s address: the PF's routing id (bus << 8 | devfn) plus
+    First VF Offset plus index * VF Stride, in the PF's segment
+    (pci_iov_virtfn_bus/devfn)."""
+    dom, bus, slot, func = (int(x, 16) for x in re.split(r"[:.]", normalise_bdf(pf)))
+    rid = (bus << 8 | slot << 3 | func) + offset + index * stride
+    if rid > 0xFFFF:
+        raise ValueError("VF %d of %s: routing id %#x is beyond bus 0xff" % (index, pf, rid))
+    return "%04x:%02x:%02x.%d" % (dom, rid >> 8, (rid >> 3) & 0x1F, rid & 7)
+
+
 def _parse_slot(buf: bytes) -> tuple[int, int, int, int]:
     """str_to_slot(): returns (domain, bus, slot, func), -1 for a ``*``."""
     m = _SLOT_RE.match(buf.decode("ascii", "replace"))
@@ -197,6 +238,23 @@ def _parse_slot(buf: bytes) -> tuple[int, int, int, int]:
     slot = int(m.group("slot"), 16)
     func = -1 if m.group("func") == "*" else int(m.group("func"), 16)
     return dom, bus, slot, func
+
+
+@dataclass
+class SriovState:
+    """A PF's SR-IOV capability and what its driver and sysfs set."""
+    totalvfs: int
+    vf_device: int
+    offset: int = 1
+    stride: int = 1
+    vf_driver: str | None = None
+    configurable: bool = True      # the PF driver has sriov_configure
+    autoprobe: bool = True         # sriov_drivers_autoprobe
+    vfs: list[str] = field(default_factory=list)   # enabled VFs, by index
+
+    @property
+    def numvfs(self) -> int:
+        return len(self.vfs)
 
 
 @dataclass
@@ -232,6 +290,10 @@ class PciDev:
     parent: str | None = None         # the bridge it sits behind
     # Its directory under devices/: the root bus, the bridges, itself.
     dir_parts: tuple = ()
+    sriov: SriovState | None = None   # a PF: its capability and VFs
+    physfn: str | None = None         # a VF: its PF
+    removed: bool = False             # gone (VFs disabled): open files say ENODEV
+    driver_override: str | None = None   # the only driver that may bind it
 
     @property
     def is_bridge(self) -> bool:
@@ -256,11 +318,15 @@ class PciDriver:
 @dataclass
 class SysfsEvent:
     """What changed: ``kind`` is bind, unbind, new_slot, remove_slot,
-    permissive, reset, enable, new_id, remove_id, quirk."""
+    permissive, reset, enable, new_id, remove_id, quirk, sriov_numvfs,
+    sriov_drivers_autoprobe; ``added``/``removed``: the devices (VFs) that
+    appeared or went with it (a PF's unbind disables its VFs)."""
     kind: str
     bdf: str | None
     driver: str | None
     time: float = field(default_factory=time.time)
+    added: tuple = ()
+    removed: tuple = ()
 
 
 # Configuration space (PCI Local Bus 3.0 and PCI Express Base specs).
@@ -275,6 +341,11 @@ EXP_DEVCAP_FLR = 1 << 28
 AF_CAP_TP, AF_CAP_FLR = 0x01, 0x02
 STATUS_CAP_LIST = 0x10
 EXT_CAP_DSN_AT, EXT_CAP_ID_DSN = 0x100, 0x0003
+EXT_CAP_ID_SRIOV = 0x0010
+# Offsets in the SR-IOV capability (PCIe Base 4.0, 9.3.3).
+SRIOV_CTRL, SRIOV_INITIAL_VF, SRIOV_TOTAL_VF, SRIOV_NUM_VF = 0x08, 0x0C, 0x0E, 0x10
+SRIOV_VF_OFFSET, SRIOV_VF_STRIDE, SRIOV_VF_DID, SRIOV_SUP_PGSIZE, SRIOV_SYS_PGSIZE = 0x14, 0x16, 0x1A, 0x1C, 0x20
+SRIOV_CTRL_VFE, SRIOV_CTRL_MSE = 0x01, 0x08
 IORESOURCE_IO, IORESOURCE_MEM, IORESOURCE_MEM_64 = 0x100, 0x200, 0x100000
 
 
@@ -289,8 +360,12 @@ def config_space(dev: "PciDev") -> bytes:
     type 0 header (type 1 for a PCI-to-PCI bridge), the PCI Express
     capability (PCIe only), the PM capability and, with af_flr, the AF
     capability, agreeing with its reset methods; a PCIe function with a
-    serial has the DSN extended capability at 0x100 (an empty extended list
-    reads as a zero header)."""
+    serial has the DSN extended capability at 0x100, a PF the SR-IOV one
+    after it (an empty extended list reads as a zero header).  A VF's
+    header keeps the ids its sysfs files show (the PF's vendor, the VF
+    device id) where real hardware reads 0xffff there: the kernel shows
+    the files from pci_dev, not from config space, and nothing the
+    simulator serves relies on the 0xffff."""
     cfg = bytearray(dev.cfg_size)
 
     def put(offset: int, value: int, size: int) -> None:
@@ -327,10 +402,28 @@ def config_space(dev: "PciDev") -> bytes:
         put(EXP_CAP_AT, CAP_EXP, 1)
         put(EXP_CAP_AT + 2, 0x2 | port << 4, 2)
         put(EXP_CAP_AT + 4, EXP_DEVCAP_FLR if "flr" in methods else 0, 4)
+        # extended capabilities from 0x100, each header: ID, version 1, next
+        ext = ([EXT_CAP_DSN_AT] if dev.serial is not None else [])
+        sriov_at = EXT_CAP_DSN_AT + (0x10 if dev.serial is not None else 0)
+        if dev.sriov is not None:
+            ext.append(sriov_at)
+        nexts = dict(zip(ext, ext[1:] + [0]))
         if dev.serial is not None:
-            # header: ID, version 1, next 0; then the 64-bit serial, low dword first
-            put(EXT_CAP_DSN_AT, EXT_CAP_ID_DSN | 1 << 16, 4)
+            # the 64-bit serial, low dword first
+            put(EXT_CAP_DSN_AT, EXT_CAP_ID_DSN | 1 << 16 | nexts[EXT_CAP_DSN_AT] << 20, 4)
             put(EXT_CAP_DSN_AT + 4, dev.serial, 8)
+        if dev.sriov is not None:
+            iov = dev.sriov
+            put(sriov_at, EXT_CAP_ID_SRIOV | 1 << 16 | nexts[sriov_at] << 20, 4)
+            put(sriov_at + SRIOV_CTRL, SRIOV_CTRL_VFE | SRIOV_CTRL_MSE if iov.vfs else 0, 2)
+            put(sriov_at + SRIOV_INITIAL_VF, iov.totalvfs, 2)
+            put(sriov_at + SRIOV_TOTAL_VF, iov.totalvfs, 2)
+            put(sriov_at + SRIOV_NUM_VF, iov.numvfs, 2)
+            put(sriov_at + SRIOV_VF_OFFSET, iov.offset, 2)
+            put(sriov_at + SRIOV_VF_STRIDE, iov.stride, 2)
+            put(sriov_at + SRIOV_VF_DID, iov.vf_device, 2)
+            put(sriov_at + SRIOV_SUP_PGSIZE, 0x553, 4)      # 4K, 8K, 64K, 256K, 1M, 4M
+            put(sriov_at + SRIOV_SYS_PGSIZE, 0x1, 4)        # 4K
     put(PM_CAP_AT, CAP_PM, 1)
     put(PM_CAP_AT + 2, 0x0003, 2)                        # PMC: version 3
     put(PM_CAP_AT + 4, 0 if "pm" in methods else PM_CTRL_NO_SOFT_RESET, 2)
@@ -356,10 +449,22 @@ class PciModel:
         slots: dict[str, int] = {}
         for bdf in self.devices:
             slots[bdf.rsplit(".", 1)[0]] = slots.get(bdf.rsplit(".", 1)[0], 0) + 1
+        # Header type bit 7 is the hardware's: VFs enabled later do not change it.
         for dev in self.devices.values():
             dev.multifunction = slots[dev.bdf.rsplit(".", 1)[0]] > 1
         for dev in self.devices.values():
             dev.dir_parts = self._dir_parts(dev)
+        # VFs enabled at start (the PF driver's max_vfs=, or an earlier
+        # sriov_numvfs write), probed as at runtime.
+        for entry in devices:
+            pf = self.devices[normalise_bdf(_field(entry, "bdf"))]
+            if pf.sriov is None:
+                continue
+            numvfs = int(_field(_field(entry, "sriov"), "numvfs", 0) or 0)
+            if numvfs > pf.sriov.totalvfs:
+                raise ValueError("%s: numvfs %d is above totalvfs %d" % (pf.bdf, numvfs, pf.sriov.totalvfs))
+            if numvfs:
+                self._enable_vfs(pf, numvfs)
 
     def _dir_parts(self, dev: PciDev) -> tuple:
         chain = [dev.bdf]
@@ -369,6 +474,14 @@ class PciModel:
             chain.append(top.bdf)
         dom, bus, _unused1, _unused = _split_bdf(top.bdf)
         return ("pci%04x:%02x" % (dom, bus),) + tuple(reversed(chain))
+
+    def live(self, bdf: str) -> PciDev:
+        """The device, ENODEV once it is gone: a file opened before its VF
+        was removed, as kernfs answers for a removed attribute."""
+        dev = self.devices.get(bdf)
+        if dev is None or dev.removed:
+            raise SysfsWriteError(errno.ENODEV, "no such device")
+        return dev
 
     def children(self, parts: tuple) -> list[str]:
         """The devices whose directory is directly in ``parts``'s."""
@@ -408,6 +521,17 @@ class PciModel:
         hidden = bool(_field(entry, "hidden", False))
         if hidden:
             driver = PCIBACK
+        iov = _field(entry, "sriov")
+        if iov:
+            dev.sriov = SriovState(
+                totalvfs=int(_field(iov, "totalvfs")), vf_device=int(_field(iov, "vf_device")),
+                offset=int(_field(iov, "offset", 1)), stride=int(_field(iov, "stride", 1)),
+                vf_driver=_field(iov, "vf_driver"), configurable=bool(_field(iov, "configurable", True)),
+                autoprobe=bool(_field(iov, "drivers_autoprobe", True)))
+            if dev.sriov.vf_driver:
+                # the VF driver (igbvf, ...) is a loaded module matching the VF id
+                self.drivers.setdefault(dev.sriov.vf_driver, PciDriver(dev.sriov.vf_driver)).ids.add(
+                    (dev.vendor, dev.sriov.vf_device))
         self.devices[bdf] = dev
         original = _field(entry, "original_driver")
         if original:
@@ -449,7 +573,31 @@ class PciModel:
             raise SysfsWriteError(errno.ENODEV, "no such device")
         return dev
 
+    def _can_probe(self, dev: PciDev) -> bool:
+        """pci_device_can_probe(): a VF whose PF has sriov_drivers_autoprobe 0
+        binds to no driver, by autoprobe or by a driver's ``bind``, unless
+        its ``driver_override`` names one."""
+        if dev.physfn is None or dev.driver_override:
+            return True
+        pf = self.devices.get(dev.physfn)
+        return pf is None or pf.sriov is None or pf.sriov.autoprobe
+
+    def set_driver_override(self, bdf: str, buf: bytes) -> SysfsEvent:
+        """driver_set_override(): a name sets it, an empty write (or "\n") clears it."""
+        text = buf.decode("ascii", "replace")
+        if text.endswith("\n"):
+            text = text[:-1]
+        if len(text) >= 4096 or "\n" in text:
+            raise SysfsWriteError(errno.EINVAL, "bad driver_override")
+        with self.lock:
+            dev = self.live(bdf)
+            dev.driver_override = text or None
+            return SysfsEvent("driver_override", dev.bdf, dev.driver)
+
     def _driver_matches(self, drv: PciDriver, dev: PciDev) -> bool:
+        # pci_match_device(): with an override, only that driver matches.
+        if dev.driver_override is not None:
+            return dev.driver_override == drv.name
         if drv.matches_all or (dev.vendor, dev.device) in drv.ids:
             return True
         for vendor, device, subv, subd, klass, mask in drv.dynids:
@@ -464,7 +612,12 @@ class PciModel:
         """device_driver_attach(): EBUSY if bound, the probe's error otherwise."""
         if dev.driver is not None:
             raise SysfsWriteError(errno.EBUSY, "device already has a driver")
+        if not self._can_probe(dev):
+            raise SysfsWriteError(errno.ENODEV, "a VF of a PF with sriov_drivers_autoprobe 0")
         if drv.name == PCIBACK:
+            if not self._in_slots(dev) and dev.driver_override == PCIBACK:
+                # pcistub_probe seizes an overridden device and lists it in its slots
+                self.new_slot(dev.bdf.encode())
             if not self._in_slots(dev):
                 # pcistub_probe: not in the seize list -> -ENODEV
                 raise SysfsWriteError(errno.ENODEV, "not a pciback slot")
@@ -488,6 +641,103 @@ class PciModel:
             dev.enable_cnt = max(0, dev.enable_cnt - 1)
         dev.driver = None
 
+    # -- SR-IOV (drivers/pci/iov.c) ---------------------------------------
+
+    def _new_iommu_group(self) -> int:
+        # iommu_group_alloc takes the lowest free id of its ida
+        used = {d.iommu_group for d in self.devices.values()}
+        return next(n for n in range(len(used) + 1) if n not in used)
+
+    def _enable_vfs(self, pf: PciDev, count: int) -> list[str]:
+        """sriov_enable + pci_iov_add_virtfn: each VF appears beside its PF
+        (same parent directory, even on another bus) and, with
+        drivers_autoprobe, is probed: pciback when its BDF is a pciback
+        slot, else the VF driver if any."""
+        iov = pf.sriov
+        try:
+            bdfs = [vf_bdf(pf.bdf, iov.offset, iov.stride, i) for i in range(count)]
+        except ValueError:
+            # pci_iov_bus_range beyond the bus numbers: sriov_enable's ENOMEM
+            raise SysfsWriteError(errno.ENOMEM, "not enough bus numbers for the VFs") from None
+        clash = [b for b in bdfs if b in self.devices]
+        if clash:
+            raise SysfsWriteError(errno.EEXIST, "VF address %s taken" % clash[0])
+        for bdf in bdfs:
+            vf = PciDev(
+                bdf=bdf, vendor=pf.vendor, device=iov.vf_device, klass=pf.klass,
+                subsystem_vendor=pf.subsystem_vendor, subsystem_device=pf.subsystem_device,
+                resources=[], irq=0,                  # VFs have no INTx
+                has_reset=True, reset_methods=["flr"], default_methods=["flr"],
+                iommu_group=self._new_iommu_group() if pf.iommu_group is not None else None,
+                pcie=True, revision=pf.revision, parent=pf.parent, physfn=pf.bdf,
+                dir_parts=pf.dir_parts[:-1] + (bdf,))
+            self.devices[bdf] = vf
+            iov.vfs.append(bdf)
+            if not iov.autoprobe:
+                continue
+            if self._in_slots(vf):
+                self._probe(self.drivers[PCIBACK], vf)
+            elif iov.vf_driver:
+                self._probe(self.drivers[iov.vf_driver], vf)
+        return bdfs
+
+    def _disable_vfs(self, pf: PciDev) -> list[str]:
+        """sriov_disable: every VF's driver is released (pciback's too, even
+        while a guest uses it: pcistub_remove only warns), then it goes.
+        pciback's slot list (new_slot) keeps naming it."""
+        gone = list(pf.sriov.vfs)
+        for bdf in gone:
+            vf = self.devices.pop(bdf)
+            if vf.driver is not None:
+                self._release(vf)
+            vf.removed = True
+        pf.sriov.vfs.clear()
+        return gone
+
+    def set_numvfs(self, bdf: str, buf: bytes) -> SysfsEvent:
+        """sriov_numvfs_store, its checks in the kernel's order."""
+        num = _kstrtou16(buf)
+        with self.lock:
+            pf = self.live(bdf)
+            iov = pf.sriov
+            if num > iov.totalvfs:
+                raise SysfsWriteError(errno.ERANGE, "above sriov_totalvfs")
+            if num == iov.numvfs:
+                return SysfsEvent("sriov_numvfs", bdf, pf.driver)
+            if pf.driver is None:
+                raise SysfsWriteError(errno.ENOENT, "no driver bound to device; cannot configure SR-IOV")
+            if pf.driver == PCIBACK or not iov.configurable:
+                raise SysfsWriteError(errno.ENOENT, "driver does not support SR-IOV configuration via sysfs")
+            if num == 0:
+                if self._vfs_assigned(pf):
+                    # igb, ixgbe, i40e: "Cannot deallocate SR-IOV virtual
+                    # functions while they are assigned" (pciback marks the
+                    # devices it holds assigned); real Xen 4.17 + Linux 6.1
+                    # answers EPERM the same way.
+                    raise SysfsWriteError(errno.EPERM, "VFs are assigned (bound to pciback)")
+                return SysfsEvent("sriov_numvfs", bdf, pf.driver, removed=tuple(self._disable_vfs(pf)))
+            if iov.numvfs:
+                raise SysfsWriteError(errno.EBUSY, "%d VFs already enabled. Disable before enabling %d VFs"
+                                      % (iov.numvfs, num))
+            return SysfsEvent("sriov_numvfs", bdf, pf.driver, added=tuple(self._enable_vfs(pf, num)))
+
+    def _vfs_assigned(self, pf: PciDev) -> bool:
+        """pci_vfs_assigned(): a VF of ``pf`` carries PCI_DEV_FLAGS_ASSIGNED,
+        which xen-pciback sets on every device bound to it."""
+        return any(self.devices[vf].driver == PCIBACK for vf in pf.sriov.vfs if vf in self.devices)
+
+    def set_autoprobe(self, bdf: str, buf: bytes) -> SysfsEvent:
+        value = _kstrtobool(buf)
+        with self.lock:
+            pf = self.live(bdf)
+            pf.sriov.autoprobe = value
+            return SysfsEvent("sriov_drivers_autoprobe", bdf, pf.driver)
+
+    def vfs_of(self, bdf: str) -> list[str]:
+        with self.lock:
+            dev = self.devices.get(normalise_bdf(bdf))
+            return list(dev.sriov.vfs) if dev is not None and dev.sriov else []
+
     def bind(self, driver: str, buf: bytes) -> SysfsEvent:
         with self.lock:
             drv = self.drivers[driver]
@@ -502,8 +752,12 @@ class PciModel:
             dev = self.devices.get(_sysfs_name(buf))
             if dev is None or dev.driver != driver:
                 raise SysfsWriteError(errno.ENODEV, "device not bound to this driver")
+            # A PF driver's remove disables its VFs (igb, ixgbe, i40e, mlx5
+            # call pci_disable_sriov there).
+            # With a VF assigned they stay enabled ("VFs will not be deallocated").
+            gone = self._disable_vfs(dev) if dev.sriov and dev.sriov.vfs and not self._vfs_assigned(dev) else []
             self._release(dev)
-            return SysfsEvent("unbind", dev.bdf, driver)
+            return SysfsEvent("unbind", dev.bdf, driver, removed=tuple(gone))
 
     def new_id(self, driver: str, buf: bytes) -> SysfsEvent:
         fields = buf.decode("ascii", "replace").split()
@@ -632,7 +886,7 @@ class PciModel:
         if val != 1:
             raise SysfsWriteError(errno.EINVAL, "only 1 resets")
         with self.lock:
-            if not self.devices[bdf].reset_methods:
+            if not self.live(bdf).reset_methods:
                 # every method disabled through reset_method: pci_reset_function says ENOTTY
                 raise SysfsWriteError(errno.ENOTTY, "no reset method")
             self.devices[bdf].resets.append("reset")
@@ -643,7 +897,7 @@ class PciModel:
         a list of the device's supported methods, in the order to try them."""
         text = buf.decode("ascii", "replace").strip()
         with self.lock:
-            dev = self.devices[bdf]
+            dev = self.live(bdf)
             if text == "default":
                 dev.reset_methods = list(dev.default_methods)
             elif text == "":
@@ -658,7 +912,7 @@ class PciModel:
     def enable(self, bdf: str, buf: bytes) -> SysfsEvent:
         val = _kstrtoul(buf)
         with self.lock:
-            dev = self.devices[bdf]
+            dev = self.live(bdf)
             if dev.driver is not None:
                 raise SysfsWriteError(errno.EBUSY, "device has a driver")
             if val:
@@ -672,6 +926,15 @@ class PciModel:
     # -- shows -----------------------------------------------------------
 
     def show_device(self, dev: PciDev, attr: str) -> bytes:
+        if dev.removed:
+            raise SysfsWriteError(errno.ENODEV, "no such device")
+        if attr.startswith("sriov_") and dev.sriov is not None:
+            iov = dev.sriov
+            if attr == "sriov_vf_device":
+                return b"%x\n" % iov.vf_device
+            values = {"sriov_totalvfs": iov.totalvfs, "sriov_numvfs": iov.numvfs, "sriov_offset": iov.offset,
+                      "sriov_stride": iov.stride, "sriov_drivers_autoprobe": int(iov.autoprobe)}
+            return b"%u\n" % values[attr]
         if attr in ("vendor", "device", "subsystem_vendor", "subsystem_device"):
             return b"0x%04x\n" % getattr(dev, attr)
         if attr == "class":
@@ -689,6 +952,8 @@ class PciModel:
             return b"".join(b"0x%016x 0x%016x 0x%016x\n" % r for r in lines)
         if attr == "reset_method":
             return (" ".join(dev.reset_methods) + "\n").encode()
+        if attr == "driver_override":
+            return ("%s\n" % (dev.driver_override or "(null)")).encode()
         if attr == "config":
             return config_space(dev)
         raise KeyError(attr)
@@ -723,9 +988,14 @@ class PciModel:
 _DEVICE_ATTRS = {
     "vendor": 0o444, "device": 0o444, "subsystem_vendor": 0o444, "subsystem_device": 0o444,
     "class": 0o444, "irq": 0o444, "resource": 0o444, "enable": 0o600, "config": 0o644, "reset": 0o200,
-    "reset_method": 0o644, "label": 0o444,
+    "reset_method": 0o644, "label": 0o444, "driver_override": 0o644,
 }
 _RESET_ATTRS = ("reset", "reset_method")       # visible only when the device has a reset
+# A PF's (drivers/pci/iov.c sriov_pf_dev_attrs); its VFs have none of them.
+_SRIOV_ATTRS = {
+    "sriov_totalvfs": 0o444, "sriov_numvfs": 0o644, "sriov_offset": 0o444, "sriov_stride": 0o444,
+    "sriov_vf_device": 0o444, "sriov_drivers_autoprobe": 0o644,
+}
 _PCIBACK_PARAMS = ("hide", "passthrough", "permissive", "verbose_request")
 _DRIVER_ATTRS = {"bind": 0o200, "unbind": 0o200, "new_id": 0o200, "remove_id": 0o200}
 _PCIBACK_ATTRS = {
@@ -777,6 +1047,10 @@ class _Ops:
                    if (a not in _RESET_ATTRS or dev.has_reset) and (a != "label" or dev.label is not None)]
         entries += ["subsystem"] + (["driver"] if dev.driver else []) + (
             ["iommu_group"] if dev.iommu_group is not None else [])
+        if dev.physfn is not None:
+            entries.append("physfn")
+        if dev.sriov is not None:
+            entries += list(_SRIOV_ATTRS) + ["virtfn%d" % i for i in range(dev.sriov.numvfs)]
         if dev.is_bridge:
             return _Node("dir", entries=lambda: entries + self.model.children(dev.dir_parts))
         return _Node("dir", entries=entries)
@@ -898,16 +1172,32 @@ class _Ops:
             return _Node("link", target=up + "kernel/iommu_groups/%s" % dev.iommu_group)
         if name == "label" and dev.label is None:
             raise KeyError(name)
+        # VFs sit beside their PF (pci_iov_sysfs_link)
+        if name == "physfn" and dev.physfn is not None:
+            return _Node("link", target="../" + dev.physfn)
+
+        def rw(store, mode=0o644):
+            return _Node("file", mode, read=lambda: m.show_device(dev, name), write=lambda buf: store(dev.bdf, buf))
+
+        if dev.sriov is not None:
+            if name.startswith("virtfn") and name[6:].isdigit() and name[6:] == str(int(name[6:])):
+                return _Node("link", target="../" + dev.sriov.vfs[int(name[6:])])
+            if name == "sriov_numvfs":
+                return rw(m.set_numvfs)
+            if name == "sriov_drivers_autoprobe":
+                return rw(m.set_autoprobe)
+            if name in _SRIOV_ATTRS:
+                return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         if name == "config":
             return _Node("file", 0o444, read=lambda: m.show_device(dev, name), size=dev.cfg_size)
         if name == "reset" and dev.has_reset:
             return _Node("file", 0o200, write=lambda buf: m.reset(dev.bdf, buf))
         if name == "reset_method" and dev.has_reset:
-            return _Node("file", 0o644, read=lambda: m.show_device(dev, name),
-                         write=lambda buf: m.set_reset_method(dev.bdf, buf))
+            return rw(m.set_reset_method)
         if name == "enable":
-            return _Node("file", 0o600, read=lambda: m.show_device(dev, name),
-                         write=lambda buf: m.enable(dev.bdf, buf))
+            return rw(m.enable, 0o600)
+        if name == "driver_override":
+            return rw(m.set_driver_override)
         if name in _DEVICE_ATTRS and name not in _RESET_ATTRS:
             return _Node("file", 0o444, read=lambda: m.show_device(dev, name))
         raise KeyError(name)
@@ -990,7 +1280,10 @@ class _Ops:
         if offset == 0 or entry[1] is None:
             # seq_file: the show runs at position 0, later reads page through it
             with self.model.lock:
-                entry[1] = node.read()
+                try:
+                    entry[1] = node.read()
+                except SysfsWriteError as exc:      # its device is gone
+                    raise _fuse.FuseOSError(exc.errno) from None
         return entry[1][offset:offset + size]
 
     def write(self, path, data, offset, fh):
@@ -1070,25 +1363,41 @@ class SysfsFS:
             dev = self.model.devices.get(normalise_bdf(bdf))
             return bool(dev and dev.permissive)
 
+    # A BDF that is gone (a VF disabled) reads as no state: pciback may
+    # still release a device its guest had.
+
     def resets(self, bdf: str) -> list[str]:
         with self.model.lock:
-            return list(self.model.devices[normalise_bdf(bdf)].resets)
+            dev = self.model.devices.get(normalise_bdf(bdf))
+            return list(dev.resets) if dev is not None else []
+
+    def vfs(self, bdf: str) -> list[str]:
+        """A PF's enabled VFs, by index ([] for any other device)."""
+        return self.model.vfs_of(bdf)
 
     def set_in_use(self, bdf: str, domid: int | None) -> None:
         """pciback exports (domid) or releases (None) a seized device."""
         with self.model.lock:
-            dev = self.model.devices[normalise_bdf(bdf)]
+            dev = self.model.devices.get(normalise_bdf(bdf))
+            if dev is None:
+                if domid is not None:
+                    raise KeyError("no PCI device %s to export" % bdf)
+                return
             if domid is None and dev.in_use_by is not None:
                 dev.resets.append("pciback-release")   # pcistub_put_pci_dev resets
             dev.in_use_by = domid
 
     def in_use_by(self, bdf: str) -> int | None:
         with self.model.lock:
-            return self.model.devices[normalise_bdf(bdf)].in_use_by
+            dev = self.model.devices.get(normalise_bdf(bdf))
+            return dev.in_use_by if dev is not None else None
 
     def set_permissive(self, bdf: str, value: bool = True) -> None:
         with self.model.lock:
-            self.model.devices[normalise_bdf(bdf)].permissive = value
+            dev = self.model.devices.get(normalise_bdf(bdf))
+            if dev is None:
+                raise KeyError("no PCI device %s" % bdf)
+            dev.permissive = value
 
     def add_listener(self, fn: Callable[[SysfsEvent], None]) -> None:
         self._listeners.append(fn)
@@ -1125,6 +1434,15 @@ class SysfsFS:
 
     def _notify(self, event: SysfsEvent, path: str) -> None:
         self.events.append(event)
+        # dom0's kernel reports a VF to Xen inside the store that creates or
+        # removes it (its PCI bus notifier), before write(2) returns: a
+        # caller that quarantines a new VF right after must find it known.
+        hv = getattr(self.host, "hypervisor", None)
+        if hv is not None:
+            for bdf in getattr(event, "added", ()):
+                hv.pci_device_add(bdf)
+            for bdf in getattr(event, "removed", ()):
+                hv.pci_device_remove(bdf)
         log.debug("sysfs %s: %s %s", path, event.kind, event.bdf)
         for fn in list(self._listeners):
             try:

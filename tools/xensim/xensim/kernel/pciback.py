@@ -359,6 +359,17 @@ class Pciback:
                 return True
         return False
 
+    def device_gone(self, bdf: str) -> None:
+        """pcistub_remove of a device a guest still has (a VF disabled under
+        it): xen_pcibk_release_pci_dev drops it from the virtual bus; the
+        backend's xenstore nodes stay as they were."""
+        for dev in self.devices.values():
+            for entries in dev.slots:
+                if bdf in entries:
+                    log.warning("%s: removing device %s while still in-use by domain %d!",
+                                dev.nodename, bdf, dev.otherend_id)
+                    entries.remove(bdf)
+
     def _put_pci_dev(self, bdf: str) -> None:
         """pcistub_put_pci_dev: reset the device and make it free again."""
         self.host.pcistub_put(bdf)
