@@ -59,8 +59,9 @@ options:
         C(subsystem) (V(17aa:1234)), C(subsystem_vendor), C(subsystem_device), C(class) (V(0x02) base class,
         V(0x0200) class and subclass, V(0x020000) with the programming interface), C(serial) (the PCIe Device Serial
         Number as lspci shows it, V(00-1b-21-ff-ff-6c-3a-2e)), C(path) (where it sits, the root bus then slot.function
-        per hop, V(pci0000:00/1c.0/00.0), stable when buses are renumbered) and C(label) (the firmware's name, sysfs
-        C(label)); every key given must match. Quote the hex values, YAML reads an unquoted V(8086) as a decimal number.
+        per hop, V(pci0000:00/1c.0/00.0), stable when buses are renumbered), C(label) (the firmware's name, sysfs
+        C(label)) and C(physfn) (the SR-IOV virtual functions of the physical function at that address); every key
+        given must match. Quote the hex values, YAML reads an unquoted V(8086) as a decimal number.
       - C(count) says how many devices the selector stands for. Not given, it must match exactly one device;
         a number N takes N of the matches; V(all) takes every match. Too few matches (or several without C(count))
         fail the task before anything changes, listing the candidates.

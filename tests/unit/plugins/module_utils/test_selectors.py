@@ -91,12 +91,18 @@ def test_dsn_parser_walks_the_extended_list_and_stops_on_loops():
     ({"select": NIC, "bdf": "00:19.0"}, "drop bdf"),
     ({"select": {"path": "pci0000:00/01:00.0"}}, "path must be"),
     ({"select": {"serial": "12-34"}}, "serial must be"),
+    ({"select": {"physfn": "03:00"}}, "physfn must be the PCI address of a physical function"),
     ({"select": NIC, "colour": 1}, "unknown key(s) colour"),
 ])
 def test_bad_selectors_are_refused_with_the_reason(entry, msg):
     with pytest.raises(SpecError) as err:
         parse_selector(entry, PASSTHROUGH_KEYS)
     assert msg in err.value.msg
+
+
+def test_physfn_is_normalised_to_the_kernel_form():
+    assert parse_selector({"select": {"physfn": "3:00.0"}, "count": "all"}, PASSTHROUGH_KEYS).match == {
+        "physfn": "0000:03:00.0"}
 
 
 def test_bad_selector_is_refused_before_the_host_is_read(params_of):

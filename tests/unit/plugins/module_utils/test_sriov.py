@@ -322,3 +322,23 @@ def test_given_back_vf_loses_its_driver_override(sim, params_of):
     with open(dev(host, VFS[0], "driver_override"), encoding="ascii") as f:
         assert f.read() == "(null)\n"
     assert driver_of(host, VFS[0]) is None and VFS[0] not in Sysfs(host.paths["sysfs_root"]).pciback_slots()
+
+
+def test_a_new_vf_goes_to_a_guest_and_the_pf_cannot_shrink_under_it(sim, params_of):
+    """The operator's path: VFs created into the pool, one passed to web by
+    a physfn selector (PV hotplug), then a change of count is refused naming
+    the guest, and the detach gives it back for the VFs to go."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
+    host = sim(HOST)
+    run(params_of(host, sriov=[{"pf": PF, "numvfs": 2}], devices=[{"select": {"physfn": PF}, "count": "all"}]))
+    desired = {"web": [{"select": {"physfn": PF}, "count": 1}]}
+    attached = run_passthrough(params_of(host, timeout=20.0), desired)
+    assert attached["changed"] and [d["bdf"] for d in attached["domains"]["web"]["devices"]] == [VFS[0]]
+    assert xs_read(params_of(host), libxl_pci_path(VFS[0], "domid")) == "1"
+    with pytest.raises(RefusedError, match=r"0000:01:10.0 \(attached to web \(domid 1\)\), 0000:01:10.2 \(in the pool\)"):
+        run(params_of(host, sriov=[{"pf": PF, "numvfs": 4}]))
+    assert numvfs(host) == 2
+    run_passthrough(params_of(host, timeout=20.0, state="exact"), {"web": []})
+    gone = run(params_of(host, sriov=[{"pf": PF}], devices=[{"select": {"physfn": PF}, "count": "all"}], state="absent"))
+    assert gone["changed"] and numvfs(host) == 0
