@@ -87,7 +87,7 @@ def test_bad_sriov_entries_are_named(entries, message):
 def test_numvfs_may_be_left_out_when_removing():
     problems = []
     assert parse_sriov([{"pf": "01:00.0"}], problems, "absent") == [
-        {"where": "sriov[0]", "pf": PF, "selector": None, "numvfs": None}]
+        {"where": "sriov[0]", "pf": PF, "selector": None, "numvfs": None, "pool": False}]
     assert not problems
 
 
@@ -342,3 +342,21 @@ def test_a_new_vf_goes_to_a_guest_and_the_pf_cannot_shrink_under_it(sim, params_
     run_passthrough(params_of(host, timeout=20.0, state="exact"), {"web": []})
     gone = run(params_of(host, sriov=[{"pf": PF}], devices=[{"select": {"physfn": PF}, "count": "all"}], state="absent"))
     assert gone["changed"] and numvfs(host) == 0
+
+
+def test_pool_puts_every_vf_of_the_entry_in_the_pool_and_takes_it_back(sim, params_of):
+    host = sim(HOST)
+    present = params_of(host, sriov=[{"select": {"id": "8086:10c9"}, "count": 1, "numvfs": 3, "pool": True}])
+    check = run(present, check=True)
+    assert check["changed"] and [d["bdf"] for d in check["devices"]] == VFS[:3]
+    real = run(present)
+    assert [driver_of(host, vf) for vf in VFS[:3]] == ["pciback"] * 3
+    assert [d["assignable"] for d in real["devices"]] == [True] * 3
+    assert not run(present)["changed"]
+    absent = params_of(host, sriov=[{"pf": PF, "pool": True}], state="absent")
+    gone = run(absent)
+    assert gone["changed"] and numvfs(host) == 0
+    assert not run(absent)["changed"]
+    problems = []
+    parse_sriov([{"pf": PF, "numvfs": 1, "pool": "yes"}], problems)
+    assert problems[0].msg == "sriov[0]: pool must be true or false, got 'yes'"
