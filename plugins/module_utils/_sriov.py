@@ -257,13 +257,13 @@ def sriov_report(sysfs, plans):
         info = sysfs.sriov(plan["pf"]) if sysfs.exists(plan["pf"]) else None
         out.append({"pf": plan["pf"], "entry": plan["where"], "numvfs": info["numvfs"] if info else None,
                     "totalvfs": plan["totalvfs"], "vfs": info["vfs"] if info else [],
-                    "changed": plan["old"] != plan["new"]})
+                    "changed": plan["old"] != plan["new"], "predicted": False})
     return out
 
 
 def sriov_prediction(plans):
     return [{"pf": p["pf"], "entry": p["where"], "numvfs": p["new"], "totalvfs": p["totalvfs"],
-             "vfs": list(p["vfs_after"]), "changed": p["old"] != p["new"]} for p in plans]
+             "vfs": list(p["vfs_after"]), "changed": p["old"] != p["new"], "predicted": True} for p in plans]
 
 
 class PlannedSysfs(object):

@@ -453,8 +453,13 @@ sriov:
     changed:
       description: Whether the task changed its number of virtual functions.
       type: bool
+    predicted:
+      description:
+        - V(true) in check mode, where the entry is what the task would make (the VFs do not exist yet);
+          V(false) when it is read back from sysfs after the task.
+      type: bool
   sample: [{pf: "0000:03:00.0", entry: "sriov[0]", numvfs: 2, totalvfs: 7, vfs: ["0000:03:10.0", "0000:03:10.2"],
-            changed: true}]
+            changed: true, predicted: false}]
 warnings_detail:
   description: Conditions that did not fail the task, such as a device left with no driver.
   returned: always

@@ -107,13 +107,14 @@ def test_vfs_created_and_made_assignable_in_four_steps(sim, params_of):
     prm = params_of(host, sriov=[{"pf": PF, "numvfs": 4}], devices=[{"select": {"physfn": PF}, "count": "all"}])
     check = run(prm, check=True)
     assert check["changed"] and numvfs(host) == 0          # check mode writes nothing
-    assert check["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 4, "totalvfs": 7, "vfs": VFS, "changed": True}]
+    assert check["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 4, "totalvfs": 7, "vfs": VFS, "changed": True,
+                               "predicted": True}]
     assert check["selected"][0]["bdfs"] == VFS
     real = run(prm)
     assert real["changed"]
     assert real["diff"] == check["diff"]
     assert real["diff"]["before"]["sriov"] == {PF: 0} and real["diff"]["after"]["sriov"] == {PF: 4}
-    assert real["sriov"] == check["sriov"]                   # read back, as predicted
+    assert real["sriov"] == [dict(check["sriov"][0], predicted=False)]      # read back, as predicted
     assert numvfs(host) == 4
     for vf in VFS:
         assert os.path.basename(os.readlink(dev(host, vf, "physfn"))) == PF
@@ -140,7 +141,8 @@ def test_absent_gives_the_vfs_back_then_removes_them(sim, params_of):
     assert check["changed"] and numvfs(host) == 2
     real = run(absent)
     assert real["changed"] and numvfs(host) == 0
-    assert real["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 0, "totalvfs": 7, "vfs": [], "changed": True}]
+    assert real["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 0, "totalvfs": 7, "vfs": [], "changed": True,
+                              "predicted": False}]
     assert real["actions"][-1] == "remove the 2 virtual functions of 0000:01:00.0 (sriov_numvfs 2 -> 0)"
     assert not os.path.exists(dev(host, VFS[0]))
     assert xs_read(absent, libxl_pci_path(VFS[0])) is None        # libxl's record of them is gone too
