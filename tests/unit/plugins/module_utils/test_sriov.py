@@ -362,3 +362,25 @@ def test_pool_puts_every_vf_of_the_entry_in_the_pool_and_takes_it_back(sim, para
     problems = []
     parse_sriov([{"pf": PF, "numvfs": 1, "pool": "yes"}], problems)
     assert problems[0].msg == "sriov[0]: pool must be true or false, got 'yes'"
+
+
+def test_the_plan_counts_vfs_to_be_created_as_changes(sim, params_of):
+    """xen.pci.plan with sriov: pending VFs are the plan (the assignments,
+    which may name them, are not checked yet); once they exist, the plan
+    goes on to the assignments."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._runner_plan import run_plan
+    host = sim(HOST)
+    sriov = [{"pf": PF, "numvfs": 2, "pool": True}]
+    desired = {"web": [{"select": {"physfn": PF}, "count": 1}]}
+    prm = params_of(host, sriov=sriov, config_files={}, timeout=20.0)
+    before = run_plan(prm, desired)
+    assert before["changes"] and not before["changed"]
+    assert before["why"][0] == "sriov: create 2 virtual functions of 0000:01:00.0 (sriov_numvfs 0 -> 2)"
+    assert before["sriov"][0]["predicted"] and numvfs(host) == 0        # nothing written
+    with pytest.raises(RefusedError, match=r"sriov\[0\]: 0000:01:00.0 supports at most 7"):
+        run_plan(dict(prm, sriov=[{"pf": PF, "numvfs": 9}]), desired)
+    run(params_of(host, sriov=sriov))
+    after = run_plan(prm, desired)
+    assert after["why"] == ["attach 0000:01:10.0 to web (domid 1)"] and after["changes"]
+    assert after["sriov"][0]["changed"] is False
