@@ -146,11 +146,20 @@ def _prepare(platform, host, params, wanted, sriov):
                                  take_from_driver=params.get("take_from_driver", False))
         view = PlannedSysfs(platform.sysfs, plans) if future_vfs(plans) or gone_vfs(plans) else platform.sysfs
         wanted, selected = _select(view, params, wanted)
+        wanted = _with_pooled(wanted, [vf for p in plans if p["pool"] for vf in p["vfs_after"]])
     else:
         wanted, selected = _select(platform.sysfs, params, wanted)
+        wanted = _with_pooled(wanted, [vf for entry, pfs in resolved if entry["pool"] for pf in pfs
+                                       if platform.sysfs.exists(pf) for vf in (platform.sysfs.sriov(pf) or {}).get("vfs", [])])
         plans, more = plan_sriov(platform.sysfs, host, resolved, "absent", {bdf for bdf, _name in wanted if bdf},
                                  params.get("take_from_driver", False))
     return wanted, selected, plans, problems + more
+
+
+def _with_pooled(wanted, vfs):
+    """``wanted`` and the VFs of ``pool`` entries (those not listed already)."""
+    listed = {bdf for bdf, _name in wanted}
+    return wanted + [(vf, None) for vf in vfs if vf not in listed]
 
 
 def _resolve(host, wanted, state, problems):

@@ -75,10 +75,33 @@ def why(params, core, configs):
     return out
 
 
+def sriov_plan(params, platform=None):
+    """xen.pci.assignable's SR-IOV entries in check mode: (why, its sriov
+    result). Its refusals are the plan's."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
+    # The host options are the plan's own; the pool's are assignable's defaults.
+    checked = run_assignable(dict(params, devices=None, state="present", reset=params.get("reset", "best_effort"),
+                                  take_from_driver=False, rebind=True, names="keep", persistent=False),
+                             check_mode=True, platform=platform)
+    return ["sriov: %s" % action for action in checked["actions"]], checked["sriov"]
+
+
 def run_plan(params, desired, platform=None):
     """The plan of ``desired`` on this host; returns the module result
-    (``changed`` is always false: nothing is changed)."""
+    (``changed`` is always false: nothing is changed).
+
+    With ``sriov``, VFs still to be created (or pooled) are a change by
+    themselves, and the declaration is not checked: what it names may be
+    one of those VFs, which the host does not show yet."""
     config_file_problems(params)
+    if params.get("sriov"):
+        pending, sriov = sriov_plan(params, platform)
+        if pending:
+            result = {key: [] for key in CORE_KEYS}
+            result.update(domains={}, resolved={}, selected={}, declared={}, changed=False, changes=True, why=pending,
+                          configs=[], sriov=sriov)
+            return result
     core = run_passthrough(params, desired, check_mode=True, platform=platform)
     if params.get("require_iommu"):
         # pylint: disable-next=import-outside-toplevel
@@ -96,4 +119,6 @@ def run_plan(params, desired, platform=None):
     reasons = why(params, core, configs)
     result = {key: core[key] for key in CORE_KEYS}
     result.update(changed=False, changes=bool(reasons), why=reasons, configs=configs)
+    if params.get("sriov"):
+        result["sriov"] = sriov
     return result

@@ -37,8 +37,8 @@ from ansible_collections.xen.pci.plugins.module_utils._selectors import (
 from ansible_collections.xen.pci.plugins.module_utils._sysfs import PCIBACK, normalise_bdf, predicted_vfs
 from ansible_collections.xen.pci.plugins.module_utils._validate import Problem
 
-ENTRY_KEYS = ("pf", "numvfs")
-SELECT_KEYS = (SELECT, COUNT, "numvfs")
+ENTRY_KEYS = ("pf", "numvfs", "pool")
+SELECT_KEYS = (SELECT, COUNT, "numvfs", "pool")
 
 
 def _numvfs(value, where, problems, required=True):
@@ -54,8 +54,9 @@ def _numvfs(value, where, problems, required=True):
 
 
 def parse_sriov(entries, problems, state="present"):
-    """``sriov`` -> [{where, pf (or None), selector (or None), numvfs}].
-    With ``state: absent`` numvfs may be left out (the VFs are removed)."""
+    """``sriov`` -> [{where, pf (or None), selector (or None), numvfs, pool}].
+    With ``state: absent`` numvfs may be left out (the VFs are removed).
+    ``pool``: every VF of the entry's PFs is made assignable (given back)."""
     if entries is None:
         return []
     if not isinstance(entries, list):
@@ -78,10 +79,14 @@ def parse_sriov(entries, problems, state="present"):
         numvfs = _numvfs(item.get("numvfs"), where, problems, required=state == "present")
         if numvfs is None and state == "present":
             continue
-        entry = {"where": where, "pf": None, "selector": None, "numvfs": numvfs}
+        pool = item.get("pool", False)
+        if not isinstance(pool, bool):
+            problems.append(Problem("%s: pool must be true or false, got %r" % (where, pool), where))
+            continue
+        entry = {"where": where, "pf": None, "selector": None, "numvfs": numvfs, "pool": pool}
         if is_selector(item):
             try:
-                entry["selector"] = parse_selector({k: v for k, v in item.items() if k != "numvfs"}, ())
+                entry["selector"] = parse_selector({k: v for k, v in item.items() if k not in ("numvfs", "pool")}, ())
             except SpecError as exc:
                 problems.append(Problem("%s: %s" % (where, exc.msg), where, device=str(item)[:64]))
                 continue
@@ -189,7 +194,7 @@ def plan_sriov(sysfs, host, resolved, state, given_back=(), take_from_driver=Fal
                 continue
             new = 0 if state == "absent" else entry["numvfs"]
             plan = {"where": where, "pf": pf, "old": info["numvfs"], "new": new, "totalvfs": info["totalvfs"],
-                    "vfs_now": info["vfs"], "driver": sysfs.driver_name(pf), "info": info}
+                    "vfs_now": info["vfs"], "driver": sysfs.driver_name(pf), "info": info, "pool": entry["pool"]}
             if new > info["totalvfs"]:
                 problems.append(_refusal(where, "%s supports at most %d virtual functions (sriov_totalvfs), %d asked" % (
                     pf, info["totalvfs"], new), pf, totalvfs=info["totalvfs"]))
@@ -252,13 +257,13 @@ def sriov_report(sysfs, plans):
         info = sysfs.sriov(plan["pf"]) if sysfs.exists(plan["pf"]) else None
         out.append({"pf": plan["pf"], "entry": plan["where"], "numvfs": info["numvfs"] if info else None,
                     "totalvfs": plan["totalvfs"], "vfs": info["vfs"] if info else [],
-                    "changed": plan["old"] != plan["new"]})
+                    "changed": plan["old"] != plan["new"], "predicted": False})
     return out
 
 
 def sriov_prediction(plans):
     return [{"pf": p["pf"], "entry": p["where"], "numvfs": p["new"], "totalvfs": p["totalvfs"],
-             "vfs": list(p["vfs_after"]), "changed": p["old"] != p["new"]} for p in plans]
+             "vfs": list(p["vfs_after"]), "changed": p["old"] != p["new"], "predicted": True} for p in plans]
 
 
 class PlannedSysfs(object):

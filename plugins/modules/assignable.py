@@ -63,6 +63,8 @@ options:
         can name the VFs (by address, or with a C(physfn) or C(id) selector).
       - Each entry is C({pf, numvfs}), C(pf) a PCI address, or C({select, count, numvfs}) with a selector as in
         O(devices) that chooses among the host's SR-IOV PFs (C(count=all) for every PF of a model).
+      - An entry with C(pool=true) also makes every VF of its PFs assignable (with O(state=absent), gives them back
+        first), as if O(devices) listed them; without it, only the VFs O(devices) names enter the pool.
       - C(numvfs) is checked against the PF's C(sriov_totalvfs). The PF's dom0 driver creates the VFs; Linux
         changes a non-zero count only through 0, so a change from N to M removes every VF first. A change is refused
         before anything is written when it would remove a VF that is in the pool or attached to a guest
@@ -303,6 +305,14 @@ EXAMPLES = r"""
       - select: {id: "8086:10ca"}
         count: all
 
+- name: Every 82576 port with 2 VFs, each VF in the pool (pool, no devices list)
+  xen.pci.assignable:
+    sriov:
+      - select: {id: "8086:10c9"}
+        count: all
+        numvfs: 2
+        pool: true
+
 - name: The VFs given back and removed (sriov_numvfs 0)
   xen.pci.assignable:
     sriov:
@@ -443,8 +453,13 @@ sriov:
     changed:
       description: Whether the task changed its number of virtual functions.
       type: bool
+    predicted:
+      description:
+        - V(true) in check mode, where the entry is what the task would make (the VFs do not exist yet);
+          V(false) when it is read back from sysfs after the task.
+      type: bool
   sample: [{pf: "0000:03:00.0", entry: "sriov[0]", numvfs: 2, totalvfs: 7, vfs: ["0000:03:10.0", "0000:03:10.2"],
-            changed: true}]
+            changed: true, predicted: false}]
 warnings_detail:
   description: Conditions that did not fail the task, such as a device left with no driver.
   returned: always

@@ -92,6 +92,20 @@ options:
         (Xen owns the IOMMU), so this is off by default.
     type: bool
     default: false
+  sriov:
+    description:
+      - SR-IOV physical functions and their number of virtual functions, the entries of
+        M(xen.pci.assignable)'s O(xen.pci.assignable#module:sriov) (C(pf) or C(select) and C(count), C(numvfs), C(pool)),
+        asked in check mode first.
+      - When VFs are still to be created (or, with C(pool), put in the pool), RV(changes) is V(true) and RV(why) lists
+        those steps, prefixed V(sriov:); O(assignments) is then not checked, since what it names may be one of those
+        VFs. Otherwise the plan goes on as without it.
+      - The SR-IOV refusals (a count over C(sriov_totalvfs), VFs in the pool that a change would remove...) fail the
+        plan as the assignments' do.
+    type: list
+    elements: dict
+    default: []
+    version_added: 0.2.0
 notes:
   - It reads the config files on the managed host, as M(xen.pci.domain_config) does.
 seealso:
@@ -136,6 +150,12 @@ why:
   type: list
   elements: str
   sample: ["attach 0000:03:00.0 to web1 (domid 3)", "config file: /etc/xen/web1.cfg"]
+sriov:
+  description: With O(sriov), each physical function as M(xen.pci.assignable) in check mode predicts it
+    (see RV(xen.pci.assignable#module:sriov)).
+  returned: when O(sriov) is given
+  type: list
+  elements: dict
 configs:
   description: Each declared guest's config file, when O(config_dir) is given - its path, whether it would change,
     the edits and the device list it would have.
@@ -201,6 +221,7 @@ def main():
         config_files=dict(type="dict", default={}),
         config_create=dict(type="bool", default=False),
         require_iommu=dict(type="bool", default=False),
+        sriov=dict(type="list", elements="dict", default=[]),
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -87,7 +87,7 @@ def test_bad_sriov_entries_are_named(entries, message):
 def test_numvfs_may_be_left_out_when_removing():
     problems = []
     assert parse_sriov([{"pf": "01:00.0"}], problems, "absent") == [
-        {"where": "sriov[0]", "pf": PF, "selector": None, "numvfs": None}]
+        {"where": "sriov[0]", "pf": PF, "selector": None, "numvfs": None, "pool": False}]
     assert not problems
 
 
@@ -107,13 +107,14 @@ def test_vfs_created_and_made_assignable_in_four_steps(sim, params_of):
     prm = params_of(host, sriov=[{"pf": PF, "numvfs": 4}], devices=[{"select": {"physfn": PF}, "count": "all"}])
     check = run(prm, check=True)
     assert check["changed"] and numvfs(host) == 0          # check mode writes nothing
-    assert check["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 4, "totalvfs": 7, "vfs": VFS, "changed": True}]
+    assert check["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 4, "totalvfs": 7, "vfs": VFS, "changed": True,
+                               "predicted": True}]
     assert check["selected"][0]["bdfs"] == VFS
     real = run(prm)
     assert real["changed"]
     assert real["diff"] == check["diff"]
     assert real["diff"]["before"]["sriov"] == {PF: 0} and real["diff"]["after"]["sriov"] == {PF: 4}
-    assert real["sriov"] == check["sriov"]                   # read back, as predicted
+    assert real["sriov"] == [dict(check["sriov"][0], predicted=False)]      # read back, as predicted
     assert numvfs(host) == 4
     for vf in VFS:
         assert os.path.basename(os.readlink(dev(host, vf, "physfn"))) == PF
@@ -140,7 +141,8 @@ def test_absent_gives_the_vfs_back_then_removes_them(sim, params_of):
     assert check["changed"] and numvfs(host) == 2
     real = run(absent)
     assert real["changed"] and numvfs(host) == 0
-    assert real["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 0, "totalvfs": 7, "vfs": [], "changed": True}]
+    assert real["sriov"] == [{"pf": PF, "entry": "sriov[0]", "numvfs": 0, "totalvfs": 7, "vfs": [], "changed": True,
+                              "predicted": False}]
     assert real["actions"][-1] == "remove the 2 virtual functions of 0000:01:00.0 (sriov_numvfs 2 -> 0)"
     assert not os.path.exists(dev(host, VFS[0]))
     assert xs_read(absent, libxl_pci_path(VFS[0])) is None        # libxl's record of them is gone too
@@ -342,3 +344,43 @@ def test_a_new_vf_goes_to_a_guest_and_the_pf_cannot_shrink_under_it(sim, params_
     run_passthrough(params_of(host, timeout=20.0, state="exact"), {"web": []})
     gone = run(params_of(host, sriov=[{"pf": PF}], devices=[{"select": {"physfn": PF}, "count": "all"}], state="absent"))
     assert gone["changed"] and numvfs(host) == 0
+
+
+def test_pool_puts_every_vf_of_the_entry_in_the_pool_and_takes_it_back(sim, params_of):
+    host = sim(HOST)
+    present = params_of(host, sriov=[{"select": {"id": "8086:10c9"}, "count": 1, "numvfs": 3, "pool": True}])
+    check = run(present, check=True)
+    assert check["changed"] and [d["bdf"] for d in check["devices"]] == VFS[:3]
+    real = run(present)
+    assert [driver_of(host, vf) for vf in VFS[:3]] == ["pciback"] * 3
+    assert [d["assignable"] for d in real["devices"]] == [True] * 3
+    assert not run(present)["changed"]
+    absent = params_of(host, sriov=[{"pf": PF, "pool": True}], state="absent")
+    gone = run(absent)
+    assert gone["changed"] and numvfs(host) == 0
+    assert not run(absent)["changed"]
+    problems = []
+    parse_sriov([{"pf": PF, "numvfs": 1, "pool": "yes"}], problems)
+    assert problems[0].msg == "sriov[0]: pool must be true or false, got 'yes'"
+
+
+def test_the_plan_counts_vfs_to_be_created_as_changes(sim, params_of):
+    """xen.pci.plan with sriov: pending VFs are the plan (the assignments,
+    which may name them, are not checked yet); once they exist, the plan
+    goes on to the assignments."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.xen.pci.plugins.module_utils._runner_plan import run_plan
+    host = sim(HOST)
+    sriov = [{"pf": PF, "numvfs": 2, "pool": True}]
+    desired = {"web": [{"select": {"physfn": PF}, "count": 1}]}
+    prm = params_of(host, sriov=sriov, config_files={}, timeout=20.0)
+    before = run_plan(prm, desired)
+    assert before["changes"] and not before["changed"]
+    assert before["why"][0] == "sriov: create 2 virtual functions of 0000:01:00.0 (sriov_numvfs 0 -> 2)"
+    assert before["sriov"][0]["predicted"] and numvfs(host) == 0        # nothing written
+    with pytest.raises(RefusedError, match=r"sriov\[0\]: 0000:01:00.0 supports at most 7"):
+        run_plan(dict(prm, sriov=[{"pf": PF, "numvfs": 9}]), desired)
+    run(params_of(host, sriov=sriov))
+    after = run_plan(prm, desired)
+    assert after["why"] == ["attach 0000:01:10.0 to web (domid 1)"] and after["changes"]
+    assert after["sriov"][0]["changed"] is False
