@@ -22,6 +22,11 @@ VFs, 128 functions further at stride 2, would overflow the bus: QEMU refuses
   ``virtfn`` links, both VFs pciback's and in ``xl pci-assignable-list``;
   the rerun changes nothing; ``state: absent`` gives them back and leaves
   ``sriov_numvfs`` 0.
+- ``test_assignable_sriov_without_autoprobe``: the same with the PF's
+  ``sriov_drivers_autoprobe`` 0, through the VFs' ``driver_override``.
+- ``test_a_new_vf_hot_plugged_into_a_running_pv_guest``: a VF of the pool
+  to a running PV guest by a ``physfn`` selector (the guest's pcifront sees
+  8086:10ca), a change of count refused naming the guest, the detach.
 
 ``XENVM_STATE`` (a VM of ``xenvm.py boot``) is used when it has the PF::
 
@@ -242,3 +247,48 @@ def test_assignable_sriov_without_autoprobe(host, tmp_path):
     finally:
         host.sh("for v in %s; do xl pci-assignable-remove -r $v; done 2>/dev/null; echo 0 > %s/sriov_numvfs; "
                 "echo 1 > %s/sriov_drivers_autoprobe" % (" ".join(VFS), PF_SYSFS, PF_SYSFS), check=False)
+
+
+def guest_sees(guest, want, timeout=60.0):
+    """Wait until the guest's own view (its data/pci-devices) holds exactly
+    the ids ``want``; the last view."""
+    deadline = time.monotonic() + paced(timeout)
+    view = guest.guest_view()
+    while sorted(view) != sorted(want) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        view = guest.guest_view()
+    return view
+
+
+def test_a_new_vf_hot_plugged_into_a_running_pv_guest(host, tmp_path):
+    """The operator's path on real Xen: VFs created into the pool, one
+    passed to a running PV guest by a physfn selector (the guest's pcifront
+    sees 8086:10ca), a change of count refused naming the guest, the VF
+    detached, the VFs given back and removed."""
+    runner = module_runner(host, tmp_path)
+    guest = Host(host.vm, host.artifacts, "sriovu")
+    guest.install()
+    try:
+        runner.ok("VFs into the pool", "assignable", state="present", **MODULE_ARGS)
+        guest.create()
+        assert guest.guest_view() == {}, "the guest sees PCI devices before any attach"
+        attached = runner.ok("a VF to the guest", "passthrough", domain="sriovu",
+                             devices=[{"select": {"physfn": PF}, "count": 1}])
+        assert attached["changed"], attached
+        assert guest.pci_list() == [VFS[0]], guest.pci_list()
+        view = guest_sees(guest, ["8086:10ca"])
+        assert sorted(view) == ["8086:10ca"], view
+
+        refused, _seconds = runner.run("assignable", state="present", devices=[], sriov=[{"pf": PF, "numvfs": 3}])
+        assert refused.get("failed") and "0000:01:10.0 (attached to sriovu" in refused["msg"], refused
+        assert sysfs_state(host)[:2] == (2, VFS)
+
+        detached = runner.ok("the VF detached", "passthrough", domain="sriovu", devices=[], state="exact")
+        assert detached["changed"], detached
+        assert guest_sees(guest, []) == {}
+        gone = runner.ok("VFs given back and removed", "assignable", state="absent", **MODULE_ARGS)
+        assert gone["changed"] and sysfs_state(host)[:2] == (0, []), (gone, sysfs_state(host))
+    finally:
+        guest.destroy()
+        host.sh("for v in %s; do xl pci-assignable-remove -r $v; done 2>/dev/null; echo 0 > %s/sriov_numvfs"
+                % (" ".join(VFS), PF_SYSFS), check=False)
