@@ -149,10 +149,9 @@ def _prepare(platform, host, params, wanted, sriov):
         wanted = _with_pooled(wanted, [vf for p in plans if p["pool"] for vf in p["vfs_after"]])
     else:
         wanted, selected = _select(platform.sysfs, params, wanted)
-        wanted = _with_pooled(wanted, [vf for entry, pfs in resolved if entry["pool"] for pf in pfs
-                                       if platform.sysfs.exists(pf) for vf in (platform.sysfs.sriov(pf) or {}).get("vfs", [])])
         plans, more = plan_sriov(platform.sysfs, host, resolved, "absent", {bdf for bdf, _name in wanted if bdf},
                                  params.get("take_from_driver", False))
+        wanted = _with_pooled(wanted, [vf for p in plans if p["pool"] for vf in p["vfs_now"]])
     return wanted, selected, plans, problems + more
 
 
@@ -241,6 +240,9 @@ def _plan(platform, host, wanted, params, sriov_plans=(), problems=None):
         problems.append(Problem(exc.msg, details.pop("input", None) or "persistent", device=details.pop("device", None),
                                 kind=type(exc), details=details))
     raise_problems(problems)
+    if sriov_plans:
+        before["sriov"] = {p["pf"]: p["old"] for p in sriov_plans}
+        after["sriov"] = {p["pf"]: p["new"] for p in sriov_plans}
     numvfs = [_step_sriov("SetNumVfs", pf=p["pf"], old=p["old"], new=p["new"], vfs=p["vfs_after"], vfs_now=p["vfs_now"])
               for p in sriov_plans if p["old"] != p["new"]]
     todo += [[s.describe()] for s in numvfs]
@@ -390,9 +392,6 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
             raise
         deferred = True
         selected, plans, resolved, todo, before, after, warnings, steps, boot = [], [], [], [], {}, {}, [], [], None
-    if sriov:
-        before["sriov"] = {p["pf"]: p["old"] for p in plans}
-        after["sriov"] = {p["pf"]: p["new"] for p in plans}
     result = {
         "selected": selected,
         "changed": bool(todo),
@@ -422,9 +421,6 @@ def run_assignable(params, check_mode=False, platform=None, hook=None, run_comma
             resolved, todo, before, after, warnings, steps, replanned_boot = planned
             if deferred:
                 boot = replanned_boot
-            if sriov:
-                before["sriov"] = {p["pf"]: p["old"] for p in plans}
-                after["sriov"] = {p["pf"]: p["new"] for p in plans}
             execute(ctx, steps, POOL_KEY, {"op": "assignable %s" % params["state"], "label": "the assignable pool"})
     except XenPciError as exc:
         raise with_context(exc, actions=list(ctx.report.actions), changed=bool(ctx.report.actions or ctx.report.left),

@@ -189,10 +189,11 @@ def parse_selector(entry, spec_keys):
 
 
 class Inventory(object):
-    """The host's devices with the fields the selectors need, read once."""
+    """The host's devices with the fields the selectors need, read once.
+    ``only(bdf)``: which devices are candidates at all (default: every one)."""
 
-    def __init__(self, sysfs, fields):
-        self.bdfs = sysfs.devices()
+    def __init__(self, sysfs, fields, only=None):
+        self.bdfs = [bdf for bdf in sysfs.devices() if only is None or only(bdf)]
         self.ids = {bdf: sysfs.identity(bdf, fields) for bdf in self.bdfs}
         self.drivers = sysfs.drivers(self.bdfs)
 

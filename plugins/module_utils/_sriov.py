@@ -33,7 +33,7 @@ import os
 from ansible_collections.xen.pci.plugins.module_utils._bdf import Bdf
 from ansible_collections.xen.pci.plugins.module_utils._errors import RefusedError, SpecError
 from ansible_collections.xen.pci.plugins.module_utils._selectors import (
-    COUNT, SELECT, Inventory, choose, is_selector, parse_selector)
+    COUNT, SELECT, Inventory, choose, is_selector, parse_selector, selector_fields)
 from ansible_collections.xen.pci.plugins.module_utils._sysfs import PCIBACK, normalise_bdf, predicted_vfs
 from ansible_collections.xen.pci.plugins.module_utils._validate import Problem
 
@@ -106,26 +106,15 @@ def parse_sriov(entries, problems, state="present"):
     return out
 
 
-class _SriovInventory(Inventory):
-    """The host's devices that have the SR-IOV capability (selectors of
-    ``sriov`` choose among physical functions only)."""
-
-    def __init__(self, sysfs, fields):
-        self.bdfs = [b for b in sysfs.devices() if os.path.exists(sysfs.dev_path(b, "sriov_totalvfs"))]
-        self.ids = {bdf: sysfs.identity(bdf, fields) for bdf in self.bdfs}
-        self.drivers = sysfs.drivers(self.bdfs)
-
-
 def resolve_pfs(sysfs, entries, problems):
     """Every entry with its physical functions: [(entry, [pf bdf...])], the
-    selectors resolved on this host (each PF named once)."""
+    selectors resolved on this host (each PF named once) among the devices
+    that have the SR-IOV capability."""
     selectors = [e["selector"] for e in entries if e["selector"] is not None]
     inventory = None
     if selectors:
-        fields = set()
-        for sel in selectors:
-            fields |= sel.fields
-        inventory = _SriovInventory(sysfs, fields)
+        inventory = Inventory(sysfs, selector_fields(selectors),
+                              only=lambda bdf: os.path.exists(sysfs.dev_path(bdf, "sriov_totalvfs")))
     claimed = {e["pf"]: e["where"] for e in entries if e["pf"] is not None}
     out = []
     for entry in entries:
@@ -153,6 +142,7 @@ def _vf_holders(sysfs, host, vfs, given_back):
     may use it: a VF network interface), and not given back by this request.
     ([attached], [pooled], {vf: driver})."""
     attached, pooled, held = [], [], {}
+    slots = set(sysfs.pciback_slots()) if vfs and sysfs.pciback_loaded() else set()
     for vf in vfs:
         holder = host.holder_of(vf)
         driver = sysfs.driver_name(vf)
@@ -161,21 +151,18 @@ def _vf_holders(sysfs, host, vfs, given_back):
             attached.append("%s (attached to %s)" % (vf, "%s (domid %d)" % (dom.name, holder) if dom else "domid %d" % holder))
         elif vf in given_back:
             continue
-        elif driver == PCIBACK or vf in _slots(sysfs):
+        elif driver == PCIBACK or vf in slots:
             pooled.append(vf)
         elif driver is not None:
             held[vf] = driver
     return attached, pooled, held
 
 
-def _slots(sysfs):
-    return sysfs.pciback_slots() if sysfs.pciback_loaded() else []
-
-
 def plan_sriov(sysfs, host, resolved, state, given_back=(), take_from_driver=False):
     """[plan] and problems for the resolved entries. A plan: {where, pf,
     old, new, vfs_now, vfs_after, driver}; ``old == new``: nothing to do.
-    ``given_back``: the VFs this request takes out of the pool first;
+    ``given_back``: the VFs this request takes out of the pool first (with
+    ``state: absent``, those of a ``pool`` entry are too: plan["vfs_now"]);
     ``take_from_driver``: consent to remove VFs a dom0 driver holds."""
     plans, problems = [], []
     given_back = set(given_back)
@@ -216,7 +203,8 @@ def plan_sriov(sysfs, host, resolved, state, given_back=(), take_from_driver=Fal
                 problems.append(_refusal(where, "%s is bound to pciback (assignable), which cannot create virtual "
                                          "functions; give it back to its dom0 driver first" % pf, pf, driver=PCIBACK))
                 continue
-            attached, pooled, held = _vf_holders(sysfs, host, info["vfs"], given_back)
+            back = given_back | set(info["vfs"]) if state == "absent" and entry["pool"] else given_back
+            attached, pooled, held = _vf_holders(sysfs, host, info["vfs"], back)
             if attached or pooled:
                 why = ", ".join(attached + ["%s (in the pool)" % vf for vf in pooled])
                 problems.append(_refusal(where, "changing the number of virtual functions of %s from %d to %d removes all "

@@ -65,8 +65,10 @@ class SetNumVfs(Step):
         with ctx.platform.pool_lock(ctx.deadline):
             # Checked again under the lock: a VF that entered the pool since
             # the plan would vanish under pciback's and libxl's bookkeeping.
-            for vf in sysfs.sriov(self.data["pf"])["vfs"]:
-                if sysfs.driver_name(vf) == PCIBACK or ctx.xs.read(libxl_pci_path(vf, "domid"), deadline=ctx.deadline):
+            vfs = sysfs.sriov(self.data["pf"])["vfs"]
+            claims = ctx.xs.read_many([libxl_pci_path(vf, "domid") for vf in vfs], deadline=ctx.deadline) if vfs else {}
+            for vf in vfs:
+                if sysfs.driver_name(vf) == PCIBACK or claims[libxl_pci_path(vf, "domid")]:
                     raise RefusedError("%s, a virtual function of %s, was made assignable or attached meanwhile; not "
                                        "removing it" % (vf, self.data["pf"]), device=vf)
             _set(ctx, self.data["pf"], self.data["new"])
