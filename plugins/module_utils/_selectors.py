@@ -221,9 +221,10 @@ def _listed(cands):
                      for rank, bdf, by in cands) or "none"
 
 
-def choose(selector, where, owner, inventory, holder_of, claimed):
+def choose(selector, where, owner, inventory, holder_of, claimed, none_is_empty=False):
     """The addresses ``selector`` stands for; SpecError listing the candidates
-    when there are too few (or, without a count, more than one)."""
+    when there are too few (or, without a count, more than one).
+    ``none_is_empty``: a ``count: all`` that matches nothing chooses nothing."""
     cands = _candidates(inventory.matching(selector), owner, inventory, holder_of, claimed)
     what = "%s: %s" % (where, selector.describe())
     if selector.count is None:
@@ -232,7 +233,7 @@ def choose(selector, where, owner, inventory, holder_of, claimed):
                             "candidates: %s" % (what, len(cands), _listed(cands)), candidates=[c[1] for c in cands])
         chosen = cands
     elif selector.count == "all":
-        if not cands:
+        if not cands and not none_is_empty:
             raise SpecError("%s matches no device on this host" % what, candidates=[])
         chosen = cands
     else:

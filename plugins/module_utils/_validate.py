@@ -249,8 +249,7 @@ def select_devices(sysfs, desired, owner_of, holder_of, where_of, spec_keys=None
                 continue
             item = "%s[%d]" % (where, index)
             try:
-                bdfs = [] if none_is_empty and sel.count == "all" and not inventory.matching(sel) else \
-                    choose(sel, item, owner, inventory, holder_of, claimed)
+                bdfs = choose(sel, item, owner, inventory, holder_of, claimed, none_is_empty)
             except SpecError as exc:
                 problems.append(Problem(exc.msg, item, domain=None if ref is None else str(ref),
                                         device=sel.describe(), details={"candidates": exc.details.get("candidates")}))
