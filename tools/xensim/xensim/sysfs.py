@@ -219,7 +219,7 @@ def vf_bdf(pf: str, offset: int, stride: int, index: int) -> str:
     """VF ``index``'s address: the PF's routing id (bus << 8 | devfn) plus
     First VF Offset plus index * VF Stride, in the PF's segment
     (pci_iov_virtfn_bus/devfn)."""
-    dom, bus, slot, func = (int(x, 16) for x in re.split(r"[:.]", normalise_bdf(pf)))
+    dom, bus, slot, func = _split_bdf(normalise_bdf(pf))
     rid = (bus << 8 | slot << 3 | func) + offset + index * stride
     if rid > 0xFFFF:
         raise ValueError("VF %d of %s: routing id %#x is beyond bus 0xff" % (index, pf, rid))
@@ -682,9 +682,9 @@ class PciModel:
         return bdfs
 
     def _disable_vfs(self, pf: PciDev) -> list[str]:
-        """sriov_disable: every VF's driver is released (pciback's too, even
-        while a guest uses it: pcistub_remove only warns), then it goes.
-        pciback's slot list (new_slot) keeps naming it."""
+        """sriov_disable: every VF's driver is released, then it goes (the
+        callers refuse while a VF is bound to pciback, as PF drivers do:
+        _vfs_assigned). pciback's slot list (new_slot) keeps naming it."""
         gone = list(pf.sriov.vfs)
         for bdf in gone:
             vf = self.devices.pop(bdf)
