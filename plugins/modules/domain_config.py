@@ -216,8 +216,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen.pci.plugins.module_utils import _bytecode
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
-from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs
 
 
 def main():
@@ -238,6 +238,9 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True,
                            required_one_of=[("path", "configs")], mutually_exclusive=[("path", "configs")])
+    # The runner, and all it imports, only now: through the bytecode cache.
+    _bytecode.install()
+    from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs  # pylint: disable=import-outside-toplevel
 
     def file_attributes(params, result):
         if os.path.exists(params["path"]):
