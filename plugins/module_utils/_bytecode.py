@@ -143,7 +143,9 @@ class _CachingLoader:
         if self._root is None:
             return compile(self._source, self._filename, "exec", dont_inherit=True)
         key = importlib.util.source_hash(self._source)
-        name = fullname + ".pyc"
+        # As __pycache__ does: code compiled under -O is kept apart.
+        level = sys.flags.optimize
+        name = fullname + (".opt-%d.pyc" % level if level else ".pyc")
         code = _read(self._root, name, key)
         if code is not None:
             # Compiled under another run's temporary zip path: tracebacks
@@ -171,7 +173,8 @@ def _open_dir(root, create):
     flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
     fd = None
     try:
-        fd = os.open(anchor, flags)
+        # The anchor (the home) may be a link; nothing in it is trusted.
+        fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY)
         for part in parts:
             try:
                 nxt = os.open(part, flags, dir_fd=fd)

@@ -63,13 +63,13 @@ def _zip(path, value):
     return str(path)
 
 
-def _run(tmp_path, archive, cache):
+def _run(tmp_path, archive, cache, flags=()):
     env = dict(os.environ, XEN_PCI_BYTECODE_CACHE=cache)
     env.pop("PYTHONPATH", None)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    out = subprocess.run([sys.executable, str(script), archive], capture_output=True, text=True, env=env,
-                         check=True, cwd=str(tmp_path))
+    out = subprocess.run([sys.executable] + list(flags) + [str(script), archive], capture_output=True, text=True,
+                         env=env, check=True, cwd=str(tmp_path))
     return json.loads(out.stdout)
 
 
@@ -104,6 +104,16 @@ def test_changed_source_is_compiled_again_and_replaces_the_cached_code(tmp_path,
     again = _run(tmp_path, _zip(tmp_path / "c.zip", "two"), cache)
     assert (again["value"], again["compiled"]) == ("two", 0)
     assert len(os.listdir(os.path.dirname(_cached(cache)))) == 1
+
+
+def test_code_compiled_under_o_is_kept_apart(tmp_path, cache):
+    _run(tmp_path, _zip(tmp_path / "a.zip", "one"), cache)
+    assert _run(tmp_path, _zip(tmp_path / "b.zip", "one"), cache, flags=["-O"])["compiled"] == 1
+    assert _run(tmp_path, _zip(tmp_path / "c.zip", "one"), cache, flags=["-O"])["compiled"] == 0
+    assert _run(tmp_path, _zip(tmp_path / "d.zip", "one"), cache)["compiled"] == 0
+    assert sorted(os.listdir(os.path.dirname(_cached(cache)))) == [
+        "ansible_collections.xen.pci.plugins.module_utils._probe.opt-1.pyc",
+        "ansible_collections.xen.pci.plugins.module_utils._probe.pyc"]
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage", None], ids=["empty", "garbage", "truncated"])
