@@ -54,6 +54,10 @@ options:
     default: 60
 requirements:
   - pyxs (Debian C(python3-pyxs), or C(pip install pyxs)) on the Xen host.
+notes:
+  - The module keeps the compiled code of the collection's module_utils in C(~/.cache/xen-pci/bytecode/) of the user
+    it runs as (in check mode too), and uses it only while it matches the shipped source; set
+    C(XEN_PCI_BYTECODE_CACHE=off) in the task's C(environment) to keep nothing, or an absolute path to keep it there.
 """
 
     ATTRIBUTES = r"""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ansible_collections.xen.pci.plugins.module_utils._budget import check_timeout
 from ansible_collections.xen.pci.plugins.module_utils._errors import SpecError
-from ansible_collections.xen.pci.plugins.module_utils._platform import connect
 
 # The options of doc_fragments/host.py, as an argument_spec fragment.
 HOST_ARGS = dict(
@@ -29,6 +28,10 @@ def host_defaults(**overrides):
 
 
 def platform_from(params):
+    # Imported here: a module reads HOST_ARGS before it installs the bytecode
+    # cache, and the platform (sysfs, xenstore) is most of what it imports.
+    from ansible_collections.xen.pci.plugins.module_utils._platform import connect  # pylint: disable=import-outside-toplevel
+
     problem = check_timeout(params.get("timeout"))
     if problem:
         raise SpecError(problem, input="timeout")

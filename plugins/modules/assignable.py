@@ -471,9 +471,9 @@ from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen.pci.plugins.module_utils import _bytecode
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
-from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable
 
 
 def main():
@@ -495,6 +495,9 @@ def main():
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_one_of=[("devices", "sriov")])
+    # The runner, and all it imports, only now: through the bytecode cache.
+    _bytecode.install()
+    from ansible_collections.xen.pci.plugins.module_utils._runner_assignable import run_assignable  # pylint: disable=import-outside-toplevel
     finish(module, lambda: run_assignable(module.params, check_mode=module.check_mode,
                                           run_command=partial(module.run_command, handle_exceptions=False)))
 

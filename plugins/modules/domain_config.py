@@ -121,6 +121,9 @@ notes:
   - A C(pci) list extended with C(pci += [...]) is refused, with the line it is on; merge it into one list first.
   - Files xl cannot read (for example with CRLF line ends) are refused, naming the line and column.
   - This changes what the guest gets when it is next created; use M(xen.pci.passthrough) for a running guest.
+  - The module keeps the compiled code of the collection's module_utils in C(~/.cache/xen-pci/bytecode/) of the user
+    it runs as (in check mode too), and uses it only while it matches the shipped source; set
+    C(XEN_PCI_BYTECODE_CACHE=off) in the task's C(environment) to keep nothing, or an absolute path to keep it there.
 seealso:
   - module: xen.pci.passthrough
   - name: xl.cfg(5)
@@ -216,8 +219,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen.pci.plugins.module_utils import _bytecode
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
-from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs
 
 
 def main():
@@ -238,6 +241,9 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True,
                            required_one_of=[("path", "configs")], mutually_exclusive=[("path", "configs")])
+    # The runner, and all it imports, only now: through the bytecode cache.
+    _bytecode.install()
+    from ansible_collections.xen.pci.plugins.module_utils._runner_domain_config import run_domain_configs  # pylint: disable=import-outside-toplevel
 
     def file_attributes(params, result):
         if os.path.exists(params["path"]):

@@ -217,9 +217,9 @@ warnings_detail:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen.pci.plugins.module_utils import _bytecode
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
-from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info
 
 
 def main():
@@ -227,6 +227,9 @@ def main():
                          boot_root=dict(type="path", default="/"))
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    # The runner, and all it imports, only now: through the bytecode cache.
+    _bytecode.install()
+    from ansible_collections.xen.pci.plugins.module_utils._runner_info import run_info  # pylint: disable=import-outside-toplevel
     finish(module, lambda: run_info(module.params))
 
 

@@ -276,9 +276,9 @@ warnings_detail:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen.pci.plugins.module_utils import _bytecode
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
-from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough
 
 
 def main():
@@ -300,6 +300,9 @@ def main():
         required_together=[("domain", "devices")],
         supports_check_mode=True,
     )
+    # The runner, and all it imports, only now: through the bytecode cache.
+    _bytecode.install()
+    from ansible_collections.xen.pci.plugins.module_utils._runner_passthrough import run_passthrough  # pylint: disable=import-outside-toplevel
     params = module.params
     desired = params["assignments"] if params["assignments"] is not None else {params["domain"]: params["devices"]}
     finish(module, lambda: run_passthrough(params, desired, check_mode=module.check_mode))

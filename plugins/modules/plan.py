@@ -204,9 +204,9 @@ warnings_detail:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xen.pci.plugins.module_utils import _bytecode
 from ansible_collections.xen.pci.plugins.module_utils._edge import finish
 from ansible_collections.xen.pci.plugins.module_utils._host_options import HOST_ARGS
-from ansible_collections.xen.pci.plugins.module_utils._runner_plan import run_plan
 
 
 def main():
@@ -225,6 +225,9 @@ def main():
     )
     argument_spec.update(HOST_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    # The runner, and all it imports, only now: through the bytecode cache.
+    _bytecode.install()
+    from ansible_collections.xen.pci.plugins.module_utils._runner_plan import run_plan  # pylint: disable=import-outside-toplevel
     params = dict(module.params, domain=None, devices=None)
     finish(module, lambda: run_plan(params, params["assignments"]))
 
