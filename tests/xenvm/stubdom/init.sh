@@ -58,23 +58,33 @@ say "dm-argv: $(echo "$args" | tr '\n' ' ')"
 # over the directory, holding links to both names, kept up to date.
 pci_alias() {
     mkdir -p /run/pci-real
-    mount --bind /sys/bus/pci/devices /run/pci-real
-    mount -t tmpfs -o size=64k tmpfs /sys/bus/pci/devices
+    if ! mount --bind /sys/bus/pci/devices /run/pci-real ||
+       ! mount -t tmpfs -o size=64k tmpfs /sys/bus/pci/devices; then
+        say "cannot alias PCI devices: QEMU will not find passed-through ones"
+        return
+    fi
     while :; do
         for dev in /run/pci-real/*; do
-            [ -e "$dev" ] || continue
+            # (-L: relative to /run/pci-real the links dangle)
+            [ -L "$dev" ] || continue
             name=${dev##*/}
-            [ -e "/sys/bus/pci/devices/$name" ] || ln -s "$(readlink -f "$dev")" "/sys/bus/pci/devices/$name"
+            # sysfs's links are relative to /sys/bus/pci/devices: kept as they are
+            [ -e "/sys/bus/pci/devices/$name" ] || ln -s "$(readlink "$dev")" "/sys/bus/pci/devices/$name"
+        done
+        # A device pcifront let go (an unplug) leaves its links dangling.
+        for link in /sys/bus/pci/devices/*; do
+            [ -L "$link" ] && [ ! -e "$link" ] && rm -f "$link"
         done
         be=$(xenstore-read device/pci/0/backend 2>/dev/null)
         num=$(xenstore-read "$be/num_devs" 2>/dev/null)
         i=0
         while [ -n "$num" ] && [ "$i" -lt "$num" ]; do
             host=$(xenstore-read "$be/dev-$i" 2>/dev/null)
-            local_bdf=$(xenstore-read "$be/vdev-$i" 2>/dev/null)
-            if [ -n "$host" ] && [ -n "$local_bdf" ] && [ -e "/run/pci-real/$local_bdf" ] &&
+            # pciback writes vdev-N with a two-digit function (00:00.00)
+            local_bdf=$(xenstore-read "$be/vdev-$i" 2>/dev/null | sed 's/\.0*\([0-9a-f]\)$/.\1/')
+            if [ -n "$host" ] && [ -n "$local_bdf" ] && [ -L "/run/pci-real/$local_bdf" ] &&
                [ ! -e "/sys/bus/pci/devices/$host" ]; then
-                ln -s "$(readlink -f "/run/pci-real/$local_bdf")" "/sys/bus/pci/devices/$host"
+                ln -s "$(readlink "/run/pci-real/$local_bdf")" "/sys/bus/pci/devices/$host"
                 say "pci $host is $local_bdf here"
             fi
             i=$((i + 1))
@@ -88,7 +98,8 @@ dm=$(cat /etc/stubdom-dm)
 proxy=$(cat /etc/stubdom-qmp-proxy)
 # Debugging aid: stubdom.trace=PATTERN on the stub domain's command line
 # (stubdomain_cmdline) turns on QEMU's trace events matching it (stderr).
-for word in $(cat /proc/cmdline); do
+read -r cmdline </proc/cmdline
+for word in $cmdline; do
     case $word in
         stubdom.trace=*) args="-trace${NL}enable=${word#stubdom.trace=}${NL}$args" ;;
         stubdom.diag=1) python3 /usr/lib/stubdom-diag.py "$target" >/dev/hvc0 2>&1 ;;
