@@ -21,7 +21,12 @@ stub domain is PV and boots.
   domain's pcifront while QEMU keeps it (the paused guest acknowledges no
   unplug). Asserted as libxl's behaviour, not ours;
 - coldplug: ``pci = [...]`` at create: libxl hot-plugs it over QMP once the
-  stub domain's QEMU runs; QEMU lists ``pci-pt-00_11.0``.
+  stub domain's QEMU runs; QEMU lists ``pci-pt-00_11.0``;
+- our core (dom0_driver.py), on the coldplug guest: the attach grants the stub
+  domain too, hot-plugs edu into its pcifront, then ``device_add``s it to the
+  QEMU inside; the forced detach takes the device from the stub domain and
+  reports it left in QEMU (the paused guest never acknowledges
+  ``device_del``).
 
 Times of each step go to ``stubdom-times.md`` in the artifacts, with the
 stub domain's console log (its kernel, the init's progress, QEMU's stderr).
@@ -185,4 +190,26 @@ def test_coldplug_into_stubdom(host):
     view = qemu_view(host, COLD)
     assert view.get("pci-pt-00_11.0", (None, None))[1] == "1b36:0005", view
     assert listed(host, COLD + "-dm") == [TESTDEV]
-    host.sh("xl destroy %s" % COLD)
+
+
+def test_our_core_into_stubdom(host):
+    # On the coldplug guest (one stub domain less to boot): edu is free again.
+    if host.sh("xl domid %s" % COLD, check=False).returncode != 0:
+        create(host, COLD)
+    make_assignable(host, EDU)
+    host.domain, host.domid = COLD, domid(host, COLD)
+    stub = "%s-dm (domid %d)" % (COLD, domid(host, COLD + "-dm"))
+    seconds, result = host.core("attach", EDU)
+    TIMES.append(("our attach of edu", seconds, "; ".join(result.get("actions") or [])))
+    actions = " | ".join(result["actions"])
+    assert "grant %s to %s (stub domain: no IOMMU assignment)" % (EDU, stub) in actions, actions
+    assert "device_add %s to the QEMU of %s" % (EDU, COLD) in actions, actions
+    assert qemu_view(host, COLD).get("pci-pt-00_10.0", (None, None))[1] == "1234:11e8"
+    assert listed(host, COLD + "-dm") == sorted([EDU, TESTDEV])
+    # (A plain detach is test_hvm.py's bounded failure, the same device_del
+    # wait: left out here for time; the forced one below waits it out too.)
+    seconds, result = host.core("detach", EDU, force=True)
+    TIMES.append(("our forced detach of edu", seconds, "; ".join(result.get("left") or [])))
+    assert "pci-pt-00_10.0" in " ".join(result.get("left") or []), result
+    assert listed(host, COLD + "-dm") == [TESTDEV]
+    host.destroy()
