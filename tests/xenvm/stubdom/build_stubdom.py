@@ -20,6 +20,9 @@ as ``/init``, and packs a gzip'd cpio "newc" archive (dom0 has no cpio).
 Building in dom0 at test time keeps the image recipe (``build_image.py``,
 ``initramfs-init.sh``) unchanged, and the stub domain's binaries are
 exactly dom0's. Prints one JSON line: files, sizes, seconds.
+
+``--diag`` adds python3 (with ctypes) and ``diag.py``; a stub domain booted
+with ``stubdom.diag=1`` in ``stubdomain_cmdline`` runs it before QEMU.
 """
 
 import gzip
@@ -45,9 +48,11 @@ BINARIES = (DM, PROXY, "/usr/bin/xenstore", "/usr/bin/busybox")
 # libxl passes through reach QEMU through the stub domain's PCI frontend.
 MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-pcifront")
 # In a domU, Debian's privcmd (6.1.y) restricts itself to the domain named
-# by xenstore's "target" and refuses IOCTL_PRIVCMD_HYPERCALL outright; QEMU
-# makes plain hypercalls through libxenctrl (HVM params), so it needs the
-# unrestricted driver. Xen still checks every call against the target.
+# by xenstore's "target" and refuses IOCTL_PRIVCMD_HYPERCALL outright; so
+# restricted, QEMU's first dm_op (create_ioreq_server) and its HVM-param
+# hypercall both failed with EPERM here (diag.py), and QEMU then failed to
+# map the default ioreq server. Xen still checks every call against the
+# stub domain's target.
 MODULE_ARGS = {"xen-privcmd.ko": "unrestricted=1"}
 # QEMU's firmware search path in Debian's build (option ROMs of emulated
 # devices); small, so the whole set of what is there.
