@@ -69,6 +69,8 @@ passthrough = "enabled"
 on_crash = "preserve"
 %s"""
 TIMES = []      # (step, seconds, note)
+
+
 @pytest.fixture(scope="module", name="host")
 def host_fixture():
     for host in vm_fixture_body("stubdom", DOMU):
