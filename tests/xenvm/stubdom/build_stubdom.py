@@ -78,7 +78,7 @@ def module_files(kver):
     deps = {}
     with open(os.path.join(base, "modules.dep"), encoding="utf-8") as handle:
         for line in handle:
-            name, _, rest = line.partition(":")
+            name, _sep, rest = line.partition(":")
             deps[name] = rest.split()
     by_name = {re.sub(r"\.ko(\.xz|\.zst)?$", "", os.path.basename(p)).replace("_", "-"): p for p in deps}
     order = []
@@ -192,6 +192,10 @@ def build(out_path, init_path, diag=False):
         tree.copy(path)
     for tool in XENSTORE_TOOLS:
         tree.link("usr/bin/" + tool, "xenstore")
+    # /init's interpreter (/bin is usr/bin in Debian's merged /usr).
+    tree.link("usr/bin/sh", "busybox")
+    if not os.path.islink("/bin"):
+        tree.link("bin/sh", "/usr/bin/busybox")
     for lib in ldd_closure(BINARIES):
         tree.copy(lib)
     modules = module_files(kver)

@@ -1,4 +1,4 @@
-#!/usr/bin/busybox sh
+#!/bin/sh
 # /init of the test stub domain (build_stubdom.py packs it with dom0's QEMU).
 #
 # libxl's side of a Linux stub domain (qemu-xen + device_model_stubdomain):
