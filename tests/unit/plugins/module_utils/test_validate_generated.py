@@ -98,9 +98,12 @@ BAD_DOMAIN = st.one_of(st.booleans(), st.floats(), st.none(), st.tuples(st.integ
                        st.text(min_size=257, max_size=300), st.text(max_size=12).filter(_unknown_name))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def host():
-    """One simulated host for every example (short socket paths under /tmp)."""
+    """One simulated host for every example of a test (short socket paths
+    under /tmp). Per test, not per module: ansible-test runs each test in a
+    forked child, where a module's host would start again and never be
+    stopped, its sysfs FUSE mount left behind."""
     xensim_host = pytest.importorskip("xensim.host", reason="xensim (tools/xensim) is not importable")
     xensim_scenario = pytest.importorskip("xensim.scenario", reason="xensim (tools/xensim) is not importable")
     state = tempfile.mkdtemp(prefix="xg-", dir="/tmp")
