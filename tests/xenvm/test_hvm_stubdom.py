@@ -159,7 +159,10 @@ def stub_tree(host, name):
     out = {}
     for path, (value, perms) in tree.items():
         if path.startswith(keep):
-            value = "GUEST" if value == str(guest) else re.sub(r"^/local/domain/%d(?=/|$)" % guest, "/local/domain/GUEST", value)
+            name = path.rsplit("/", 1)[-1]
+            if name in ("domid", "frontend-id", "backend-id") and value == str(guest):
+                value = "GUEST"
+            value = re.sub(r"^/local/domain/%d(?=/|$)" % guest, "/local/domain/GUEST", value)
             out[path] = (value, re.sub(r"\b([nrwb])%d\b" % guest, r"\1GUEST", perms))
     return out
 
