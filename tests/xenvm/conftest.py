@@ -128,6 +128,17 @@ def boot_or_skip(artifacts, disk=None, sub="vm", **vm_options):
 UNAVAILABLE = []    # why this run has no VM, once a boot gave up
 
 
+def own_vm_on_request(what, seconds):
+    """A module that boots a VM of its own (another disk, another QEMU) runs
+    on request, ``XENVM_OWN_VMS=1``: with the shared VM's modules alone the
+    layer keeps the whole CI run well within its time on 2 cores. Skipped
+    loudly, saying how to run it."""
+    if os.environ.get("XENVM_OWN_VMS") != "1":
+        why = "%s boots a VM of its own (about %d s): XENVM_OWN_VMS=1 make xen runs it" % (what, seconds)
+        sys.stderr.write("\n" + "!" * 78 + "\nREAL-XEN TEST ON REQUEST ONLY: %s\n" % why + "!" * 78 + "\n")
+        pytest.skip(why)
+
+
 def skip_if_unavailable():
     """For tests that use no VM themselves but compare what the VM's tests
     collected: skip (not fail) when the run had no VM."""

@@ -82,7 +82,10 @@ def main(argv):
         done = sorted(set(bdfs) & now) if op == "attach" else sorted(before - now)
         result.update(ok=True, attached=done if op == "attach" else [], detached=done if op == "detach" else [],
                       actions=outcome["actions"], warnings=outcome["warnings_detail"], waited=outcome.get("waited", 0),
-                      left=outcome.get("left", []))
+                      left=outcome.get("left", []),
+                      # What the request read back: (BDF, virtual devfn) of the guest's devices.
+                      devices=sorted([d["bdf"], d.get("vdevfn")] for dom in outcome["domains"].values()
+                                     for d in dom["devices"]))
     except Exception as exc:  # pylint: disable=broad-except
         # Everything goes back to the test verbatim: a real-Xen failure is the finding.
         result["error"] = {"type": type(exc).__name__, "msg": str(exc),

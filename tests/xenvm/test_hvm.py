@@ -10,7 +10,8 @@ a fresh guest: attach A (no backend), attach B at virtual slot 7 (backend
 present), detach A (the paused guest never acknowledges the unplug: a
 bounded failure, and the unplug stays pending in QEMU), detach A forced. After every step the xenstore trees
 (backend, frontend, ``/libxl/pci``), QEMU's own view (``query-pci``: slot,
-function, ids) and ``xl pci-list`` are compared.
+function, ids) and ``xl pci-list`` are compared. Then each tool detaches
+what the other attached, as far as a paused guest lets a detach go.
 
 Differences that are ours by design, asserted as such (any other fails):
 - attach B: xl writes the backend Reconfiguring (7) with ``state-1 = 1``,
@@ -345,6 +346,44 @@ def test_simulator_matches_real_xen(tmp_path):
             # The comparison must have something to compare.
             assert accesslog.toolstack_ops(real) and QMP["ours"][index], "nothing logged on real Xen for %s" % what
     assert not report, "xensim differs from real Xen 4.17 and its QEMU on the HVM path:\n" + "\n".join(report)
+
+
+def test_interop_across_tools(host):
+    """Each tool detaches what the other attached, as far as a paused guest
+    lets a detach go: xl attaches A and our detach gives its bounded, named
+    failure (the unplug is never acknowledged), then our forced detach takes
+    it; our core attaches B, ``xl pci-list`` shows what our read-back says,
+    xl's detach fails and leaves it, and ``xl pci-detach -f`` takes it from
+    xenstore (QEMU keeps it: libxl's way, see the module docstring)."""
+    for bdf in (EDU, TESTDEV):
+        host.sh("xenstore-rm /libxl/pci/%s" % bdf.replace(":", "-").replace(".", "-"), check=False)
+        if bdf not in host.assignable_list():
+            host.xl("pci-assignable-add %s" % bdf)
+    host.create(paused=True)
+    try:
+        _seconds, status, err = xl(host, "pci-attach %s %s" % (host.domain, EDU))
+        assert status == 0, err
+        seconds, result = host.core("detach", EDU, check=False)
+        assert not result["ok"] and result["error"]["details"].get("timed_out"), result
+        assert EDU in result["error"]["msg"] and "use force" in result["error"]["msg"], result
+        assert seconds < paced(UNPLUG_BOUND), "our detach of xl's device took %.1f s on a paused guest" % seconds
+        assert [b for _v, b in pci_list(host)] == [EDU], "our unacknowledged detach took xl's device from xenstore"
+        _seconds, result = host.core("detach", EDU, force=True)
+        assert "pci-pt-00_10.0" in " ".join(result["left"]), result
+        assert pci_list(host) == [], "xl still lists the device our forced detach took"
+
+        _seconds, result = host.core("attach", TESTDEV)
+        ours = [("%02x.%x" % (vdevfn >> 3, vdevfn & 7), bdf) for bdf, vdevfn in result["devices"]]
+        assert pci_list(host) == ours == [(ours[0][0], TESTDEV)], (pci_list(host), result["devices"])
+        _seconds, status, err = xl(host, "pci-detach %s %s" % (host.domain, TESTDEV))
+        assert status != 0, "xl pci-detach of a device the paused guest holds succeeded: %s" % err
+        assert pci_list(host) == ours, "xl's failed detach changed what it lists"
+        _seconds, status, err = xl(host, "pci-detach -f %s %s" % (host.domain, TESTDEV))
+        assert status == 0, err
+        assert pci_list(host) == []
+        assert "pci-pt-00_11.0" in {d["qdev_id"] for d in qemu_view(host)}, "xl -f now takes the device from QEMU"
+    finally:
+        host.destroy()
 
 
 def test_zz_timings(capsys):

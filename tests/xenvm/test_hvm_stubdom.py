@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
 
 from conftest import EDU, REMOTE, TESTDEV, vm_fixture_body
+from test_differential import snapshot
 from test_hvm import QMP_VIEW   # its QMP client (one query-pci), as it is
 
 XENVM_SHARED = True    # conftest.py: the one VM of the layer
@@ -69,6 +71,7 @@ passthrough = "enabled"
 on_crash = "preserve"
 %s"""
 TIMES = []      # (step, seconds, note)
+TREES = {}      # tool -> stub_tree() after its attach of edu into a fresh guest
 
 
 @pytest.fixture(scope="module", name="host")
@@ -142,6 +145,28 @@ def qemu_view(host, name):
             for d in json.loads(out) if d["qdev_id"].startswith("pci-pt-")}
 
 
+def stub_tree(host, name):
+    """What an attach of edu leaves in xenstore: the stub domain's backend and
+    frontend (the device is the stub domain's; ``snapshot()`` with the stub
+    as DOMU) and edu's /libxl/pci entry, the guest's domid written GUEST."""
+    guest, stub = domid(host, name), domid(host, name + "-dm")
+    saved, host.domid = host.domid, stub
+    try:
+        tree = snapshot(host)
+    finally:
+        host.domid = saved
+    keep = ("/local/domain/0/backend/pci/DOMU/", "/local/domain/DOMU/device/pci/", "/libxl/pci/0000-00-10-0/")
+    out = {}
+    for path, (value, perms) in tree.items():
+        if path.startswith(keep):
+            name = path.rsplit("/", 1)[-1]
+            if name in ("domid", "frontend-id", "backend-id") and value == str(guest):
+                value = "GUEST"
+            value = re.sub(r"^/local/domain/%d(?=/|$)" % guest, "/local/domain/GUEST", value)
+            out[path] = (value, re.sub(r"\b([nrwb])%d\b" % guest, r"\1GUEST", perms))
+    return out
+
+
 def listed(host, name):
     out = host.sh("xl pci-list %s" % name).stdout
     return sorted(line.split()[-1] for line in out.splitlines()[1:] if line.strip())
@@ -174,6 +199,7 @@ def test_hotplug_into_stubdom(host):
     view = qemu_view(host, DOMU)
     assert view.get("pci-pt-00_10.0", (None, None))[1] == "1234:11e8", view
     assert listed(host, DOMU + "-dm") == [EDU]
+    TREES["xl"] = stub_tree(host, DOMU)
     # libxl 4.17: no PCI list of its own for a guest with a stub domain.
     assert listed(host, DOMU) == [], "libxl now lists the stub-domain guest's devices: update this test"
     seconds, proc = host.timed("xl pci-detach %s %s" % (DOMU, EDU), timeout=60.0)
@@ -215,3 +241,22 @@ def test_our_core_into_stubdom(host):
     assert "pci-pt-00_10.0" in " ".join(result.get("left") or []), result
     assert listed(host, COLD + "-dm") == [TESTDEV]
     host.destroy()
+
+
+def test_our_attach_leaves_the_tree_xl_leaves(host):
+    """Our core's attach of edu into a fresh stub-domain guest leaves the stub
+    domain's backend, frontend and edu's /libxl/pci entry (keys, values,
+    permissions) as ``xl pci-attach`` left them in test_hotplug_into_stubdom."""
+    if "xl" not in TREES:
+        pytest.fail("xl's tree was not taken: test_hotplug_into_stubdom did not get that far")
+    host.sh("xl destroy %s" % COLD, check=False)     # its QEMU still has edu (forced detach)
+    make_assignable(host, EDU)
+    create(host, DOMU)
+    host.domain, host.domid = DOMU, domid(host, DOMU)
+    seconds, _result = host.core("attach", EDU)
+    TIMES.append(("our attach of edu into a fresh guest", seconds, "tree compared with xl's"))
+    ours = stub_tree(host, DOMU)
+    host.destroy()
+    differ = sorted(p for p in set(ours) | set(TREES["xl"]) if ours.get(p) != TREES["xl"].get(p))
+    assert ours and not differ, "our stub-domain tree differs from xl's:\n" + "\n".join(
+        "%s: xl %s, ours %s" % (p, TREES["xl"].get(p), ours.get(p)) for p in differ)

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import LAYER_TIMES, Host, boot_or_skip, paced, write_layer_times, xenvm_artifacts
+from conftest import LAYER_TIMES, Host, boot_or_skip, own_vm_on_request, paced, write_layer_times, xenvm_artifacts
 from test_ansible_scenario import Ansible
 
 XENVM_SHARED = False    # conftest.py: the shared VM is stopped before this module
@@ -38,6 +38,7 @@ def boot(artifacts, disk, what):
 
 
 def test_persistent_assignment_survives_a_reboot(tmp_path):
+    own_vm_on_request("test_reboot.py (two boots of a copy of dom0's disk)", 95)
     artifacts = xenvm_artifacts("reboot")
     disk = os.path.join(str(tmp_path), "dom0.ext4")
     vm = boot(artifacts, disk, "first-boot")

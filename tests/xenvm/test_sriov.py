@@ -44,7 +44,7 @@ import time
 
 import pytest
 
-from conftest import LAYER_TIMES, ROOT, Host, boot_or_skip, paced, write_layer_times, xenvm_artifacts
+from conftest import LAYER_TIMES, ROOT, Host, boot_or_skip, own_vm_on_request, paced, write_layer_times, xenvm_artifacts
 from test_ansible_scenario import Ansible
 import qemu_backports
 import xenvm
@@ -78,6 +78,7 @@ def igb_qemu():
 
 @pytest.fixture(scope="module", name="host")
 def host_fixture():
+    own_vm_on_request("test_sriov.py (bookworm-backports' QEMU with an igb)", 160)
     artifacts = xenvm_artifacts("sriov")
     start = time.monotonic()
     if os.environ.get("XENVM_STATE"):
