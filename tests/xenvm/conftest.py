@@ -119,9 +119,7 @@ def boot_or_skip(artifacts, disk=None, sub="vm", **vm_options):
     except xenvm.Unavailable as exc:
         if not vm_options:
             UNAVAILABLE.append(str(exc))
-        banner = "\n" + "!" * 78 + "\nREAL-XEN TESTS SKIPPED: %s\n" % exc + "!" * 78 + "\n"
-        sys.stderr.write(banner)
-        pytest.skip("real Xen unavailable: %s" % exc)
+        loud_skip("REAL-XEN TESTS SKIPPED: %s" % exc, "real Xen unavailable: %s" % exc)
     return None, False
 
 
@@ -135,8 +133,14 @@ def own_vm_on_request(what, seconds):
     loudly, saying how to run it."""
     if os.environ.get("XENVM_OWN_VMS") != "1":
         why = "%s boots a VM of its own (about %d s): XENVM_OWN_VMS=1 make xen runs it" % (what, seconds)
-        sys.stderr.write("\n" + "!" * 78 + "\nREAL-XEN TEST ON REQUEST ONLY: %s\n" % why + "!" * 78 + "\n")
-        pytest.skip(why)
+        loud_skip("REAL-XEN TEST ON REQUEST ONLY: %s" % why, why)
+
+
+def loud_skip(banner, reason):
+    """pytest.skip(reason), with ``banner`` framed on stderr first: a skipped
+    real-Xen test must be seen in the layer's output, not only in -rs."""
+    sys.stderr.write("\n" + "!" * 78 + "\n%s\n" % banner + "!" * 78 + "\n")
+    pytest.skip(reason)
 
 
 def skip_if_unavailable():

@@ -25,7 +25,7 @@ import time
 import pytest
 
 import xenvm
-from conftest import REQUEST_TIMEOUT, ROOT, paced, shared_vm, xenvm_artifacts
+from conftest import REQUEST_TIMEOUT, ROOT, loud_skip, paced, shared_vm, xenvm_artifacts
 
 XENVM_SHARED = True    # conftest.py: the VM of test_ansible_scenario.py and test_differential.py
 MOLECULE_TIMEOUT = 900.0
@@ -36,8 +36,8 @@ def test_molecule_xen_scenario(tmp_path):
     binary = os.path.join(os.path.dirname(sys.executable), "molecule")
     molecule = binary if os.access(binary, os.X_OK) else shutil.which("molecule")
     if not molecule:
-        sys.stderr.write("\n" + "!" * 78 + "\nMOLECULE XEN SCENARIO SKIPPED: molecule is not installed\n" + "!" * 78 + "\n")
-        pytest.skip("molecule is not installed next to %s nor on PATH" % sys.executable)
+        loud_skip("MOLECULE XEN SCENARIO SKIPPED: molecule is not installed",
+                  "molecule is not installed next to %s nor on PATH" % sys.executable)
     vm = shared_vm()
     state = tmp_path / "xenvm-state.json"
     state.write_text(json.dumps({"port": vm.port, "key": vm.key, "image": vm.image, "serial": vm.serial_log}),

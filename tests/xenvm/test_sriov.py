@@ -44,7 +44,7 @@ import time
 
 import pytest
 
-from conftest import LAYER_TIMES, ROOT, Host, boot_or_skip, own_vm_on_request, paced, write_layer_times, xenvm_artifacts
+from conftest import LAYER_TIMES, ROOT, Host, boot_or_skip, loud_skip, own_vm_on_request, paced, write_layer_times, xenvm_artifacts
 from test_ansible_scenario import Ansible
 import qemu_backports
 import xenvm
@@ -60,8 +60,7 @@ EXTRA_ARGS = ["-device", "pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr
 
 
 def banner_skip(why):
-    sys.stderr.write("\n" + "!" * 78 + "\nREAL-XEN SR-IOV TEST SKIPPED: %s\n" % why + "!" * 78 + "\n")
-    pytest.skip("real-Xen SR-IOV: %s" % why)
+    loud_skip("REAL-XEN SR-IOV TEST SKIPPED: %s" % why, "real-Xen SR-IOV: %s" % why)
 
 
 def igb_qemu():
