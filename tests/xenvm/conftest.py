@@ -475,7 +475,10 @@ def pytest_runtest_logreport(report):
     if report.failed:
         entry["outcome"] = "FAILED" if report.when == "call" else "ERROR"
     elif report.skipped and entry["outcome"] == "passed":
-        entry["outcome"] = "skipped"
+        # With its reason: pytest -q shows none, and a banner on stderr is
+        # captured with the test's output.
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        entry["outcome"] = "skipped: %s" % reason.replace("Skipped: ", "", 1)
 
 
 def pytest_runtest_logfinish(nodeid, location):  # pylint: disable=unused-argument
@@ -493,7 +496,8 @@ def layer_times_text():
         module = modules.setdefault(nodeid.split("::")[0].rsplit("/", 1)[-1], {"seconds": 0.0, "count": 0, "outcomes": {}})
         module["seconds"] += entry["seconds"]
         module["count"] += 1
-        module["outcomes"][entry["outcome"]] = module["outcomes"].get(entry["outcome"], 0) + 1
+        outcome = entry["outcome"].split(":", 1)[0]
+        module["outcomes"][outcome] = module["outcomes"].get(outcome, 0) + 1
     for name, module in modules.items():
         lines.append("%s: %.1f s, %s" % (name, module["seconds"], ", ".join(
             "%d %s" % (n, outcome) for outcome, n in sorted(module["outcomes"].items()))))
