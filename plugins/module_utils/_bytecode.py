@@ -89,6 +89,14 @@ class _CacheFinder:
 
     def __init__(self, root):
         self.root = root
+        self._fd = None     # the cache directory, opened and checked once
+
+    def directory(self, create):
+        """A descriptor of the cache directory (opened and checked at the
+        first use, then kept for the process), or None."""
+        if self._fd is None and self.root is not None:
+            self._fd = _open_dir(self.root, create)
+        return self._fd
 
     def find_spec(self, fullname, path=None, target=None):  # pylint: disable=unused-argument
         if not fullname.startswith(PACKAGE) or not path:
@@ -105,7 +113,7 @@ class _CacheFinder:
                 source = importer.get_data(filename)
             except (OSError, ImportError):
                 continue
-            loader = _CachingLoader(importer, filename, source, self.root)
+            loader = _CachingLoader(importer, filename, source, self)
             return importlib.util.spec_from_file_location(fullname, filename, loader=loader)
         return None
 
@@ -117,11 +125,11 @@ class _CachingLoader:
     """Loads one module from its zip, the code from the cache when it was
     compiled from the same source."""
 
-    def __init__(self, importer, filename, source, root):
+    def __init__(self, importer, filename, source, finder):
         self._importer = importer
         self._filename = filename
         self._source = source
-        self._root = root
+        self._finder = finder
 
     def __getattr__(self, name):
         # get_source (for tracebacks), get_data, ...: the zip's.
@@ -140,20 +148,18 @@ class _CachingLoader:
         exec(self.get_code(module.__name__), module.__dict__)  # pylint: disable=exec-used
 
     def get_code(self, fullname):
-        if self._root is None:
-            return compile(self._source, self._filename, "exec", dont_inherit=True)
         key = importlib.util.source_hash(self._source)
         # As __pycache__ does: code compiled under -O is kept apart.
         level = sys.flags.optimize
         name = fullname + (".opt-%d.pyc" % level if level else ".pyc")
-        code = _read(self._root, name, key)
+        code = _read(self._finder.directory(create=False), name, key)
         if code is not None:
             # Compiled under another run's temporary zip path: tracebacks
             # name this one.
             _imp._fix_co_filename(code, self._filename)  # pylint: disable=protected-access
             return code
         code = compile(self._source, self._filename, "exec", dont_inherit=True)
-        _write(self._root, name, importlib.util.MAGIC_NUMBER + _FLAGS + key + marshal.dumps(code))
+        _write(self._finder.directory(create=True), name, key, code)
         return code
 
 
@@ -197,14 +203,14 @@ def _open_dir(root, create):
         return None
 
 
-def _read(root, name, key):
-    fd = _open_dir(root, create=False)
+def _read(fd, name, key):
+    """The cached code of ``name`` in the directory ``fd`` if it was compiled
+    from the source whose hash is ``key``, else None."""
     if fd is None:
         return None
     try:
         file_fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=fd)
     except OSError:
-        os.close(fd)
         return None
     try:
         if not _private(os.fstat(file_fd)):
@@ -223,15 +229,14 @@ def _read(root, name, key):
     finally:
         if file_fd is not None:
             os.close(file_fd)
-        os.close(fd)
 
 
-def _write(root, name, data):
+def _write(fd, name, key, code):
     """Replace the cached file whole (a reader sees the old or the new one);
     a failure leaves the cache as it was."""
-    fd = _open_dir(root, create=True)
     if fd is None:
         return
+    data = importlib.util.MAGIC_NUMBER + _FLAGS + key + marshal.dumps(code)
     temp = "%s.%d.tmp" % (name, os.getpid())
     try:
         file_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600,
@@ -244,5 +249,3 @@ def _write(root, name, data):
             os.unlink(temp, dir_fd=fd)
         except OSError:
             pass
-    finally:
-        os.close(fd)
