@@ -340,6 +340,14 @@ class Host:
     def assignable_list(self):
         return sorted(self.sh("xl pci-assignable-list").stdout.split())
 
+    def fresh_assignable(self, *bdfs):
+        """Each of ``bdfs`` assignable, with no /libxl/pci entry an earlier
+        test on the shared VM left (libxl leaves an empty one on detach)."""
+        for bdf in bdfs:
+            self.sh("xenstore-rm /libxl/pci/%s" % bdf.replace(":", "-").replace(".", "-"), check=False)
+            if bdf not in self.assignable_list():
+                self.xl("pci-assignable-add %s" % bdf)
+
     def driver(self, bdf):
         """Name of the dom0 driver bound to ``bdf`` ('' when none)."""
         proc = self.sh("readlink /sys/bus/pci/devices/%s/driver" % bdf, check=False)

@@ -125,10 +125,7 @@ STEPS = (("attach", EDU, False, "attach A (no backend)"),
 
 
 def run_sequence(host, tool):
-    for bdf in (EDU, TESTDEV):
-        host.sh("xenstore-rm /libxl/pci/%s" % bdf.replace(":", "-").replace(".", "-"), check=False)
-        if bdf not in host.assignable_list():
-            host.xl("pci-assignable-add %s" % bdf)
+    host.fresh_assignable(EDU, TESTDEV)
     host.create(paused=True)
     assert qemu_view(host) == [], "the fresh guest's QEMU has passthrough devices before any attach"
     results, times, outcomes, logs, transcripts = [], [], [], [], []
@@ -355,10 +352,7 @@ def test_interop_across_tools(host):
     it; our core attaches B, ``xl pci-list`` shows what our read-back says,
     xl's detach fails and leaves it, and ``xl pci-detach -f`` takes it from
     xenstore (QEMU keeps it: libxl's way, see the module docstring)."""
-    for bdf in (EDU, TESTDEV):
-        host.sh("xenstore-rm /libxl/pci/%s" % bdf.replace(":", "-").replace(".", "-"), check=False)
-        if bdf not in host.assignable_list():
-            host.xl("pci-assignable-add %s" % bdf)
+    host.fresh_assignable(EDU, TESTDEV)
     host.create(paused=True)
     try:
         _seconds, status, err = xl(host, "pci-attach %s %s" % (host.domain, EDU))

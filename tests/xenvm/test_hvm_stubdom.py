@@ -172,12 +172,6 @@ def listed(host, name):
     return sorted(line.split()[-1] for line in out.splitlines()[1:] if line.strip())
 
 
-def make_assignable(host, bdf):
-    host.sh("xenstore-rm /libxl/pci/%s" % bdf.replace(":", "-").replace(".", "-"), check=False)
-    if bdf not in host.assignable_list():
-        host.xl("pci-assignable-add %s" % bdf)
-
-
 def test_create_with_stubdom(host):
     create(host, DOMU)
     guest, stub = domid(host, DOMU), domid(host, DOMU + "-dm")
@@ -193,7 +187,7 @@ def test_create_with_stubdom(host):
 def test_hotplug_into_stubdom(host):
     if host.sh("xl domid %s" % DOMU, check=False).returncode != 0:
         create(host, DOMU)
-    make_assignable(host, EDU)
+    host.fresh_assignable(EDU)
     seconds = host.xl("pci-attach %s %s" % (DOMU, EDU), timeout=120.0)
     TIMES.append(("xl pci-attach edu", seconds, "libxl retries device_add until the stub domain's sysfs has it"))
     view = qemu_view(host, DOMU)
@@ -213,7 +207,7 @@ def test_hotplug_into_stubdom(host):
 
 
 def test_coldplug_into_stubdom(host):
-    make_assignable(host, TESTDEV)
+    host.fresh_assignable(TESTDEV)
     create(host, COLD)
     view = qemu_view(host, COLD)
     assert view.get("pci-pt-00_11.0", (None, None))[1] == "1b36:0005", view
@@ -224,7 +218,7 @@ def test_our_core_into_stubdom(host):
     # On the coldplug guest (one stub domain less to boot): edu is free again.
     if host.sh("xl domid %s" % COLD, check=False).returncode != 0:
         create(host, COLD)
-    make_assignable(host, EDU)
+    host.fresh_assignable(EDU)
     host.domain, host.domid = COLD, domid(host, COLD)
     stub = "%s-dm (domid %d)" % (COLD, domid(host, COLD + "-dm"))
     seconds, result = host.core("attach", EDU)
@@ -250,7 +244,7 @@ def test_our_attach_leaves_the_tree_xl_leaves(host):
     if "xl" not in TREES:
         pytest.fail("xl's tree was not taken: test_hotplug_into_stubdom did not get that far")
     host.sh("xl destroy %s" % COLD, check=False)     # its QEMU still has edu (forced detach)
-    make_assignable(host, EDU)
+    host.fresh_assignable(EDU)
     create(host, DOMU)
     host.domain, host.domid = DOMU, domid(host, DOMU)
     seconds, _result = host.core("attach", EDU)
